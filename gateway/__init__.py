@@ -1,0 +1,3 @@
+"""The ratls TEE network gateway."""
+
+from __future__ import annotations

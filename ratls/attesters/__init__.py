@@ -1,0 +1,3 @@
+"""Evidence producers for real confidential-VM hardware."""
+
+from __future__ import annotations

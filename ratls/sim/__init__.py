@@ -1,0 +1,3 @@
+"""Simulated confidential-VM hardware: a software AMD-SP and an ephemeral swtpm vTPM."""
+
+from __future__ import annotations
