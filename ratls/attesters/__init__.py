@@ -1,3 +1,37 @@
-"""Evidence producers for real confidential-VM hardware."""
+"""Evidence producers for real confidential-VM hardware.
+
+:class:`SnpGuestAttester` asks the Linux kernel of an SEV-SNP guest for signed
+attestation reports, through configfs-tsm or /dev/sev-guest.
+"""
 
 from __future__ import annotations
+
+from ._snp_guest import DEFAULT_SEV_GUEST_DEVICE as DEFAULT_SEV_GUEST_DEVICE
+from ._snp_guest import DEFAULT_TSM_REPORT_ROOT as DEFAULT_TSM_REPORT_ROOT
+from ._snp_guest import SNP_GET_EXT_REPORT as SNP_GET_EXT_REPORT
+from ._snp_guest import SNP_GET_REPORT as SNP_GET_REPORT
+from ._snp_guest import SVSM_VTPM_SERVICE_GUID as SVSM_VTPM_SERVICE_GUID
+from ._snp_guest import GuestInterface as GuestInterface
+from ._snp_guest import GuestReport as GuestReport
+from ._snp_guest import GuestRequestIoctl as GuestRequestIoctl
+from ._snp_guest import IoctlFunction as IoctlFunction
+from ._snp_guest import LinuxTsmFilesystem as LinuxTsmFilesystem
+from ._snp_guest import SnpGuestAttester as SnpGuestAttester
+from ._snp_guest import SvsmServiceRequest as SvsmServiceRequest
+from ._snp_guest import TsmFilesystem as TsmFilesystem
+
+__all__ = [
+    "DEFAULT_SEV_GUEST_DEVICE",
+    "DEFAULT_TSM_REPORT_ROOT",
+    "SNP_GET_EXT_REPORT",
+    "SNP_GET_REPORT",
+    "SVSM_VTPM_SERVICE_GUID",
+    "GuestInterface",
+    "GuestReport",
+    "GuestRequestIoctl",
+    "IoctlFunction",
+    "LinuxTsmFilesystem",
+    "SnpGuestAttester",
+    "SvsmServiceRequest",
+    "TsmFilesystem",
+]
