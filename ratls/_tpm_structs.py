@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, final
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -446,6 +446,7 @@ def parse_tpm2b_name(data: bytes) -> bytes:
 # --------------------------------------------------------------------------------------
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmsClockInfo:
     """TPMS_CLOCK_INFO: the TPM's clock when it produced an attestation.
@@ -499,6 +500,7 @@ def parse_tpms_clock_info(data: bytes) -> TpmsClockInfo:
 # --------------------------------------------------------------------------------------
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmsPcrSelection:
     """TPMS_PCR_SELECTION: one bank and a bitmap of PCRs (bit i of byte j = PCR 8j+i).
@@ -543,6 +545,7 @@ def parse_tpms_pcr_selection(data: bytes) -> TpmsPcrSelection:
     return out
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmlPcrSelection:
     """TPML_PCR_SELECTION: the PCRs a quote covers, bank by bank, in wire order.
@@ -616,6 +619,7 @@ def parse_tpml_pcr_selection(data: bytes) -> TpmlPcrSelection:
 # --------------------------------------------------------------------------------------
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmsQuoteInfo:
     """TPMS_QUOTE_INFO: the attested part of a quote.
@@ -651,6 +655,7 @@ def parse_tpms_quote_info(data: bytes) -> TpmsQuoteInfo:
     return out
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmsCertifyInfo:
     """TPMS_CERTIFY_INFO: the attested part of TPM2_Certify.
@@ -686,6 +691,7 @@ def parse_tpms_certify_info(data: bytes) -> TpmsCertifyInfo:
     return out
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmsAttest:
     """TPMS_ATTEST: what a TPM signs for a quote or a certification.
@@ -783,6 +789,7 @@ def parse_tpm2b_attest(data: bytes) -> TpmsAttest:
 # --------------------------------------------------------------------------------------
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmtSignature:
     """TPMT_SIGNATURE for RSASSA, RSAPSS and ECDSA (other schemes are refused).
@@ -852,6 +859,7 @@ def parse_tpmt_signature(data: bytes) -> TpmtSignature:
 # --------------------------------------------------------------------------------------
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmtSymDefObject:
     """TPMT_SYM_DEF_OBJECT: the symmetric algorithm of a storage/EK key (or NULL).
@@ -885,6 +893,7 @@ def _read_sym(r: _Reader) -> TpmtSymDefObject:
     return TpmtSymDefObject(algorithm=alg, key_bits=key_bits, mode=mode)
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmtScheme:
     """A TPMT_RSA_SCHEME, TPMT_ECC_SCHEME or TPMT_KDF_SCHEME.
@@ -918,6 +927,7 @@ def _read_scheme(r: _Reader, what: str, allowed: frozenset[TpmAlgId]) -> TpmtSch
     return TpmtScheme(scheme=scheme, hash_alg=hash_alg, count=count)
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmsRsaParms:
     """TPMS_RSA_PARMS.
@@ -944,6 +954,7 @@ class TpmsRsaParms:
         )
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmsEccParms:
     """TPMS_ECC_PARMS.
@@ -970,6 +981,7 @@ class TpmsEccParms:
         )
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmsEccPoint:
     """TPMS_ECC_POINT: an affine point as two big-endian coordinates.
@@ -987,6 +999,7 @@ class TpmsEccPoint:
         return tpm2b(self.x) + tpm2b(self.y)
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TpmtPublic:
     """TPMT_PUBLIC of an RSA or ECC key (keyed-hash and symmetric objects are refused).

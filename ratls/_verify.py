@@ -1,0 +1,105 @@
+"""Top-level verification recipes: parse, verify, appraise, and return an AttestationResult.
+
+These combine the hazmat pieces (report parser, AMD chain, signature checks, policy
+appraisal) so that a caller has little left to decide: pass the evidence, the policy and
+the time, get an :class:`~ratls._result.AttestationResult` or an exception naming the
+failed claim.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._amd_certs import AmdTrustAnchors, is_simulated_root
+from ._errors import CertificateChainError
+from ._result import AttestationResult
+from ._snp_verify import appraise_snp_report, verify_snp_report
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from cryptography import x509
+
+    from ._policy import Policy
+    from ._snp_report import ProductLine, SnpReport
+    from ._snp_verify import SnpEndorsements
+
+__all__ = ["trust_anchors", "verify_snp_attestation"]
+
+
+def trust_anchors(*, trust_simulator: bool, presented_root: x509.Certificate) -> AmdTrustAnchors:
+    """The roots to accept: AMD's pinned ARKs, plus the presented simulator root if allowed.
+
+    Trusting simulated hardware means trusting *any* root made by ratls's simulated AMD-SP:
+    the simulator's keys live in plain files, so pinning one of them would add no security,
+    only the illusion of it.  The result still records ``trust_anchor == "simulator"``.
+
+    Raises:
+        CertificateChainError: the presented root is a simulator root but simulated hardware
+            is not trusted (a clearer message than "root not pinned").
+    """
+    anchors = AmdTrustAnchors.default()
+    if is_simulated_root(presented_root):
+        if not trust_simulator:
+            raise CertificateChainError(
+                "snp.trust_anchor",
+                expected="an AMD root (pinned ARK)",
+                actual="the ratls simulator root",
+                detail="simulated hardware is trusted only when the policy says "
+                "[trust] simulated_hardware = true (or --trust-simulator)",
+            )
+        anchors = anchors.with_simulator_root(presented_root)
+    return anchors
+
+
+def verify_snp_attestation(
+    report: bytes | SnpReport,
+    endorsements: SnpEndorsements,
+    *,
+    policy: Policy | None,
+    at: datetime,
+    expected_report_data: bytes | None = None,
+    product: ProductLine | None = None,
+    trust_simulator: bool = False,
+) -> AttestationResult:
+    """Verify an SNP report and, if a policy is given, appraise it.
+
+    Args:
+        report: the raw report (or a parsed one).
+        endorsements: VCEK/VLEK, ASK/ASVK and ARK.
+        policy: the appraisal policy; None checks authenticity only (the result then says
+            ``appraised=False``, which attested connections never accept).
+        at: verification time (certificate validity).
+        expected_report_data: the 64 bytes REPORT_DATA must equal, if the caller knows them.
+        product: product line for version-2 reports that do not name it.
+        trust_simulator: accept the simulator root even without a policy that says so
+            (the CLI's ``--trust-simulator``); a policy's own setting also counts.
+
+    Raises:
+        RatlsError: any subclass, naming the failed check.
+    """
+    simulator_ok = trust_simulator or (policy is not None and policy.trust.simulated_hardware)
+    anchors = trust_anchors(trust_simulator=simulator_ok, presented_root=endorsements.root)
+    verified = verify_snp_report(report, endorsements, anchors=anchors, at=at, product=product)
+    if policy is not None:
+        appraise_snp_report(verified, policy.snp, expected_report_data=expected_report_data)
+    elif expected_report_data is not None:
+        appraise_snp_report_data_only(verified.report, expected_report_data)
+    return AttestationResult._create(
+        profile="snp",
+        snp=verified,
+        trust_anchor=verified.trust_anchor,
+        appraised=policy is not None,
+        policy_digest=policy.digest() if policy is not None else None,
+        verified_at=at,
+    )
+
+
+def appraise_snp_report_data_only(report: SnpReport, expected: bytes) -> None:
+    """Check only the REPORT_DATA binding (used when no policy is given)."""
+    import hmac
+
+    from ._errors import NonceMismatch
+
+    if not hmac.compare_digest(report.report_data, expected):
+        raise NonceMismatch("snp.report_data", expected=expected, actual=report.report_data)
