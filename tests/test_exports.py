@@ -9,7 +9,14 @@ from typing import Protocol
 
 import pytest
 
-PUBLIC_MODULES = ["ratls", "ratls.hazmat.snp", "ratls.hazmat.tpm", "ratls.attesters", "ratls.sim"]
+PUBLIC_MODULES = [
+    "ratls",
+    "ratls.hazmat.snp",
+    "ratls.hazmat.tpm",
+    "ratls.attesters",
+    "ratls.sim",
+    "ratls.spdm",
+]
 
 
 def public_names(module_name: str) -> list[str]:
