@@ -1,0 +1,655 @@
+"""AttestedTLSStream: TLS over any trio stream, with attestation before application data.
+
+The stdlib :mod:`ssl` module cannot export keying material (RFC 5705/8446 exporters), and
+the exporter is what binds evidence to a connection.  So instead of reusing
+:class:`trio.SSLStream` (which needs ``ssl.SSLContext.wrap_bio``) this module drives a
+pyOpenSSL ``Connection`` over memory BIOs, following the design of trio's ``_ssl.py``,
+and adds one thing: the handshake is not complete until the post-handshake attestation
+exchange (:mod:`ratls._exchange`) has succeeded in both directions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import operator
+from functools import partial
+from typing import TYPE_CHECKING, Final, Generic, TypeVar, final
+
+import trio
+from OpenSSL import SSL
+
+from ._errors import (
+    EvidenceVerificationError,
+    LocalProtocolError,
+    PolicyViolation,
+    RatlsError,
+    RemoteProtocolError,
+)
+from ._exchange import (
+    EXPORTER_CONTEXT,
+    EXPORTER_LABEL,
+    EXPORTER_LENGTH,
+    NEED_DATA,
+    AttestationConfig,
+    AttestationExchange,
+    AttestationRefused,
+    Evidence,
+    ExchangeEvent,
+    ExchangeRole,
+    ExchangeTruncated,
+    NoEvidence,
+    Verdict,
+    VerdictResult,
+    appraise_peer_evidence,
+    compute_binder,
+    local_evidence_event,
+)
+from ._tls_context import PeerCertificateErrors
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from cryptography import x509
+
+__all__ = ["STARTING_RECEIVE_SIZE", "AttestedTLSStream"]
+
+# Theory of operation
+# ===================
+#
+# A pyOpenSSL Connection created with ``Connection(context, None)`` does no I/O of its
+# own.  It owns two memory BIOs: ciphertext we received goes into the incoming BIO with
+# ``bio_write()`` (and ``bio_shutdown()`` marks end of file), and ciphertext it wants to
+# send is taken out of the outgoing BIO with ``bio_read()``.  Our job is to move bytes
+# between those BIOs and the transport stream, and to turn the four non-blocking
+# operations (``do_handshake``, ``send``, ``recv``, ``shutdown``) into trio-blocking ones.
+#
+# What the operations tell us:
+#
+# * ``WantReadError``: the operation cannot finish until more ciphertext arrives.  The
+#   rule (OpenSSL's, not ours) is that we must later retry *exactly the same call with
+#   the same data*.  For ``send`` that means the same bytes (pyOpenSSL sets
+#   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, so the same content in a new buffer is fine),
+#   and it also means the call may already have put records in the outgoing BIO.
+# * ``WantWriteError`` cannot happen: writes to a memory BIO always succeed.
+# * ``ZeroReturnError``: the peer sent close_notify, a clean end of the TLS stream.
+#   From ``recv`` this is end-of-file (``b""``); anywhere else the connection is over.
+# * ``SysCallError``: with memory BIOs this only means the incoming BIO hit end of file
+#   without close_notify (pyOpenSSL reports it as ``(-1, "Unexpected EOF")``, OpenSSL 3's
+#   SSL_R_UNEXPECTED_EOF_WHILE_READING): a truncation, which we treat as a broken
+#   stream, never as EOF (urllib3's WrappedSocket.recv maps it the same way).
+# * any other ``SSL.Error``: the TLS layer failed (bad certificate, alert, decrypt
+#   error).  The stream becomes BROKEN and the error is re-raised as
+#   ``trio.BrokenResourceError`` (or, for a refused peer certificate, as the
+#   CertificateChainError that says why) with the pyOpenSSL error as ``__cause__``.
+#
+# ``_retry(fn)`` converts one such call into a trio-blocking call.  Each round it calls
+# ``fn()``, drains the outgoing BIO, and then does *exactly one* thing that can block:
+# if there is ciphertext to send it sends it, *otherwise*, if the call wanted to read,
+# it receives.  Doing one thing per round matters because several tasks may be in
+# ``_retry`` at once (one sending, one receiving, both needing handshake or post-
+# handshake traffic): whatever we learned before blocking may be stale afterwards, so we
+# loop round and ask OpenSSL again.  Sending has priority because ciphertext must reach
+# the wire in the order it left the BIO; the send lock is a StrictFIFOLock so tasks send
+# in the order they drained.  Receiving uses a plain lock plus a counter of completed
+# transport receives: a task that queued for the lock while another task was receiving
+# does not receive again (the data it needed may have just arrived and nothing more
+# might ever come), it goes round the loop and retries its call instead.  If a transport
+# send fails or is cancelled after ciphertext left the BIO, some unknown part of a
+# record is lost and the stream is BROKEN for good.
+#
+# The stream is OK, BROKEN or CLOSED (_State).  Every public method checks it first;
+# BROKEN raises BrokenResourceError and CLOSED raises ClosedResourceError.  Outer
+# "conflict detectors" make two tasks calling send_all (or receive_some) at once fail
+# with BusyResourceError instead of interleaving.
+#
+# The handshake runs once, forced by the first send_all/receive_some/aclose if the user
+# did not call do_handshake.  For an attested stream it has two parts: the TLS handshake
+# (TLS 1.3 only, checked after the fact too) and then the attestation exchange, whose
+# messages travel as TLS application data.  Both sides compute the binder
+# SHA-256(SPKI of the attesting side's certificate) || TLS-Exporter(
+# "EXPORTER-Channel-Binding", "", 32) with ``Connection.export_keying_material`` (RFC
+# 9266; for TLS 1.3 an empty context and no context give the same value, and the tests
+# compare ours with ``openssl s_client -keymatexport``).  Only after both verdicts are
+# "ok" do send_all/receive_some move application bytes; bytes that arrived right after
+# the last exchange message are kept and returned first by receive_some.  If we refuse
+# the peer we tell it why (a "refused" verdict) and send close_notify, then raise the
+# verifier's error; if the peer refuses us we raise AttestationRefused.
+#
+# TLS 1.3 servers send NewSessionTicket messages right after the handshake.  If those
+# bytes were sent immediately, a server whose client is not reading (on a transport
+# without buffering) would block inside do_handshake.  As trio does, we hold them back
+# and put them in front of the next thing the server sends.
+
+_T = TypeVar("_T")
+T_Stream = TypeVar("T_Stream", bound=trio.abc.Stream)
+
+# Size of the first recv() when the caller gives no max_bytes.  Later calls use the
+# largest ciphertext chunk the transport has returned so far (ciphertext is slightly
+# larger than the plaintext it carries, so this errs on the generous side).  16 KiB is
+# one full TLS record.
+STARTING_RECEIVE_SIZE: Final = 16384
+
+# Largest plaintext handed to one SSL_write: four records.  Bigger sends are split so
+# that a retried call (same call, same data) never re-copies a huge buffer.
+_MAX_WRITE: Final = 4 * 16384
+
+_TLS13: Final = "TLSv1.3"
+
+
+class _State(enum.Enum):
+    OK = enum.auto()
+    BROKEN = enum.auto()
+    CLOSED = enum.auto()
+
+
+class _ConflictDetector:
+    """Raise BusyResourceError when two tasks enter the same operation at once."""
+
+    __slots__ = ("_held", "_message")
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._held = False
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        if self._held:
+            raise trio.BusyResourceError(self._message)
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+
+
+def _refusal_reason(exc: BaseException) -> str:
+    # What the peer learns about why we stop: the error class and, for evidence checks,
+    # the claim that failed, but not the reference values our policy expected.
+    if isinstance(exc, EvidenceVerificationError):
+        return f"{type(exc).__name__}: {exc.claim}"
+    if isinstance(exc, RatlsError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"internal error ({type(exc).__name__})"
+
+
+@final
+class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
+    """TLS over a trio stream, optionally with mutual attestation before any data.
+
+    Args:
+        transport_stream: the stream carrying ciphertext (a TCP stream, a memory stream,
+            another TLS stream...).
+        ssl_context: a pyOpenSSL context, normally from
+            :func:`~ratls._tls_context.make_client_context` or
+            :func:`~ratls._tls_context.make_server_context`.
+        server_side: True for the TLS server end.
+        attestation: what this side proves and demands; None for plain TLS (then TLS 1.2
+            is allowed and no exchange takes place).
+        server_hostname: SNI name to send (client side only); trust does not depend on it.
+
+    Attributes:
+        transport_stream: the underlying stream.
+        server_side: whether this is the TLS server end.
+    """
+
+    def __init__(
+        self,
+        transport_stream: T_Stream,
+        ssl_context: SSL.Context,
+        *,
+        server_side: bool,
+        attestation: AttestationConfig | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.transport_stream: T_Stream = transport_stream
+        self.server_side = server_side
+        self._attestation = attestation
+        self._conn = SSL.Connection(ssl_context, None)
+        self._cert_errors = PeerCertificateErrors()
+        self._conn.set_app_data(self._cert_errors)
+        if server_side:
+            if server_hostname is not None:
+                raise ValueError("server_hostname is for the client side")
+            self._conn.set_accept_state()
+        else:
+            if server_hostname is not None:
+                self._conn.set_tlsext_host_name(server_hostname.encode("idna"))
+            self._conn.set_connect_state()
+        self._state = _State.OK
+        self._handshake_started = False
+        self._handshake_done = trio.Event()
+        self._handshake_ok = False
+        self._inner_send_lock = trio.StrictFIFOLock()
+        self._inner_recv_lock = trio.Lock()
+        self._inner_recv_count = 0
+        self._estimated_receive_size = STARTING_RECEIVE_SIZE
+        self._delayed_outgoing = b""
+        self._app_buffer = bytearray()
+        self._outer_send = _ConflictDetector("another task is sending on this AttestedTLSStream")
+        self._outer_recv = _ConflictDetector("another task is receiving on this AttestedTLSStream")
+        self._peer_certificate: x509.Certificate | None = None
+        self._peer_attestation: object = None
+
+    # ------------------------------------------------------------------ properties
+
+    def _require_handshake(self, name: str) -> None:
+        if not self._handshake_ok:
+            raise trio.NeedHandshakeError(f"call do_handshake() before reading {name}")
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The peer's TLS certificate (None if it sent none).
+
+        Raises:
+            trio.NeedHandshakeError: the handshake has not completed.
+        """
+        self._require_handshake("peer_certificate")
+        return self._peer_certificate
+
+    @property
+    def peer_attestation(self) -> object:
+        """What the PeerVerifier returned for the peer's evidence.
+
+        None when attestation is off or our configuration does not require the peer to
+        attest.
+
+        Raises:
+            trio.NeedHandshakeError: the handshake (and exchange) has not completed.
+        """
+        self._require_handshake("peer_attestation")
+        return self._peer_attestation
+
+    @property
+    def tls_version(self) -> str:
+        """The negotiated protocol version, e.g. ``"TLSv1.3"``.
+
+        Raises:
+            trio.NeedHandshakeError: the handshake has not completed.
+        """
+        self._require_handshake("tls_version")
+        return self._conn.get_protocol_version_name()
+
+    @property
+    def channel_binding(self) -> bytes:
+        """The RFC 9266 tls-exporter channel binding of this connection (32 bytes).
+
+        Raises:
+            trio.NeedHandshakeError: the handshake has not completed.
+        """
+        self._require_handshake("channel_binding")
+        return self._exporter()
+
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
+        """Export keying material from the TLS session (RFC 5705 / RFC 8446 7.5).
+
+        Args:
+            label: the exporter label.
+            length: how many bytes to export.
+            context: the context value, or None for "no context".
+
+        Returns:
+            ``length`` bytes.
+
+        Raises:
+            trio.NeedHandshakeError: the handshake has not completed.
+        """
+        self._require_handshake("keying material")
+        return self._conn.export_keying_material(label, length, context)
+
+    def _exporter(self) -> bytes:
+        return self._conn.export_keying_material(EXPORTER_LABEL, EXPORTER_LENGTH, EXPORTER_CONTEXT)
+
+    # ------------------------------------------------------------------ core I/O
+
+    def _check_status(self) -> None:
+        if self._state is _State.BROKEN:
+            raise trio.BrokenResourceError("this AttestedTLSStream is broken")
+        if self._state is _State.CLOSED:
+            raise trio.ClosedResourceError("this AttestedTLSStream is closed")
+
+    def _mark_broken(self) -> None:
+        if self._state is _State.OK:
+            self._state = _State.BROKEN
+
+    def _drain_outgoing(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(65536))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    def _tls_failure(self, exc: SSL.Error) -> BaseException:
+        if self._cert_errors:
+            return self._cert_errors[0]
+        return trio.BrokenResourceError(f"TLS failure: {exc}")
+
+    async def _retry(self, fn: Callable[[], _T], *, is_handshake: bool = False) -> _T:
+        """Run one non-blocking pyOpenSSL call to completion; see the theory above."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        yielded = False
+        while True:
+            want_read = False
+            finished = False
+            try:
+                result = fn()
+            except SSL.WantReadError:
+                want_read = True
+            except SSL.ZeroReturnError as exc:
+                self._mark_broken()
+                raise trio.BrokenResourceError("peer closed the TLS connection") from exc
+            except SSL.SysCallError as exc:
+                self._mark_broken()
+                raise trio.BrokenResourceError("transport ended without TLS close") from exc
+            except SSL.Error as exc:
+                self._mark_broken()
+                raise self._tls_failure(exc) from exc
+            else:
+                finished = True
+            to_send = self._drain_outgoing()
+            if (
+                is_handshake
+                and finished
+                and self.server_side
+                and self._conn.get_protocol_version_name() == _TLS13
+            ):
+                # Session tickets: hold them until the server next sends (see theory).
+                self._delayed_outgoing += to_send
+                to_send = b""
+            if to_send:
+                try:
+                    async with self._inner_send_lock:
+                        yielded = True
+                        if self._delayed_outgoing:
+                            to_send = self._delayed_outgoing + to_send
+                            self._delayed_outgoing = b""
+                        await self.transport_stream.send_all(to_send)
+                except BaseException:
+                    # Some unknown part of our ciphertext was lost: the stream is doomed.
+                    self._mark_broken()
+                    raise
+            elif want_read:
+                recv_count = self._inner_recv_count
+                async with self._inner_recv_lock:
+                    yielded = True
+                    if recv_count == self._inner_recv_count:
+                        data = await self.transport_stream.receive_some()
+                        if data:
+                            self._estimated_receive_size = max(
+                                self._estimated_receive_size, len(data)
+                            )
+                            self._conn.bio_write(data)
+                        else:
+                            self._conn.bio_shutdown()
+                        self._inner_recv_count += 1
+            if finished:
+                if not yielded:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return result
+
+    def _read(self, max_bytes: int) -> bytes:
+        try:
+            return self._conn.recv(max_bytes)
+        except SSL.ZeroReturnError:
+            return b""
+
+    def _shutdown_once(self) -> None:
+        # Send close_notify without waiting for the peer's (allowed by RFC 8446 6.1).
+        with contextlib.suppress(SSL.WantReadError):
+            self._conn.shutdown()
+
+    async def _send_plaintext(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            chunk = bytes(view[:_MAX_WRITE])
+            written = await self._retry(partial(self._conn.send, chunk))
+            view = view[written:]
+
+    # ------------------------------------------------------------------ handshake
+
+    async def _ensure_handshake(self, *, checkpoint: bool) -> None:
+        if not self._handshake_started:
+            self._handshake_started = True
+            try:
+                await self._do_handshake()
+            except BaseException:
+                self._mark_broken()
+                raise
+            finally:
+                self._handshake_done.set()
+        elif checkpoint or not self._handshake_done.is_set():
+            await self._handshake_done.wait()
+        if not self._handshake_ok:
+            self._check_status()
+            raise trio.BrokenResourceError("the handshake failed")
+
+    async def _do_handshake(self) -> None:
+        await self._retry(self._conn.do_handshake, is_handshake=True)
+        self._peer_certificate = self._conn.get_peer_certificate(as_cryptography=True)
+        config = self._attestation
+        if config is not None:
+            version = self._conn.get_protocol_version_name()
+            if version != _TLS13:
+                raise PolicyViolation("tls.version", expected=_TLS13, actual=version)
+            self._peer_attestation = await self._attest(config)
+        self._handshake_ok = True
+
+    async def _call(self, config: AttestationConfig, fn: Callable[[], _T]) -> _T:
+        if config.run_in_thread:
+            return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+        await trio.lowlevel.checkpoint()
+        return fn()
+
+    async def _next_exchange_event(self, machine: AttestationExchange) -> ExchangeEvent:
+        """The peer's next exchange message; a refusal raises AttestationRefused."""
+        while True:
+            try:
+                event = machine.next_event()
+            except ExchangeTruncated as exc:
+                self._mark_broken()
+                raise trio.BrokenResourceError(str(exc)) from exc
+            except RemoteProtocolError as exc:
+                await self._refuse(machine, exc)
+                raise
+            if event is NEED_DATA:
+                size = self._estimated_receive_size
+                try:
+                    data = await self._retry(partial(self._read, size))
+                except trio.BrokenResourceError as exc:
+                    cause = exc.__cause__
+                    if isinstance(cause, SSL.Error) and not isinstance(cause, SSL.SysCallError):
+                        raise  # a TLS failure, not the peer going away
+                    data = b""  # transport EOF or failure: report the exchange as cut short
+                machine.receive_data(data)
+            elif isinstance(event, Verdict) and event.result is VerdictResult.REFUSED:
+                self._mark_broken()
+                raise AttestationRefused(event.reason)
+            elif isinstance(event, Evidence | NoEvidence | Verdict):
+                return event
+            else:  # pragma: no cover - PAUSED would be a sequencing bug in _attest
+                raise LocalProtocolError("attestation exchange out of step")
+
+    async def _receive_evidence(self, machine: AttestationExchange) -> Evidence | NoEvidence:
+        event = await self._next_exchange_event(machine)
+        if isinstance(event, Verdict):  # pragma: no cover - the machine rules this out
+            raise LocalProtocolError("attestation exchange out of step")
+        return event
+
+    async def _refuse(self, machine: AttestationExchange, exc: BaseException) -> None:
+        """Best effort: tell the peer why we stop, then send close_notify."""
+        self._mark_broken()
+        try:
+            data = machine.send(Verdict.refused(_refusal_reason(exc)))
+        except LocalProtocolError:  # pragma: no cover - refusing is allowed in every live state
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._send_plaintext(data)
+            await self._retry(self._shutdown_once)
+
+    async def _attest(self, config: AttestationConfig) -> object:
+        machine = AttestationExchange(
+            ExchangeRole.SERVER if self.server_side else ExchangeRole.CLIENT
+        )
+        exporter = self._exporter()
+        own = self._conn.get_certificate(as_cryptography=True)
+        own_binder = compute_binder(own, exporter) if own is not None else None
+        peer = self._peer_certificate
+        peer_binder = compute_binder(peer, exporter) if peer is not None else None
+
+        async def produce() -> Evidence | NoEvidence:
+            try:
+                if config.attester is not None and own_binder is None:
+                    raise LocalProtocolError("cannot attest without a certificate of our own")
+                return await self._call(
+                    config, partial(local_evidence_event, config, own_binder or b"")
+                )
+            except Exception as exc:
+                await self._refuse(machine, exc)
+                raise
+
+        async def appraise(event: Evidence | NoEvidence) -> object:
+            try:
+                return await self._call(
+                    config, partial(appraise_peer_evidence, config, event, peer_binder)
+                )
+            except Exception as exc:
+                await self._refuse(machine, exc)
+                raise
+
+        if self.server_side:
+            await self._send_plaintext(machine.send(await produce()))
+            result = await appraise(await self._receive_evidence(machine))
+            await self._next_exchange_event(machine)  # the client's ok verdict on us
+            await self._send_plaintext(machine.send(Verdict.ok()))
+        else:
+            result = await appraise(await self._receive_evidence(machine))
+            own_event = await produce()
+            await self._send_plaintext(machine.send(own_event) + machine.send(Verdict.ok()))
+            await self._next_exchange_event(machine)  # the server's ok verdict on us
+        self._app_buffer += machine.trailing_data
+        return result
+
+    async def do_handshake(self) -> None:
+        """Run the TLS handshake and, if configured, the attestation exchange.
+
+        You need not call this: the first send_all, receive_some or aclose does it.
+        Call it to look at :attr:`peer_attestation` before sending anything.  If another
+        task is already handshaking, this waits for it.  Run it under a timeout
+        (``trio.fail_after``): a silent peer makes it wait forever.
+
+        Raises:
+            trio.BrokenResourceError: the transport or the TLS layer failed, or the peer
+                went away during the exchange.
+            trio.ClosedResourceError: this stream was closed.
+            CertificateChainError: the peer's certificate was refused.
+            AttestationRefused: the peer refused our evidence (its reason attached).
+            RatlsError: our verifier refused the peer's evidence (we told the peer), our
+                attester failed, or the peer broke the exchange protocol
+                (a RemoteProtocolError subclass).
+
+        If this raises or is cancelled, the stream is broken: every later call raises
+        BrokenResourceError, and only :meth:`aclose` remains useful.
+        """
+        self._check_status()
+        await self._ensure_handshake(checkpoint=True)
+
+    # ------------------------------------------------------------------ Stream API
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send ``data``, after the handshake and attestation.
+
+        See :meth:`trio.abc.SendStream.send_all`.  If cancelled, an unknown amount of
+        data was sent and the stream is broken.
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.BrokenResourceError: the stream failed (now or before).
+            trio.ClosedResourceError: this stream was closed.
+            RatlsError: the implicit handshake failed (see :meth:`do_handshake`).
+        """
+        with self._outer_send.guard():
+            self._check_status()
+            await self._ensure_handshake(checkpoint=False)
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            await self._send_plaintext(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Receive and decrypt some data, after the handshake and attestation.
+
+        See :meth:`trio.abc.ReceiveStream.receive_some`: returns ``b""`` only when the
+        peer closed the TLS stream with close_notify.  A transport EOF without it raises
+        BrokenResourceError (a possible truncation attack).
+
+        Raises:
+            ValueError: ``max_bytes`` is less than 1.
+            TypeError: ``max_bytes`` is not an integer.
+            trio.BusyResourceError: another task is receiving.
+            trio.BrokenResourceError: the stream failed (now or before).
+            trio.ClosedResourceError: this stream was closed.
+            RatlsError: the implicit handshake failed (see :meth:`do_handshake`).
+        """
+        with self._outer_recv.guard():
+            if max_bytes is not None:
+                max_bytes = operator.index(max_bytes)
+                if max_bytes < 1:
+                    raise ValueError("max_bytes must be >= 1")
+            self._check_status()
+            await self._ensure_handshake(checkpoint=False)
+            if self._app_buffer:
+                await trio.lowlevel.checkpoint()
+                limit = len(self._app_buffer) if max_bytes is None else max_bytes
+                chunk = bytes(self._app_buffer[:limit])
+                del self._app_buffer[:limit]
+                return chunk
+            if max_bytes is None:
+                max_bytes = self._estimated_receive_size
+            return await self._retry(partial(self._read, max_bytes))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""
+        with self._outer_send.guard():
+            self._check_status()
+            # A concurrent receive_some may be sending (handshake or TLS 1.3
+            # post-handshake traffic); wait our turn rather than touch the transport
+            # at the same time.
+            async with self._inner_send_lock:
+                await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Send close_notify (once, without waiting for the reply), then close.
+
+        If the handshake never started there is nothing to say in TLS, so the transport
+        is simply closed (no attestation runs just to say goodbye).  If it is under way,
+        this waits for it to finish first.  Any failure, or cancellation, closes the
+        transport forcefully; either way the stream ends up closed.
+        """
+        if self._state is _State.CLOSED:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._state is _State.BROKEN or not self._handshake_started:
+            self._state = _State.CLOSED
+            await self.transport_stream.aclose()
+            return
+        try:
+            await self._ensure_handshake(checkpoint=False)
+            # The peer may already be gone, or another task may be mid-send: then
+            # grace is impossible and we just close.
+            with contextlib.suppress(trio.BrokenResourceError, trio.BusyResourceError):
+                await self._retry(self._shutdown_once)
+        except BaseException:
+            await trio.aclose_forcefully(self.transport_stream)
+            raise
+        else:
+            await self.transport_stream.aclose()
+        finally:
+            self._state = _State.CLOSED
+
+    def __repr__(self) -> str:
+        side = "server" if self.server_side else "client"
+        mode = "attested" if self._attestation is not None else "plain"
+        return f"<AttestedTLSStream {side} {mode} {self._state.name}>"
