@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AMD_KDS_CRL_URL",
+    "AMD_KDS_URL",
     "PINNED_ARK_SPKI_SHA256",
     "SIMULATOR_MARK",
     "AmdKeyExtensions",
@@ -75,6 +76,8 @@ __all__ = [
     "VerifiedAmdChain",
     "amd_certificate_serial",
     "is_simulated_root",
+    "kds_chain_url",
+    "kds_vcek_url",
     "load_amd_certificate",
     "parse_amd_key_extensions",
     "spki_sha256",
@@ -93,6 +96,9 @@ _SERIAL_WARNING_RE: Final = r"Parsed a serial number which wasn't positive"
 #: AMD KDS CRL distribution point, by key family ("vcek" or "vlek") and product name.  The
 #: ARK and the ASK carry the vcek one, the ASVK the vlek one.
 AMD_KDS_CRL_URL: Final = "https://kdsintf.amd.com/{family}/v1/{product}/crl"
+
+#: AMD Key Distribution Service, where a VCEK and the ASK/ARK chain can be downloaded.
+AMD_KDS_URL: Final = "https://kdsintf.amd.com"
 
 #: SHA-256 of the SubjectPublicKeyInfo DER of AMD's root key (ARK) per product line.
 PINNED_ARK_SPKI_SHA256: Final[Mapping[ProductLine, bytes]] = MappingProxyType(
@@ -1238,3 +1244,34 @@ def verify_report_signature(report: SnpReport, public_key: ec.EllipticCurvePubli
             expected="a valid ECDSA P-384/SHA-384 signature by the VCEK/VLEK",
             actual="signature does not verify",
         ) from exc
+
+
+def kds_vcek_url(report: SnpReport) -> str:
+    """The KDS address of the VCEK that signed ``report`` (chip ID and REPORTED_TCB).
+
+    Turin and later use an 8-byte hwID and add ``fmcSPL``.  Verification never needs the
+    network: this is only a hint for users whose host supplied no certificates.
+
+    Raises:
+        ValueError: the report's product line is unknown (a version-2 report parsed without
+            a product) or its chip ID is masked.
+    """
+    if report.product is None:
+        raise ValueError("the report does not name its product line; pass one explicitly")
+    if not any(report.chip_id):
+        raise ValueError("the report's CHIP_ID is masked; the VCEK cannot be looked up by it")
+    tcb = report.reported_tcb
+    if report.product is ProductLine.TURIN:
+        hw_id = report.chip_id[:8].hex()
+        query = f"fmcSPL={tcb.fmc or 0}&blSPL={tcb.bootloader}&teeSPL={tcb.tee}"
+    else:
+        hw_id = report.chip_id.hex()
+        query = f"blSPL={tcb.bootloader}&teeSPL={tcb.tee}"
+    query += f"&snpSPL={tcb.snp}&ucodeSPL={tcb.microcode}"
+    return f"{AMD_KDS_URL}/vcek/v1/{report.product.value}/{hw_id}?{query}"
+
+
+def kds_chain_url(product: ProductLine, key_kind: KeyKind = KeyKind.VCEK) -> str:
+    """The KDS address of the ASK+ARK (or ASVK+ARK) chain for ``product``, as PEM."""
+    family = "vlek" if key_kind is KeyKind.VLEK else "vcek"
+    return f"{AMD_KDS_URL}/{family}/v1/{product.value}/cert_chain"

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from ._result import AttestationResult
+    from ._snp_report import SnpReport
 
 __all__ = ["default_sim_dir", "display", "load_endorsements_dir", "report", "verify"]
 
@@ -171,12 +172,24 @@ def _report_from_hardware(args: argparse.Namespace, report_data: bytes) -> int:
     if written:
         print(f"wrote {', '.join(written)} in {args.certs_dir}")
     else:
-        print(
-            "the host supplied no certificates; fetch the VCEK and chain from AMD's KDS "
-            "(see docs/amd-chain.md)",
-            file=sys.stderr,
-        )
+        parsed = parse_snp_report(guest.report)
+        print("the host supplied no certificates; fetch them from AMD's KDS:", file=sys.stderr)
+        for hint in _kds_hints(parsed):
+            print(f"  {hint}", file=sys.stderr)
     return EXIT_OK
+
+
+def _kds_hints(parsed: SnpReport) -> list[str]:
+    from ._amd_certs import kds_chain_url, kds_vcek_url
+
+    if parsed.product is None:
+        return ["(report version 2: give --product to compute the KDS addresses)"]
+    hints = [f"chain: {kds_chain_url(parsed.product)}"]
+    try:
+        hints.insert(0, f"VCEK (DER): {kds_vcek_url(parsed)}")
+    except ValueError as exc:
+        hints.insert(0, f"VCEK: {exc}")
+    return hints
 
 
 def display(args: argparse.Namespace) -> int:
@@ -187,6 +200,10 @@ def display(args: argparse.Namespace) -> int:
         print_json(described)
     else:
         _print_table(described)
+        print()
+        print("where to fetch the signing chain if the host gave none (AMD KDS):")
+        for hint in _kds_hints(parsed):
+            print(f"  {hint}")
     return EXIT_OK
 
 

@@ -120,3 +120,29 @@ def test_real_turin_report_through_the_cli(
     out = capsys.readouterr().out
     assert "trust anchor   AMD" in out
     assert "Turin" in out
+
+
+def test_kds_addresses_for_real_reports() -> None:
+    from ratls._amd_certs import kds_chain_url, kds_vcek_url
+    from ratls._snp_report import parse_snp_report
+
+    turin = parse_snp_report(turin_report())
+    assert kds_vcek_url(turin) == (
+        "https://kdsintf.amd.com/vcek/v1/Turin/3b42092f69c656d3"
+        "?fmcSPL=0&blSPL=1&teeSPL=0&snpSPL=2&ucodeSPL=71"
+    )
+    milan_raw = bytes.fromhex((VECTORS / "milan-v2-virtee-sev.hex").read_text().strip())
+    milan = parse_snp_report(milan_raw, product=ProductLine.MILAN)
+    url = kds_vcek_url(milan)
+    assert url.startswith("https://kdsintf.amd.com/vcek/v1/Milan/" + milan.chip_id.hex() + "?")
+    assert url.endswith("blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115")
+    assert kds_chain_url(ProductLine.GENOA) == "https://kdsintf.amd.com/vcek/v1/Genoa/cert_chain"
+    with pytest.raises(ValueError, match="product"):
+        kds_vcek_url(parse_snp_report(milan_raw))
+
+
+def test_display_prints_the_kds_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "report.bin"
+    report.write_bytes(turin_report())
+    assert main(["snp", "display", str(report)]) == 0
+    assert "kdsintf.amd.com/vcek/v1/Turin/3b42092f69c656d3" in capsys.readouterr().out
