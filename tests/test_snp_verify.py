@@ -469,3 +469,77 @@ def test_product_and_signing_key_restrictions(genoa: SimulatedAmdSp) -> None:
 
 def test_tcb_version_is_reexported_for_policies() -> None:
     assert TcbVersion is not None
+
+
+def test_endorsements_from_the_extended_report_certificate_table(genoa: SimulatedAmdSp) -> None:
+    from ratls._snp_certtable import (
+        CERT_TABLE_GUID_ARK,
+        CERT_TABLE_GUID_VCEK,
+        CertTableEntry,
+        build_cert_table,
+        parse_cert_table,
+    )
+
+    table = genoa.cert_table()
+    endorsements = SnpEndorsements.from_cert_table(table)
+    assert endorsements.leaf == genoa.leaf
+    assert endorsements.root == genoa.ark
+    report = genoa.build_report(report_data=NONCE)
+    assert attest(genoa, report, endorsements=endorsements)
+
+    entries = parse_cert_table(table).entries
+    without_ark = build_cert_table([e for e in entries if e.guid != CERT_TABLE_GUID_ARK])
+    with pytest.raises(EvidenceFormatError, match="no ARK"):
+        SnpEndorsements.from_cert_table(without_ark)
+    # The ARK may come from elsewhere (e.g. certs/amd/): it is checked against the pins anyway.
+    assert SnpEndorsements.from_cert_table(without_ark, root=genoa.ark).root == genoa.ark
+    without_vcek = build_cert_table([e for e in entries if e.guid != CERT_TABLE_GUID_VCEK])
+    with pytest.raises(EvidenceFormatError, match="no VCEK or VLEK"):
+        SnpEndorsements.from_cert_table(without_vcek)
+    only_vcek = build_cert_table([CertTableEntry(guid=CERT_TABLE_GUID_VCEK, data=b"\x30\x00")])
+    with pytest.raises(EvidenceFormatError):
+        SnpEndorsements.from_cert_table(only_vcek)
+
+
+def test_product_names() -> None:
+    from ratls._snp_verify import product_from_name
+
+    assert product_from_name("Milan-B0") is ProductLine.MILAN
+    assert product_from_name("genoa") is ProductLine.GENOA
+    assert product_from_name("Turin") is ProductLine.TURIN
+    with pytest.raises(EvidenceFormatError, match="Naples"):
+        product_from_name("Naples")
+
+
+def test_masked_chip_id_is_accepted_but_policy_can_require_one(genoa: SimulatedAmdSp) -> None:
+    report = genoa.build_report(
+        report_data=NONCE,
+        signer_info=SignerInfo(signing_key=SigningKey.VCEK, mask_chip_key=True),
+        chip_id=bytes(64),
+    )
+    assert attest(genoa, report).snp.report.chip_id == bytes(64)
+    with pytest.raises(PolicyViolation, match=r"snp\.chip_id"):
+        attest(genoa, report, policy_for(genoa, chip_ids=frozenset({genoa.chip_id})))
+
+
+def test_committed_firmware_version_must_match_unless_provisional(genoa: SimulatedAmdSp) -> None:
+    report = genoa.build_report(report_data=NONCE, committed_build=genoa_build(genoa) - 1)
+    with pytest.raises(PolicyViolation, match=r"snp\.committed_version"):
+        attest(genoa, report)
+    assert attest(genoa, report, policy_for(genoa, allow_provisional_firmware=True))
+    ahead = genoa.build_report(report_data=NONCE, committed_build=genoa_build(genoa) + 1)
+    with pytest.raises(PolicyViolation, match=r"snp\.committed_version"):
+        attest(genoa, ahead, policy_for(genoa, allow_provisional_firmware=True))
+
+
+def genoa_build(sim: SimulatedAmdSp) -> int:
+    return sim.build_report(report_data=NONCE).current_build
+
+
+def test_fmc_minimum_applies_only_where_there_is_an_fmc(genoa: SimulatedAmdSp) -> None:
+    report = genoa.build_report(report_data=NONCE)
+    assert attest(genoa, report, policy_for(genoa, minimum_tcb=TcbMinimum(fmc=200)))
+    turin = simulated_amd_sp(ProductLine.TURIN, KeyKind.VCEK)
+    turin_report = turin.build_report(report_data=NONCE)
+    with pytest.raises(TcbTooLow, match=r"snp\.reported_tcb\.fmc"):
+        attest(turin, turin_report, policy_for(turin, minimum_tcb=TcbMinimum(fmc=200)))
