@@ -23,6 +23,12 @@ from ._errors import RatlsError as RatlsError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import SignatureMismatch as SignatureMismatch
 from ._errors import TcbTooLow as TcbTooLow
+from ._evidence_cert import AttestedCertificateBuilder as AttestedCertificateBuilder
+from ._evidence_cert import CertificateEvidence as CertificateEvidence
+from ._evidence_cert import RatlsOID as RatlsOID
+from ._evidence_cert import inspect_evidence_certificate as inspect_evidence_certificate
+from ._evidence_cert import load_evidence_certificate as load_evidence_certificate
+from ._evidence_cert import verify_evidence_certificate as verify_evidence_certificate
 from ._policy import Policy as Policy
 from ._policy import SnpPlatformRequirements as SnpPlatformRequirements
 from ._policy import SnpPolicy as SnpPolicy
@@ -34,15 +40,29 @@ from ._result import AttestationResult as AttestationResult
 from ._snp_report import ProductLine as ProductLine
 from ._snp_verify import SnpEndorsements as SnpEndorsements
 from ._verify import verify_snp_attestation as verify_snp_attestation
+from ._vtpm_evidence import ActivationChallenge as ActivationChallenge
+from ._vtpm_evidence import ActivationProof as ActivationProof
+from ._vtpm_evidence import AkBinding as AkBinding
+from ._vtpm_evidence import VtpmEvidence as VtpmEvidence
+from ._vtpm_evidence import VtpmProfile as VtpmProfile
+from ._vtpm_evidence import begin_activation as begin_activation
+from ._vtpm_evidence import finish_activation as finish_activation
+from ._vtpm_evidence import parse_vtpm_evidence as parse_vtpm_evidence
+from ._vtpm_evidence import verify_vtpm_attestation as verify_vtpm_attestation
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ActivationChallenge",
+    "ActivationProof",
+    "AkBinding",
     "AttestationResult",
+    "AttestedCertificateBuilder",
     "AttesterError",
     "AttesterUnavailable",
     "BindingMismatch",
     "CertificateChainError",
+    "CertificateEvidence",
     "EvidenceError",
     "EvidenceFormatError",
     "EvidenceVerificationError",
@@ -55,6 +75,7 @@ __all__ = [
     "ProductLine",
     "ProtocolError",
     "RatlsError",
+    "RatlsOID",
     "RemoteProtocolError",
     "SignatureMismatch",
     "SnpEndorsements",
@@ -63,7 +84,16 @@ __all__ = [
     "TcbMinimum",
     "TcbTooLow",
     "TrustPolicy",
+    "VtpmEvidence",
     "VtpmPolicy",
+    "VtpmProfile",
+    "begin_activation",
+    "finish_activation",
+    "inspect_evidence_certificate",
+    "load_evidence_certificate",
     "load_policy",
+    "parse_vtpm_evidence",
+    "verify_evidence_certificate",
     "verify_snp_attestation",
+    "verify_vtpm_attestation",
 ]

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from ._snp_verify import VerifiedSnpReport
+    from ._vtpm_evidence import VerifiedVtpmEvidence
 
 __all__ = ["AttestationResult"]
 
@@ -40,6 +41,7 @@ class AttestationResult(metaclass=NoPublicConstructor):
             (certificate-carried evidence), so its age bound is all that limits replay.
         ak_binding: for vTPM profiles, how the AK was tied to the attested vTPM:
             ``"activated"``, ``"vmpl0-bound"`` or ``"unproven"``; None without a vTPM.
+        vtpm: the verified vTPM evidence (EK, AK, quote, PCRs), None without a vTPM.
     """
 
     profile: str
@@ -50,6 +52,7 @@ class AttestationResult(metaclass=NoPublicConstructor):
     verified_at: datetime
     replayable: bool = False
     ak_binding: str | None = None
+    vtpm: VerifiedVtpmEvidence | None = None
 
     def claims(self) -> dict[str, object]:
         """A JSON-friendly summary of what was verified (for CLIs, logs and headers)."""
@@ -62,6 +65,7 @@ class AttestationResult(metaclass=NoPublicConstructor):
             "verified_at": self.verified_at.isoformat(),
             "replayable": self.replayable,
             "ak_binding": self.ak_binding,
+            "vtpm": self.vtpm.claims() if self.vtpm is not None else None,
             "snp": {
                 "product": self.snp.product.value,
                 "signing_key": self.snp.key_kind.name,

@@ -41,6 +41,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
+#: The sub-command action that the ``add_commands`` functions of the CLI modules extend.
+Verbs = argparse._SubParsersAction
+
+
 def _product_arg(value: str) -> str:
     names = {"milan": "Milan", "genoa": "Genoa", "turin": "Turin"}
     try:
@@ -116,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_cli_snp.verify)
+
+    from . import _cli_cert, _cli_tpm
+
+    _cli_cert.add_commands(verbs)
+    _cli_tpm.add_commands(verbs)
     return parser
 
 

@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+from .._azure_hcl import HclReport as HclReport
+from .._azure_hcl import RuntimeClaims as RuntimeClaims
+from .._azure_hcl import parse_hcl_report as parse_hcl_report
+from .._azure_hcl import parse_runtime_claims as parse_runtime_claims
 from .._tpm_credential import Credential as Credential
 from .._tpm_credential import kdfa as kdfa
 from .._tpm_credential import kdfe as kdfe
@@ -29,28 +33,36 @@ from .._tpm_structs import parse_tpm2b_public as parse_tpm2b_public
 from .._tpm_structs import parse_tpms_attest as parse_tpms_attest
 from .._tpm_structs import parse_tpmt_public as parse_tpmt_public
 from .._tpm_structs import parse_tpmt_signature as parse_tpmt_signature
+from .._vtpm_evidence import VerifiedVtpmEvidence as VerifiedVtpmEvidence
+from .._vtpm_evidence import verify_vtpm_evidence as verify_vtpm_evidence
 
 __all__ = [
     "EK_TEMPLATE_RSA2048",
     "Credential",
+    "HclReport",
     "ObjectAttributes",
     "PcrPolicy",
     "QuoteSequenceChecker",
+    "RuntimeClaims",
     "TpmAlgId",
     "TpmlPcrSelection",
     "TpmsAttest",
     "TpmtPublic",
     "TpmtSignature",
     "VerifiedQuote",
+    "VerifiedVtpmEvidence",
     "appraise_pcrs",
     "check_ek_public",
     "kdfa",
     "kdfe",
     "make_credential",
+    "parse_hcl_report",
+    "parse_runtime_claims",
     "parse_tpm2_tools_credential",
     "parse_tpm2b_public",
     "parse_tpms_attest",
     "parse_tpmt_public",
     "parse_tpmt_signature",
     "verify_quote",
+    "verify_vtpm_evidence",
 ]
