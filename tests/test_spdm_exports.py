@@ -14,9 +14,12 @@ import ratls.spdm
 from ratls.spdm import (
     Algorithms,
     AlgStruct,
+    ApplicationData,
     CapabilityFlag,
     CertChain,
+    DeviceMode,
     EmuFrame,
+    Frame,
     MeasurementBlock,
     MeasurementContext,
     Negotiated,
@@ -30,18 +33,23 @@ from ratls.spdm import (
     SecuredMessageSupportedVersions,
     SecuredMessageVersionSelection,
     SpdmHeader,
+    SpdmTrust,
+    TeeEvidence,
     TransportMessage,
 )
 
 MODULES = [
+    "_api",
     "_codec",
     "_constants",
     "_crypto",
     "_errors",
+    "_io",
     "_requester",
     "_responder",
     "_secured",
     "_state",
+    "_tee",
     "_transport",
 ]
 
@@ -75,6 +83,8 @@ def test_public_classes_are_final() -> None:
         value = getattr(ratls.spdm, name)
         if not inspect.isclass(value) or issubclass(value, enum.Enum | BaseException):
             continue
+        if getattr(value, "_is_protocol", False):
+            continue  # a typing.Protocol describes what callers supply
         assert getattr(value, "__final__", False), name
 
 
@@ -123,6 +133,20 @@ def _value_samples() -> list[tuple[object, str, object]]:
         ),
         (RequestRejected(error_code=1, error_data=0, reason="r"), "error_code", 4),
         (RequesterConfig(), "req_session_id", 1),
+        (ApplicationData(data=b"a"), "data", b"b"),
+        (Frame(command=1, payload=b"p"), "command", 0xDEAD),
+        (SpdmTrust(trust_simulator=True), "trust_anchor", b"der"),
+        (TeeEvidence(snp_report=b"r"), "pcrs", ((0, bytes(32)),)),
+        (
+            DeviceMode(
+                operational_mode_capabilities=4,
+                operational_mode_state=4,
+                device_mode_capabilities=10,
+                device_mode_state=0,
+            ),
+            "device_mode_state",
+            10,
+        ),
         (
             ResponderConfig(
                 certificate_chain=(b"leaf",),

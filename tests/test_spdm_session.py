@@ -76,6 +76,7 @@ from ratls.spdm._requester import (
 )
 from ratls.spdm._responder import (
     DEFAULT_RESPONDER_FLAGS,
+    ApplicationData,
     MeasurementContext,
     RequestRejected,
     Responder,
@@ -224,8 +225,8 @@ class ConnectionPair:
         assert state_of(self.requester) is State.ESTABLISHED
         assert state_of(self.responder) is State.ESTABLISHED
 
-    def drain_responder_events(self) -> list[SpdmMessage | RequestRejected]:
-        out: list[SpdmMessage | RequestRejected] = []
+    def drain_responder_events(self) -> list[SpdmMessage | RequestRejected | ApplicationData]:
+        out: list[SpdmMessage | RequestRejected | ApplicationData] = []
         while (event := self.responder.next_event()) is not NEED_DATA:
             assert not isinstance(event, NeedData)
             out.append(event)

@@ -3,12 +3,20 @@
 A confidential VM answers as the SPDM responder (its key in a self-signed leaf,
 its evidence in measurement blocks) and a verifier asks as the requester.  This
 package holds the message codec, the signing rule and key schedule, secured
-records and transport framings, and requester/responder state machines; it
-performs no I/O.  See docs/spdm.md.
+records and transport framings, and requester/responder state machines, all
+without I/O (docs/spdm.md); the CPU-TEE mapping of evidence onto certificates and
+measurement blocks, socket transports and the session API sit on top of them
+(docs/spdm-tee.md).
 """
 
 from __future__ import annotations
 
+from ._api import BlockingSpdmSession as BlockingSpdmSession
+from ._api import SpdmSession as SpdmSession
+from ._api import SpdmTrust as SpdmTrust
+from ._api import Trace as Trace
+from ._api import connect_spdm_session as connect_spdm_session
+from ._api import open_spdm_session as open_spdm_session
 from ._codec import MAX_SPDM_MESSAGE_SIZE as MAX_SPDM_MESSAGE_SIZE
 from ._codec import Algorithms as Algorithms
 from ._codec import AlgStruct as AlgStruct
@@ -116,6 +124,21 @@ from ._errors import SpdmSequenceOverflow as SpdmSequenceOverflow
 from ._errors import SpdmUnexpectedMessage as SpdmUnexpectedMessage
 from ._errors import SpdmUnsupportedRequest as SpdmUnsupportedRequest
 from ._errors import SpdmVersionMismatch as SpdmVersionMismatch
+from ._io import APPLICATION_MESSAGE_TYPE as APPLICATION_MESSAGE_TYPE
+from ._io import CLIENT_HELLO as CLIENT_HELLO
+from ._io import DEFAULT_PORT as DEFAULT_PORT
+from ._io import SERVER_HELLO as SERVER_HELLO
+from ._io import AppHandler as AppHandler
+from ._io import BlockingSpdmChannel as BlockingSpdmChannel
+from ._io import Frame as Frame
+from ._io import SpdmFramer as SpdmFramer
+from ._io import TransportKind as TransportKind
+from ._io import TrioSpdmChannel as TrioSpdmChannel
+from ._io import connect_spdm_channel as connect_spdm_channel
+from ._io import open_spdm_channel as open_spdm_channel
+from ._io import serve_spdm_responder as serve_spdm_responder
+from ._io import unwrap_application_payload as unwrap_application_payload
+from ._io import wrap_application_payload as wrap_application_payload
 from ._requester import DEFAULT_REQUESTER_FLAGS as DEFAULT_REQUESTER_FLAGS
 from ._requester import Requester as Requester
 from ._requester import RequesterConfig as RequesterConfig
@@ -123,6 +146,7 @@ from ._requester import get_capabilities_request as get_capabilities_request
 from ._requester import negotiate_algorithms_request as negotiate_algorithms_request
 from ._responder import DEFAULT_RESPONDER_FLAGS as DEFAULT_RESPONDER_FLAGS
 from ._responder import MIN_DATA_TRANSFER_SIZE as MIN_DATA_TRANSFER_SIZE
+from ._responder import ApplicationData as ApplicationData
 from ._responder import MeasurementContext as MeasurementContext
 from ._responder import MeasurementProvider as MeasurementProvider
 from ._responder import RequestRejected as RequestRejected
@@ -149,6 +173,23 @@ from ._state import check_capability_flags as check_capability_flags
 from ._state import next_state as next_state
 from ._state import render_transitions as render_transitions
 from ._state import transitions as transitions
+from ._tee import BINDER_LABEL as BINDER_LABEL
+from ._tee import DMTF_EKU_RESPONDER_AUTH as DMTF_EKU_RESPONDER_AUTH
+from ._tee import DeviceMode as DeviceMode
+from ._tee import MeasurementIndex as MeasurementIndex
+from ._tee import SimulatedSnpAttester as SimulatedSnpAttester
+from ._tee import SimulatedSvsmAttester as SimulatedSvsmAttester
+from ._tee import TeeAttester as TeeAttester
+from ._tee import TeeEvidence as TeeEvidence
+from ._tee import TeeResponderIdentity as TeeResponderIdentity
+from ._tee import VerifiedResponderIdentity as VerifiedResponderIdentity
+from ._tee import VerifiedTeeMeasurements as VerifiedTeeMeasurements
+from ._tee import check_leaf_profile as check_leaf_profile
+from ._tee import parse_device_mode as parse_device_mode
+from ._tee import tee_binder as tee_binder
+from ._tee import tee_measurement_blocks as tee_measurement_blocks
+from ._tee import verify_responder_chain as verify_responder_chain
+from ._tee import verify_tee_measurements as verify_tee_measurements
 from ._transport import EMU_HEADER_SIZE as EMU_HEADER_SIZE
 from ._transport import MAX_TRANSPORT_MESSAGE_SIZE as MAX_TRANSPORT_MESSAGE_SIZE
 from ._transport import EmuCommand as EmuCommand
@@ -164,13 +205,18 @@ from ._transport import decode_emu_header as decode_emu_header
 
 __all__ = [
     "AEAD_TAG_SIZE",
+    "APPLICATION_MESSAGE_TYPE",
+    "BINDER_LABEL",
+    "CLIENT_HELLO",
     "CONTEXT_REQUESTER_CHALLENGE_AUTH",
     "CONTEXT_REQUESTER_FINISH",
     "CONTEXT_RESPONDER_CHALLENGE_AUTH",
     "CONTEXT_RESPONDER_KEY_EXCHANGE_RSP",
     "CONTEXT_RESPONDER_MEASUREMENTS",
+    "DEFAULT_PORT",
     "DEFAULT_REQUESTER_FLAGS",
     "DEFAULT_RESPONDER_FLAGS",
+    "DMTF_EKU_RESPONDER_AUTH",
     "EMU_HEADER_SIZE",
     "MAX_SEQUENCE_NUMBER",
     "MAX_SPDM_MESSAGE_SIZE",
@@ -181,6 +227,7 @@ __all__ = [
     "OUT_OF_SESSION_ONLY",
     "RANDOM_DATA_SIZE",
     "RESPONSE_TYPES",
+    "SERVER_HELLO",
     "SESSION_ONLY",
     "SPDM_VERSION_10",
     "SPDM_VERSION_11",
@@ -189,8 +236,12 @@ __all__ = [
     "AlgStruct",
     "AlgType",
     "Algorithms",
+    "AppHandler",
+    "ApplicationData",
     "BaseAsymAlgo",
     "BaseHashAlgo",
+    "BlockingSpdmChannel",
+    "BlockingSpdmSession",
     "Capabilities",
     "CapabilityFlag",
     "CertChain",
@@ -198,6 +249,7 @@ __all__ = [
     "Challenge",
     "ChallengeAuth",
     "DataSecrets",
+    "DeviceMode",
     "DheGroup",
     "Digests",
     "DmtfMeasurementType",
@@ -210,6 +262,7 @@ __all__ = [
     "Error",
     "Finish",
     "FinishRsp",
+    "Frame",
     "GetCapabilities",
     "GetCertificate",
     "GetDigests",
@@ -228,6 +281,7 @@ __all__ = [
     "MeasurementBlock",
     "MeasurementContext",
     "MeasurementHashAlgo",
+    "MeasurementIndex",
     "MeasurementProvider",
     "MeasurementSummaryHashType",
     "Measurements",
@@ -255,32 +309,48 @@ __all__ = [
     "SecuredMessageVersionSelection",
     "SecuredRecord",
     "Session",
+    "SimulatedSnpAttester",
+    "SimulatedSvsmAttester",
     "SpdmDecodeError",
     "SpdmDecryptError",
     "SpdmErrorCode",
+    "SpdmFramer",
     "SpdmHeader",
     "SpdmLocalProtocolError",
     "SpdmMessage",
     "SpdmMessageTooLarge",
     "SpdmRemoteProtocolError",
     "SpdmSequenceOverflow",
+    "SpdmSession",
+    "SpdmTrust",
     "SpdmUnexpectedMessage",
     "SpdmUnsupportedRequest",
     "SpdmVersionMismatch",
     "State",
     "TcpBinding",
     "TcpStreamDecoder",
+    "TeeAttester",
+    "TeeEvidence",
+    "TeeResponderIdentity",
+    "Trace",
     "TrafficKeys",
     "Transcript",
     "Transcripts",
     "TransportBinding",
+    "TransportKind",
     "TransportMessage",
+    "TrioSpdmChannel",
+    "VerifiedResponderIdentity",
+    "VerifiedTeeMeasurements",
     "Version",
     "aead_key_size",
     "aead_nonce",
     "bin_concat",
     "check_capability_flags",
+    "check_leaf_profile",
     "check_verify_data",
+    "connect_spdm_channel",
+    "connect_spdm_session",
     "decode_emu_header",
     "decode_message",
     "decode_opaque_data",
@@ -303,16 +373,26 @@ __all__ = [
     "measurement_summary_hash",
     "negotiate_algorithms_request",
     "next_state",
+    "open_spdm_channel",
+    "open_spdm_session",
     "parse_cert_chain",
+    "parse_device_mode",
     "parse_header",
     "parse_measurement_record",
     "parse_response_not_ready",
     "render_transitions",
+    "serve_spdm_responder",
     "sign",
     "signature_size",
     "signing_prefix",
+    "tee_binder",
+    "tee_measurement_blocks",
     "transitions",
+    "unwrap_application_payload",
     "update_traffic_secret",
     "verify_data",
+    "verify_responder_chain",
     "verify_signature",
+    "verify_tee_measurements",
+    "wrap_application_payload",
 ]

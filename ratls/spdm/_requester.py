@@ -436,6 +436,66 @@ class Requester:
         if slot is not None and slot not in self._chains:
             raise SpdmLocalProtocolError(f"read slot {slot}'s certificate chain first")
 
+    # ------------------------------------------------------------------ application data
+
+    def send_application_data(self, data: bytes) -> bytes:
+        """Seal application data under the established session's request key.
+
+        Args:
+            data: the record's ApplicationData; it must not be an SPDM message of the
+                binding (for MCTP: must not start with 0x05).
+
+        Returns:
+            One transport message.
+
+        Raises:
+            SpdmLocalProtocolError: no established session, a request is outstanding,
+                or ``data`` looks like SPDM.
+        """
+        session = self._established_session()
+        try:
+            self._config.binding.unwrap_application_data(data)
+        except SpdmDecodeError:
+            pass
+        else:
+            raise SpdmLocalProtocolError("application data must not be an SPDM message")
+        assert session.request is not None  # noqa: S101 - established sessions have keys
+        return self._config.binding.encode(session.request.seal(data), secured=True)
+
+    def receive_application_data(self, data: bytes) -> bytes:
+        """Open a transport message carrying application data from the responder.
+
+        Args:
+            data: one complete transport message (binding header included).
+
+        Returns:
+            The record's ApplicationData.
+
+        Raises:
+            SpdmLocalProtocolError: no established session, or a request is outstanding.
+            RemoteProtocolError: the message is not a record of this session, does not
+                authenticate, or carries an SPDM message instead.
+        """
+        session = self._established_session()
+        transport = self._config.binding.decode(data)
+        if not transport.secured:
+            raise SpdmUnexpectedMessage("expected application data in a secured record")
+        assert session.response is not None  # noqa: S101 - established sessions have keys
+        inner = session.response.open(transport.body)
+        try:
+            self._config.binding.unwrap_application_data(inner)
+        except SpdmDecodeError:
+            return inner
+        raise SpdmUnexpectedMessage("an SPDM message arrived where application data was due")
+
+    def _established_session(self) -> Session:
+        session = self._session
+        if session is None or self._state is not State.ESTABLISHED:
+            raise SpdmLocalProtocolError("application data needs an established session")
+        if self._pending is not None:
+            raise SpdmLocalProtocolError("a request is outstanding")
+        return session
+
     # ------------------------------------------------------------------ receiving
 
     def receive_data(self, data: bytes) -> None:

@@ -127,6 +127,7 @@ from ._transport import MctpBinding, TransportBinding
 __all__ = [
     "DEFAULT_RESPONDER_FLAGS",
     "MIN_DATA_TRANSFER_SIZE",
+    "ApplicationData",
     "MeasurementContext",
     "MeasurementProvider",
     "RequestRejected",
@@ -267,6 +268,21 @@ class RequestRejected:
     reason: str
 
 
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplicationData:
+    """Event: a record of the established session carried application data, not SPDM.
+
+    Nothing is queued in answer; reply with :meth:`Responder.send_application_data`.
+
+    Attributes:
+        data: the record's ApplicationData exactly (for MCTP it starts with the MCTP
+            message type byte, which is not 0x05).
+    """
+
+    data: bytes
+
+
 def _pick(offered: int, preference: Sequence[int]) -> int:
     for bit in preference:
         if offered & bit:
@@ -300,7 +316,9 @@ class Responder:
         self._negotiated: Negotiated | None = None
         self._chain: CertChain | None = None
         self._session: Session | None = None
-        self._events: collections.deque[SpdmMessage | RequestRejected] = collections.deque()
+        self._events: collections.deque[SpdmMessage | RequestRejected | ApplicationData] = (
+            collections.deque()
+        )
         self._outgoing: collections.deque[bytes] = collections.deque()
         self._after_send: Callable[[], None] | None = None
         self._key_update_pending = False
@@ -344,6 +362,9 @@ class Responder:
             transport = self._config.binding.decode(data)
             in_session = transport.secured
             plain = self._open(transport.body) if in_session else transport.body
+            if isinstance(plain, ApplicationData):
+                self._events.append(plain)
+                return
             response = self._handle(plain, in_session=in_session)
         except _Refuse as refusal:
             self._refuse(refusal, in_session=in_session)
@@ -361,8 +382,8 @@ class Responder:
             self._after_send()
             self._after_send = None
 
-    def next_event(self) -> SpdmMessage | RequestRejected | NeedData:
-        """Return the next answered request (or rejection), or NEED_DATA."""
+    def next_event(self) -> SpdmMessage | RequestRejected | ApplicationData | NeedData:
+        """Return the next answered request (or rejection, or application data), or NEED_DATA."""
         if self._events:
             return self._events.popleft()
         return NEED_DATA
@@ -370,6 +391,28 @@ class Responder:
     def data_to_send(self) -> bytes:
         """Return the next queued transport message to send (empty if none)."""
         return self._outgoing.popleft() if self._outgoing else b""
+
+    def send_application_data(self, data: bytes) -> bytes:
+        """Seal application data under the session's response key.
+
+        Args:
+            data: the record's ApplicationData, which must not be an SPDM message of
+                the binding (for MCTP: must not start with 0x05).
+
+        Returns:
+            One transport message.
+
+        Raises:
+            SpdmLocalProtocolError: no established session, or ``data`` looks like SPDM.
+        """
+        session = self._session
+        if session is None or self._state is not State.ESTABLISHED:
+            raise SpdmLocalProtocolError("application data needs an established session")
+        if _is_spdm(self._config.binding, data):
+            raise SpdmLocalProtocolError("application data must not be an SPDM message")
+        channel = session.response
+        assert channel is not None  # noqa: S101 - established sessions have keys
+        return self._config.binding.encode(channel.seal(data), secured=True)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -390,12 +433,15 @@ class Responder:
             RequestRejected(error_code=refusal.code, error_data=refusal.data, reason=refusal.reason)
         )
 
-    def _open(self, record: bytes) -> bytes:
+    def _open(self, record: bytes) -> bytes | ApplicationData:
         session = self._session
         if session is None or session.request is None:
             raise _Refuse(SpdmErrorCode.DECRYPT_ERROR, "secured message without a session")
         try:
-            return session.open(record, request=True)
+            inner = session.request.open(record)
+            if self._state is State.ESTABLISHED and not _is_spdm(self._config.binding, inner):
+                return ApplicationData(data=inner)
+            return self._config.binding.unwrap_application_data(inner)
         except (SpdmDecryptError, SpdmSequenceOverflow, SpdmDecodeError) as exc:
             # DSP0277: a record that does not authenticate ends the session.
             self._session = None
@@ -849,6 +895,15 @@ class Responder:
 
         self._after_send = close
         return EndSessionAck()
+
+
+def _is_spdm(binding: TransportBinding, data: bytes) -> bool:
+    """True if a record's ApplicationData is an SPDM message of this binding."""
+    try:
+        binding.unwrap_application_data(data)
+    except SpdmDecodeError:
+        return False
+    return True
 
 
 def _message_code(message: SpdmMessage) -> int:
