@@ -121,11 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_cli_snp.verify)
 
-    from . import _cli_cert, _cli_spdm, _cli_tpm
+    from . import _cli_cert, _cli_net, _cli_spdm, _cli_tpm
 
     _cli_cert.add_commands(verbs)
     _cli_tpm.add_commands(verbs)
     _cli_spdm.add_commands(verbs)
+    _cli_net.add_commands(verbs)
     return parser
 
 

@@ -1,0 +1,291 @@
+"""How much does attestation cost a TLS connection?  Prints figures; asserts nothing.
+
+Everything runs over loopback TCP in this process, on the same stack (trio + pyOpenSSL
+memory BIOs, ``AttestedTLSStream``), so the ratios isolate what attestation adds:
+
+* **handshakes per second**, sequential and with ``--in-flight`` connections at once:
+  mutual TLS 1.3 with attestation off (fixed certificates) against mutual attested TLS
+  through the public API (``serve_attested`` / ``open_attested_stream``: a fresh client
+  key per connection, simulated SEV-SNP evidence made fresh for each side of each
+  connection, verified and appraised on both sides);
+* **throughput** of one established stream, plain against attested (after the exchange an
+  attested stream is a plain TLS stream, so this should be ~1.0);
+* the cost split: producing and verifying one side's evidence (both sides of every
+  connection run in this one process, so an attested handshake here pays both);
+* optionally (``--openssl``) ``openssl s_time`` against ``openssl s_server``, mutual TLS
+  1.3, as a reference from outside Python measured in the same run.
+
+Usage: .venv/bin/python bench/bench_tls.py [--seconds 3] [--in-flight 20] [--mib 64] [--openssl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+from cryptography.hazmat.primitives import serialization
+
+from ratls._api import open_attested_stream, serve_attested
+from ratls._bound import BoundVerifier, SimulatedSnpAttester
+from ratls._policy import Policy, SnpPolicy, TrustPolicy
+from ratls._snp_report import ProductLine
+from ratls._tls_context import (
+    generate_ephemeral_identity,
+    make_client_context,
+    make_server_context,
+)
+from ratls._tls_stream import AttestedTLSStream
+from ratls.sim import simulated_amd_sp
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+POLICY = Policy(
+    snp=SnpPolicy(
+        measurements=frozenset({hashlib.sha384(b"ratls simulated guest launch").digest()})
+    ),
+    trust=TrustPolicy(simulated_hardware=True),
+)
+CHUNK = 65536
+
+
+async def server_handler(stream: AttestedTLSStream[Any]) -> None:
+    """Send one byte once the handshake is done, then sink whatever arrives."""
+    await stream.do_handshake()
+    await stream.send_all(b"!")
+    while await stream.receive_some(CHUNK):
+        pass
+
+
+async def plain_server(
+    port_box: list[int], task_status: trio.TaskStatus[list[trio.SocketListener]]
+) -> None:
+    key, cert = generate_ephemeral_identity()
+    context = make_server_context(key, cert, attested=False)
+
+    async def one(transport: trio.SocketStream) -> None:
+        stream = AttestedTLSStream(transport, context, server_side=True)
+        try:
+            await server_handler(stream)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port_box.append(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(one, listeners, task_status=task_status)
+
+
+def plain_client() -> Callable[[int], Awaitable[AttestedTLSStream[Any]]]:
+    key, cert = generate_ephemeral_identity()
+    context = make_client_context(key, cert, attested=False)
+
+    async def connect(port: int) -> AttestedTLSStream[Any]:
+        transport = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = AttestedTLSStream(transport, context, server_side=False)
+        await stream.do_handshake()
+        return stream
+
+    return connect
+
+
+def attested_client(attester: SimulatedSnpAttester) -> Callable[[int], Awaitable[Any]]:
+    async def connect(port: int) -> AttestedTLSStream[Any]:
+        return await open_attested_stream("127.0.0.1", port, attester=attester, policy=POLICY)
+
+    return connect
+
+
+async def one_connection(connect: Callable[[int], Awaitable[Any]], port: int) -> None:
+    stream = await connect(port)
+    assert await stream.receive_some(1) == b"!"
+    await stream.aclose()
+
+
+async def handshake_rate(
+    connect: Callable[[int], Awaitable[Any]], port: int, seconds: float, in_flight: int
+) -> float:
+    count = 0
+    deadline = trio.current_time() + seconds
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal count
+        while trio.current_time() < deadline:
+            await one_connection(connect, port)
+            count += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(in_flight):
+            nursery.start_soon(worker)
+    return count / (time.perf_counter() - start)
+
+
+async def throughput(connect: Callable[[int], Awaitable[Any]], port: int, mib: int) -> float:
+    stream = await connect(port)
+    await stream.receive_some(1)
+    block = bytes(CHUNK)
+    total = mib * 1024 * 1024
+    start = time.perf_counter()
+    for _ in range(total // CHUNK):
+        await stream.send_all(block)
+    await stream.aclose()
+    return total / (time.perf_counter() - start) / 1e6
+
+
+def show(label: str, value: float, unit: str, reference: float | None = None) -> None:
+    ratio = f"   {value / reference:5.2f}x plain" if reference else ""
+    print(f"{label:<52} {value:>9.1f} {unit}{ratio}")
+
+
+def openssl_rate(seconds: float) -> float | None:
+    """Handshakes per second of openssl s_time against openssl s_server (mutual TLS 1.3)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        for name in ("server", "client"):
+            key, cert = generate_ephemeral_identity()
+            (directory / f"{name}.key").write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        port = free_port()
+        server = subprocess.Popen(  # noqa: S603 - openssl from PATH, fixed arguments
+            [
+                openssl,
+                "s_server",
+                "-accept",
+                f"127.0.0.1:{port}",
+                "-tls1_3",
+                "-quiet",
+                "-www",
+                "-cert",
+                str(directory / "server.pem"),
+                "-key",
+                str(directory / "server.key"),
+                "-Verify",
+                "1",
+                "-verify_return_error",
+                "-CAfile",
+                str(directory / "client.pem"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)  # let it bind; s_time retries nothing
+            done = subprocess.run(  # noqa: S603 - openssl from PATH, fixed arguments
+                [
+                    openssl,
+                    "s_time",
+                    "-connect",
+                    f"127.0.0.1:{port}",
+                    "-new",
+                    "-tls1_3",
+                    "-time",
+                    str(max(1, int(seconds))),
+                    "-cert",
+                    str(directory / "client.pem"),
+                    "-key",
+                    str(directory / "client.key"),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=seconds + 60,
+            )
+        finally:
+            server.terminate()
+            server.wait()
+    match = re.search(r"(\d+) connections in ([\d.]+)s", done.stdout)
+    if match is None:
+        return None
+    return int(match.group(1)) / float(match.group(2))
+
+
+def free_port() -> int:
+    """A free loopback port (bound, then released for openssl to take)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def main(args: argparse.Namespace) -> None:
+    sp = simulated_amd_sp(ProductLine.GENOA)  # made once, before any timing
+    attester = SimulatedSnpAttester(sp)
+    plain_connect = plain_client()
+    attested_connect = attested_client(attester)
+    async with trio.open_nursery() as nursery:
+        box: list[int] = []
+        await nursery.start(plain_server, box)
+        plain_port = box[0]
+        listeners = await nursery.start(
+            partial(serve_attested, server_handler, 0, attester=attester, policy=POLICY)
+        )
+        attested_port = listeners[0].socket.getsockname()[1]
+        await one_connection(plain_connect, plain_port)  # warm up
+        await one_connection(attested_connect, attested_port)
+
+        print(f"loopback, {args.seconds:g} s per figure, simulated SEV-SNP evidence")
+        for in_flight in (1, args.in_flight):
+            plain = await handshake_rate(plain_connect, plain_port, args.seconds, in_flight)
+            attested = await handshake_rate(
+                attested_connect, attested_port, args.seconds, in_flight
+            )
+            show(f"plain mutual TLS 1.3 handshakes, {in_flight} in flight", plain, "/s")
+            show(f"attested handshakes (bound mode), {in_flight} in flight", attested, "/s", plain)
+
+        plain_mb = await throughput(plain_connect, plain_port, args.mib)
+        attested_mb = await throughput(attested_connect, attested_port, args.mib)
+        show(f"plain stream throughput ({args.mib} MiB)", plain_mb, "MB/s")
+        show(f"attested stream throughput ({args.mib} MiB)", attested_mb, "MB/s", plain_mb)
+        nursery.cancel_scope.cancel()
+
+    # Where the attested handshake's extra time goes (per side, per connection).
+    binder = bytes(64)
+    evidence = attester.evidence(binder)
+    verifier = BoundVerifier(POLICY)
+    for label, fn in (
+        ("  cost: produce simulated SNP evidence", lambda: attester.evidence(binder)),
+        ("  cost: verify + appraise SNP evidence", lambda: verifier.verify(evidence, binder)),
+    ):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.seconds / 2:
+            fn()
+            count += 1
+        show(label, (time.perf_counter() - start) / count * 1e3, "ms")
+
+    if args.openssl:
+        rate = await trio.to_thread.run_sync(openssl_rate, args.seconds)
+        if rate is None:
+            print("openssl s_time: not available")
+        else:
+            print(f"{'openssl s_time -> s_server, mutual TLS 1.3':<52} {rate:>9.1f} /s")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--in-flight", type=int, default=20)
+    parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--openssl", action="store_true")
+    trio.run(main, parser.parse_args())

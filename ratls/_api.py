@@ -1,0 +1,714 @@
+"""The high-level attested-TLS API: open a connection, serve connections, or do either blocking.
+
+Everything below is a thin layer over :class:`~ratls._tls_stream.AttestedTLSStream`; what it
+adds is the decisions users should not have to take one by one:
+
+* **Mutual by default.**  Each side attests itself (unless its attester is ``"none"``)
+  and requires the peer to attest under a policy.  Accepting an unattested peer needs
+  ``verify_peer=False`` in so many words; without a policy, a verifying side refuses to
+  start (:class:`~ratls.PolicyError`) rather than accept anything authentic.
+* **Ephemeral identities.**  Each server gets a newly generated key and self-signed
+  certificate (:func:`~ratls._tls_context.generate_ephemeral_identity`); clients share one
+  per process and key type, renewed every :data:`CLIENT_IDENTITY_RENEWAL` (making a key,
+  a certificate and a pyOpenSSL context costs about as much as a TLS handshake).  Reuse
+  does not weaken anything: trust comes from evidence that binds the key *and* the
+  connection's exporter, so a copied key is useless without fresh evidence from the TEE.
+  TLS 1.3 only, no session tickets, no resumption, no 0-RTT.
+* **Timeouts with reasons** (below), and handshakes in per-connection tasks: a server's
+  accept loop never waits for a peer's handshake or evidence.
+* **Blocking sockets** for code without an event loop: :func:`connect_attested` returns an
+  :class:`AttestedSocket` whose ``sendall``/``recv``/``close`` run on a private trio loop
+  in a background thread ("portal" design: one loop thread per socket or server; calls
+  from your thread go through ``trio.from_thread.run``).  This keeps one implementation
+  of TLS and attestation, at the cost of a thread per blocking connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, NoReturn, final
+
+import trio
+
+from ._attesters_registry import make_attestation_config, make_attester, make_verifier
+from ._errors import RatlsError
+from ._policy import Policy, load_policy
+from ._tls_context import (
+    EPHEMERAL_CERT_LIFETIME,
+    generate_ephemeral_identity,
+    make_client_context,
+    make_server_context,
+)
+from ._tls_stream import AttestedTLSStream
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+    from cryptography import x509
+    from OpenSSL import SSL
+
+    from ._exchange import AttestationConfig, LocalAttester, PeerVerifier
+    from ._snp_report import ProductLine
+    from ._tls_context import IdentityKey, KeyType
+
+__all__ = [
+    "CLIENT_IDENTITY_RENEWAL",
+    "CLOSE_TIMEOUT",
+    "CONNECT_TIMEOUT",
+    "HANDSHAKE_TIMEOUT",
+    "MAX_BLOCKING_HANDLERS",
+    "AttestedServer",
+    "AttestedSocket",
+    "connect_attested",
+    "open_attested_stream",
+    "serve_attested",
+    "serve_attested_blocking",
+    "start_attested_server",
+]
+
+logger = logging.getLogger("ratls")
+
+# How long the TLS handshake *and* the attestation exchange may take, per connection.
+# The handshake itself takes milliseconds and verification a few more; producing
+# evidence is the slow part: a /dev/sev-guest or configfs-tsm report goes through the
+# hypervisor to the AMD-SP (tens of milliseconds), a vTPM quote through the SVSM
+# (hundreds), and the first connection of the SVSM simulator boots swtpm (a second or
+# two).  30 s covers a loaded machine many times over while bounding how long a silent
+# or deliberately slow peer can hold a connection slot.
+HANDSHAKE_TIMEOUT: Final = 30.0
+
+# How long opening the TCP connection may take (all addresses, happy eyeballs): long
+# enough for a slow WAN SYN/SYN-ACK with retries, short enough to report an unreachable
+# peer while the user still waits for it.
+CONNECT_TIMEOUT: Final = 10.0
+
+# How long clients use one shared ephemeral identity before making a new one: half of the
+# certificate's lifetime, so a peer never sees an expired certificate from us.
+CLIENT_IDENTITY_RENEWAL: Final = EPHEMERAL_CERT_LIFETIME.total_seconds() / 2
+
+# How long a graceful close (sending close_notify) may take before the connection is
+# dropped: the peer only has to accept a few dozen bytes.
+CLOSE_TIMEOUT: Final = 5.0
+
+
+def _resolve_policy(policy: Policy | str | os.PathLike[str] | None) -> Policy | None:
+    if policy is None or isinstance(policy, Policy):
+        return policy
+    return load_policy(os.fspath(policy))
+
+
+def _resolve_attester(
+    attester: str | LocalAttester | None, options: dict[str, Any] | None
+) -> tuple[LocalAttester | None, bool]:
+    """The attester object, and whether we created it (and must close it)."""
+    if isinstance(attester, str):
+        return make_attester(attester, **(options or {})), True
+    return attester, False
+
+
+def _close_owned(attester: LocalAttester | None, owned: bool) -> None:
+    close = getattr(attester, "close", None)
+    if owned and callable(close):
+        close()
+
+
+def _config(
+    attester: LocalAttester | None,
+    policy: Policy | str | os.PathLike[str] | None,
+    *,
+    verify_peer: bool,
+    trust_simulator: bool,
+    product: ProductLine | None,
+    verifier: PeerVerifier | None,
+) -> AttestationConfig:
+    if not isinstance(verify_peer, bool):
+        raise TypeError("verify_peer must be True or False")
+    if not verify_peer:
+        if verifier is not None:
+            raise ValueError("a verifier was given but verify_peer is False")
+    elif verifier is None:
+        verifier = make_verifier(
+            _resolve_policy(policy), trust_simulator=trust_simulator, product=product
+        )
+    return make_attestation_config(attester, verifier)
+
+
+def _identity(
+    identity: tuple[IdentityKey, x509.Certificate] | None, key_type: KeyType
+) -> tuple[IdentityKey, x509.Certificate]:
+    return identity if identity is not None else generate_ephemeral_identity(key_type)
+
+
+_client_contexts: dict[KeyType, tuple[float, SSL.Context]] = {}
+_client_contexts_lock = threading.Lock()
+
+
+def _client_context(
+    identity: tuple[IdentityKey, x509.Certificate] | None, key_type: KeyType
+) -> SSL.Context:
+    """The client context: for the caller's identity, or the shared one for ``key_type``."""
+    if identity is not None:
+        return make_client_context(*identity)
+    now = time.monotonic()
+    with _client_contexts_lock:
+        cached = _client_contexts.get(key_type)
+        if cached is not None and now - cached[0] < CLIENT_IDENTITY_RENEWAL:
+            return cached[1]
+        context = make_client_context(*generate_ephemeral_identity(key_type))
+        _client_contexts[key_type] = (now, context)
+        return context
+
+
+async def open_attested_stream(
+    host: str,
+    port: int,
+    *,
+    attester: str | LocalAttester | None,
+    policy: Policy | str | os.PathLike[str] | None,
+    verify_peer: bool = True,
+    verifier: PeerVerifier | None = None,
+    trust_simulator: bool = False,
+    key_type: KeyType = "ec-p256",
+    identity: tuple[IdentityKey, x509.Certificate] | None = None,
+    server_hostname: str | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    product: ProductLine | None = None,
+    attester_options: dict[str, Any] | None = None,
+) -> AttestedTLSStream[trio.SocketStream]:
+    """Connect to an attested server; return the stream once both sides are verified.
+
+    Args:
+        host: the server's name or address.
+        port: the server's TCP port.
+        attester: what proves this side: a name (``"sim"``, ``"snp"``, ``"snp+vtpm"``...,
+            or ``"none"``), an object with ``evidence(binder)``, or None (no evidence).
+        policy: the policy the server's evidence is appraised against (a
+            :class:`~ratls.Policy` or a TOML file); required unless ``verify_peer`` is
+            False.
+        verify_peer: require the server to attest (the default).  False accepts a server
+            without evidence and does not look at evidence it sends.
+        verifier: a :class:`~ratls._exchange.PeerVerifier` to use instead of the
+            built-in :class:`~ratls._bound.BoundVerifier` for ``policy``.
+        trust_simulator: accept simulator roots even if the policy does not say so.
+        key_type: the type of the fresh TLS key.
+        identity: a TLS key and self-signed certificate to use instead of the shared
+            ephemeral one.
+        server_hostname: SNI name to send (trust does not depend on it).
+        handshake_timeout: seconds for the TLS handshake and the attestation exchange.
+        connect_timeout: seconds for opening the TCP connection.
+        product: product line for version-2 SNP reports, which do not name it.
+        attester_options: keyword options for :func:`~ratls._attesters_registry.make_attester`
+            when ``attester`` is a name.
+
+    Returns:
+        The stream; ``peer_attestation`` holds the server's
+        :class:`~ratls.AttestationResult` (None when ``verify_peer`` is False).
+
+    Raises:
+        PolicyError: ``verify_peer`` without a policy, or an invalid policy file.
+        ValueError: ``verifier`` given with ``verify_peer=False``.
+        AttesterUnavailable: the named attester cannot run here.
+        OSError: the TCP connection could not be opened.
+        trio.TooSlowError: connecting or the handshake took too long.
+        EvidenceVerificationError: the server's evidence failed (the subclass names the
+            claim); the server was told.
+        AttestationRefused: the server refused our evidence and said why.
+        RatlsError: any other attestation or protocol failure.
+        trio.BrokenResourceError: the connection failed during the handshake.
+
+    On failure the connection is closed.  Cancellation closes it as well.
+    """
+    own, owned = _resolve_attester(attester, attester_options)
+    try:
+        config = _config(
+            own,
+            policy,
+            verify_peer=verify_peer,
+            trust_simulator=trust_simulator,
+            product=product,
+            verifier=verifier,
+        )
+        context = _client_context(identity, key_type)
+        with trio.fail_after(connect_timeout):
+            transport = await trio.open_tcp_stream(host, port)
+        stream = AttestedTLSStream(
+            transport,
+            context,
+            server_side=False,
+            attestation=config,
+            server_hostname=server_hostname,
+        )
+        try:
+            with trio.fail_after(handshake_timeout):
+                await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return stream
+    finally:
+        _close_owned(own, owned)
+
+
+def _default_failure_report(exc: BaseException, peer: object) -> None:
+    logger.warning("attested connection from %s refused: %s", peer, exc)
+
+
+def _peer_name(transport: trio.SocketStream) -> object:
+    try:
+        return transport.socket.getpeername()
+    except OSError:
+        return "(unknown peer)"
+
+
+async def _close_gracefully(stream: AttestedTLSStream[Any]) -> None:
+    # aclose() closes the transport forcefully itself when cancelled by the timeout.
+    with (
+        trio.move_on_after(CLOSE_TIMEOUT),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, RatlsError),
+    ):
+        await stream.aclose()
+
+
+async def serve_attested(
+    handler: Callable[[AttestedTLSStream[trio.SocketStream]], Awaitable[object]],
+    port: int,
+    *,
+    host: str | None = "127.0.0.1",
+    attester: str | LocalAttester | None,
+    policy: Policy | str | os.PathLike[str] | None,
+    verify_peer: bool = True,
+    verifier: PeerVerifier | None = None,
+    trust_simulator: bool = False,
+    key_type: KeyType = "ec-p256",
+    identity: tuple[IdentityKey, x509.Certificate] | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    product: ProductLine | None = None,
+    attester_options: dict[str, Any] | None = None,
+    on_handshake_error: Callable[[BaseException, object], object] | None = None,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Accept attested TLS connections forever; call ``handler`` for each verified one.
+
+    Each accepted connection gets its own task, which runs the TLS handshake and the
+    attestation exchange under ``trio.fail_after(handshake_timeout)``; ``accept`` never
+    waits for a peer.  ``handler(stream)`` runs only after both sides' evidence passed,
+    with ``stream.peer_attestation`` holding the client's
+    :class:`~ratls.AttestationResult`.  When the handler returns the stream is closed
+    (gracefully, within :data:`CLOSE_TIMEOUT`).  A peer that vanishes while the handler
+    runs (``trio.BrokenResourceError``) ends that connection only; other handler
+    exceptions propagate and stop the server, as with ``trio.serve_tcp``.
+
+    Args:
+        handler: ``async def handler(stream)``.
+        port: TCP port; 0 picks a free one (see ``task_status``).
+        host: address to listen on (loopback by default); None for all interfaces.
+        attester: what proves this server (see :func:`open_attested_stream`).
+        policy: the policy clients' evidence is appraised against.
+        verify_peer: require clients to attest (the default).  False also stops asking
+            for client certificates.
+        verifier: a verifier to use instead of the built-in one for ``policy``.
+        trust_simulator: accept simulator roots even if the policy does not say so.
+        key_type: the type of the server's fresh TLS key.
+        identity: a TLS key and self-signed certificate to use instead of a fresh one.
+        handshake_timeout: seconds for each connection's handshake and exchange.
+        product: product line for version-2 SNP reports.
+        attester_options: options for a named attester.
+        on_handshake_error: called with the error and the peer address when a
+            connection fails before the handler (logged as a warning by default).
+        handler_nursery: where connection tasks run (a new nursery by default).
+        task_status: receives the listeners once listening (``nursery.start``).
+
+    Raises:
+        PolicyError: ``verify_peer`` without a policy, or an invalid policy file.
+        AttesterUnavailable: the named attester cannot run here.
+        OSError: the port could not be bound.
+    """
+    own, owned = _resolve_attester(attester, attester_options)
+    try:
+        config = _config(
+            own,
+            policy,
+            verify_peer=verify_peer,
+            trust_simulator=trust_simulator,
+            product=product,
+            verifier=verifier,
+        )
+        key, cert = _identity(identity, key_type)
+        context = make_server_context(key, cert, require_client_certificate=verify_peer)
+        report = on_handshake_error if on_handshake_error is not None else _default_failure_report
+
+        async def serve_one(transport: trio.SocketStream) -> None:
+            stream = AttestedTLSStream(transport, context, server_side=True, attestation=config)
+            try:
+                with trio.fail_after(handshake_timeout):
+                    await stream.do_handshake()
+            except (RatlsError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                await trio.aclose_forcefully(stream)
+                report(exc, _peer_name(transport))
+                return
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            try:
+                await handler(stream)
+            except trio.BrokenResourceError as exc:
+                logger.info("attested connection from %s broke: %s", _peer_name(transport), exc)
+            finally:
+                await _close_gracefully(stream)
+
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        await trio.serve_listeners(
+            serve_one, listeners, handler_nursery=handler_nursery, task_status=task_status
+        )
+    finally:
+        _close_owned(own, owned)
+
+
+# --------------------------------------------------------------------------- blocking
+
+
+class _LoopThread:
+    """A trio event loop in a background thread, reachable through ``trio.from_thread``."""
+
+    def __init__(self, name: str) -> None:
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:  # pragma: no cover - trio.run failing to start
+            raise self._failure
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # pragma: no cover - reported to the creator
+            self._failure = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._ready.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    @property
+    def token(self) -> trio.lowlevel.TrioToken:
+        assert self._token is not None  # noqa: S101 - set before the constructor returns
+        return self._token
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None  # noqa: S101 - set before the constructor returns
+        return self._nursery
+
+    def run(self, afn: Callable[..., Awaitable[Any]], *args: object) -> Any:  # noqa: ANN401
+        return trio.from_thread.run(afn, *args, trio_token=self.token)
+
+    def stop(self) -> None:
+        if self._thread.is_alive() and self._stop is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._stop.set, trio_token=self.token)
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+def _in_trio_thread() -> bool:
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
+
+
+@final
+class AttestedSocket:
+    """A blocking attested TLS connection (socket-like), backed by a private trio loop.
+
+    Create it with :func:`connect_attested` (client) or receive it in the handler of
+    :func:`serve_attested_blocking` / :func:`start_attested_server` (server).  Methods
+    block the calling thread; they must not be called from a trio thread.  The socket
+    is not meant to be shared between threads, except that one thread may send while
+    another receives.
+
+    Attributes:
+        peer_attestation: the peer's :class:`~ratls.AttestationResult` (None when the
+            peer was not required to attest).
+        peer_certificate: the peer's TLS certificate.
+        channel_binding: the RFC 9266 tls-exporter value of the connection.
+    """
+
+    def __init__(
+        self,
+        stream: AttestedTLSStream[Any],
+        token: trio.lowlevel.TrioToken,
+        loop: _LoopThread | None = None,
+    ) -> None:
+        """Wrap a handshaken stream; use :func:`connect_attested` instead."""
+        self._stream = stream
+        self._token = token
+        self._loop = loop
+        self._timeout: float | None = None
+        self._closed = False
+        self.peer_attestation: object = stream.peer_attestation
+        self.peer_certificate: x509.Certificate | None = stream.peer_certificate
+        self.channel_binding: bytes = stream.channel_binding
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<AttestedSocket {state} {self._stream!r}>"
+
+    def _call(self, afn: Callable[..., Awaitable[Any]], *args: object) -> Any:  # noqa: ANN401
+        if self._closed:
+            raise OSError("the attested socket is closed")
+        if _in_trio_thread():
+            raise RuntimeError("AttestedSocket blocks; from trio use open_attested_stream")
+        timeout = self._timeout
+
+        async def bounded() -> Any:  # noqa: ANN401 - whatever afn returns
+            if timeout is None:
+                return await afn(*args)
+            with trio.fail_after(timeout):
+                return await afn(*args)
+
+        try:
+            if self._loop is None:
+                # A server-side socket, used from its handler's worker thread: run in the
+                # connection's task, so that stopping the server cancels a blocked call.
+                try:
+                    return trio.from_thread.run(bounded)
+                except RuntimeError as exc:
+                    if "wasn't created by Trio" not in str(exc):
+                        raise
+            return trio.from_thread.run(bounded, trio_token=self._token)
+        except trio.TooSlowError as exc:
+            raise TimeoutError(f"no progress within {timeout} s") from exc
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Bound each later ``sendall``/``recv`` call (None: wait forever, the default).
+
+        A ``recv`` that times out can be retried; a ``sendall`` that times out may have
+        sent part of the data and leaves the connection broken.
+
+        Args:
+            timeout: seconds, or None.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be non-negative")
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        """The timeout set with :meth:`settimeout`."""
+        return self._timeout
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``.
+
+        Raises:
+            OSError: the socket is closed.
+            TimeoutError: the timeout expired (the connection is then broken).
+            trio.BrokenResourceError: the connection failed.
+        """
+        self._call(self._stream.send_all, bytes(data))
+
+    def recv(self, bufsize: int) -> bytes:
+        """Receive up to ``bufsize`` bytes; ``b""`` when the peer closed the connection.
+
+        Raises:
+            OSError: the socket is closed.
+            TimeoutError: the timeout expired (nothing was received; retry is possible).
+            trio.BrokenResourceError: the connection failed (or was truncated).
+        """
+        data: bytes = self._call(self._stream.receive_some, bufsize)
+        return data
+
+    def close(self) -> None:
+        """Close the connection (close_notify, then the socket) and its loop; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            trio.from_thread.run(_close_gracefully, self._stream, trio_token=self._token)
+        except trio.RunFinishedError:  # pragma: no cover - the server loop already ended
+            pass
+        finally:
+            if self._loop is not None:
+                self._loop.stop()
+
+    def __enter__(self) -> AttestedSocket:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def connect_attested(
+    host: str,
+    port: int,
+    *,
+    attester: str | LocalAttester | None,
+    policy: Policy | str | os.PathLike[str] | None,
+    **options: Any,  # noqa: ANN401 - the keyword arguments of open_attested_stream
+) -> AttestedSocket:
+    """Blocking :func:`open_attested_stream`: connect, attest, return a socket-like object.
+
+    Args:
+        host: the server's name or address.
+        port: the server's TCP port.
+        attester: what proves this side (see :func:`open_attested_stream`).
+        policy: the policy the server is appraised against.
+        **options: the other keyword arguments of :func:`open_attested_stream`.
+
+    Returns:
+        The connected, verified socket; close it (or use ``with``).
+
+    Raises:
+        The exceptions of :func:`open_attested_stream`.
+    """
+    loop = _LoopThread("ratls-connect")
+    try:
+        stream = loop.run(
+            partial(open_attested_stream, host, port, attester=attester, policy=policy, **options)
+        )
+    except BaseException:
+        loop.stop()
+        raise
+    return AttestedSocket(stream, loop.token, loop)
+
+
+def _blocking_handler(
+    handler: Callable[[AttestedSocket], object], limiter: trio.CapacityLimiter
+) -> Callable[[AttestedTLSStream[trio.SocketStream]], Awaitable[object]]:
+    async def run(stream: AttestedTLSStream[trio.SocketStream]) -> None:
+        sock = AttestedSocket(stream, trio.lowlevel.current_trio_token())
+
+        def call() -> None:
+            handler(sock)
+
+        # The handler owns a worker thread for the connection's lifetime; a limiter of its
+        # own keeps busy handlers from starving the attesters' and verifiers' threads.
+        await trio.to_thread.run_sync(call, limiter=limiter)
+        sock._closed = True  # the serving task closes the stream itself
+
+    return run
+
+
+#: Most blocking handlers running at once (each holds a thread); more connections wait.
+MAX_BLOCKING_HANDLERS: Final = 64
+
+
+def serve_attested_blocking(
+    handler: Callable[[AttestedSocket], object],
+    port: int,
+    **options: Any,  # noqa: ANN401 - the keyword arguments of serve_attested
+) -> NoReturn:
+    """Blocking :func:`serve_attested`: serve forever in this thread (Ctrl-C stops it).
+
+    ``handler(sock)`` runs in a worker thread per verified connection with an
+    :class:`AttestedSocket`; the connection is closed when it returns.
+
+    Args:
+        handler: called with each verified connection.
+        port: TCP port to listen on.
+        **options: the keyword arguments of :func:`serve_attested` (``attester`` and
+            ``policy`` are required).
+
+    Raises:
+        The exceptions of :func:`serve_attested`.
+    """
+    limiter = trio.CapacityLimiter(MAX_BLOCKING_HANDLERS)
+    trio.run(partial(serve_attested, _blocking_handler(handler, limiter), port, **options))
+    raise AssertionError("unreachable")  # pragma: no cover - serve_attested never returns
+
+
+@final
+class AttestedServer:
+    """A blocking-code handle on :func:`serve_attested` running in a background thread.
+
+    Attributes:
+        addresses: the ``(host, port, ...)`` socket addresses being listened on.
+    """
+
+    def __init__(self, loop: _LoopThread, addresses: list[tuple[Any, ...]]) -> None:
+        """Use :func:`start_attested_server`."""
+        self._loop = loop
+        self.addresses = addresses
+
+    def __repr__(self) -> str:
+        return f"<AttestedServer {self.addresses}>"
+
+    @property
+    def port(self) -> int:
+        """The TCP port (of the first listener)."""
+        port: int = self.addresses[0][1]
+        return port
+
+    def close(self) -> None:
+        """Stop listening, cancel connections in progress, and end the loop thread."""
+        self._loop.stop()
+
+    def __enter__(self) -> AttestedServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def start_attested_server(
+    handler: Callable[[AttestedSocket], object],
+    port: int,
+    **options: Any,  # noqa: ANN401 - the keyword arguments of serve_attested
+) -> AttestedServer:
+    """Start :func:`serve_attested_blocking` in a background thread; return once listening.
+
+    Args:
+        handler: called in a worker thread with each verified connection.
+        port: TCP port; 0 picks a free one (see :attr:`AttestedServer.port`).
+        **options: the keyword arguments of :func:`serve_attested`.
+
+    Returns:
+        The running server; :meth:`AttestedServer.close` it (or use ``with``).
+
+    Raises:
+        The exceptions of :func:`serve_attested` raised before it listens.
+    """
+    loop = _LoopThread("ratls-serve")
+    limiter = trio.CapacityLimiter(MAX_BLOCKING_HANDLERS)
+    serve = partial(serve_attested, _blocking_handler(handler, limiter), port, **options)
+
+    async def start() -> list[trio.SocketListener]:
+        listeners: list[trio.SocketListener] = await loop.nursery.start(serve)
+        return listeners
+
+    try:
+        listeners = loop.run(start)
+    except BaseException:
+        loop.stop()
+        raise
+    addresses = [tuple(listener.socket.getsockname()) for listener in listeners]
+    return AttestedServer(loop, addresses)
