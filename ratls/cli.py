@@ -160,4 +160,8 @@ def print_json(value: object) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run the canonical module, not this __main__ copy: the CLI modules import ratls.cli, and
+    # their exceptions must be the classes main() catches.
+    from ratls.cli import main as _canonical_main
+
+    sys.exit(_canonical_main())
