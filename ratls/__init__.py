@@ -6,6 +6,16 @@ and signature checks.
 
 from __future__ import annotations
 
+from ._api import AttestedServer as AttestedServer
+from ._api import AttestedSocket as AttestedSocket
+from ._api import connect_attested as connect_attested
+from ._api import open_attested_stream as open_attested_stream
+from ._api import serve_attested as serve_attested
+from ._api import serve_attested_blocking as serve_attested_blocking
+from ._api import start_attested_server as start_attested_server
+from ._attesters_registry import attester_names as attester_names
+from ._attesters_registry import make_attester as make_attester
+from ._bound import BoundVerifier as BoundVerifier
 from ._errors import AttesterError as AttesterError
 from ._errors import AttesterUnavailable as AttesterUnavailable
 from ._errors import BindingMismatch as BindingMismatch
@@ -29,6 +39,8 @@ from ._evidence_cert import RatlsOID as RatlsOID
 from ._evidence_cert import inspect_evidence_certificate as inspect_evidence_certificate
 from ._evidence_cert import load_evidence_certificate as load_evidence_certificate
 from ._evidence_cert import verify_evidence_certificate as verify_evidence_certificate
+from ._exchange import AttestationConfig as AttestationConfig
+from ._exchange import AttestationRefused as AttestationRefused
 from ._policy import Policy as Policy
 from ._policy import SnpPlatformRequirements as SnpPlatformRequirements
 from ._policy import SnpPolicy as SnpPolicy
@@ -39,6 +51,7 @@ from ._policy import load_policy as load_policy
 from ._result import AttestationResult as AttestationResult
 from ._snp_report import ProductLine as ProductLine
 from ._snp_verify import SnpEndorsements as SnpEndorsements
+from ._tls_stream import AttestedTLSStream as AttestedTLSStream
 from ._verify import verify_snp_attestation as verify_snp_attestation
 from ._vtpm_evidence import ActivationChallenge as ActivationChallenge
 from ._vtpm_evidence import ActivationProof as ActivationProof
@@ -56,11 +69,17 @@ __all__ = [
     "ActivationChallenge",
     "ActivationProof",
     "AkBinding",
+    "AttestationConfig",
+    "AttestationRefused",
     "AttestationResult",
     "AttestedCertificateBuilder",
+    "AttestedServer",
+    "AttestedSocket",
+    "AttestedTLSStream",
     "AttesterError",
     "AttesterUnavailable",
     "BindingMismatch",
+    "BoundVerifier",
     "CertificateChainError",
     "CertificateEvidence",
     "EvidenceError",
@@ -87,12 +106,19 @@ __all__ = [
     "VtpmEvidence",
     "VtpmPolicy",
     "VtpmProfile",
+    "attester_names",
     "begin_activation",
+    "connect_attested",
     "finish_activation",
     "inspect_evidence_certificate",
     "load_evidence_certificate",
     "load_policy",
+    "make_attester",
+    "open_attested_stream",
     "parse_vtpm_evidence",
+    "serve_attested",
+    "serve_attested_blocking",
+    "start_attested_server",
     "verify_evidence_certificate",
     "verify_snp_attestation",
     "verify_vtpm_attestation",
