@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from ratls import _snp_verify as snp_verify
 from ratls._amd_certs import verify_amd_chain, verify_report_signature
 from ratls._policy import Policy, SnpPolicy, TrustPolicy
 from ratls._snp_report import ProductLine, parse_snp_report
@@ -68,18 +69,24 @@ def main() -> None:
     chain = verified.chain
 
     print(f"SEV-SNP verification, simulated {product.value}, report version {report.version}")
-    cold = rate(
-        "full verification, cold chain",
+
+    def cold_verification() -> None:
+        snp_verify._chain_cache.clear()  # as a one-shot CLI does: the whole chain each time
+        verify_snp_report(raw, endorsements, anchors=anchors, at=now)
+
+    cold = rate("full verification, cold chain", cold_verification, args.seconds)
+    warm = rate(
+        "full verification, remembered chain",
         lambda: verify_snp_report(raw, endorsements, anchors=anchors, at=now),
         args.seconds,
     )
+    print(f"{'remembered / cold':<48} {warm / cold:>10.1f} x")
 
-    def cached() -> None:
+    def floor() -> None:
         parsed = parse_snp_report(raw)
         verify_report_signature(parsed, chain.leaf_public_key)
 
-    warm = rate("report with a cached chain (parse + ECDSA)", cached, args.seconds)
-    print(f"{'cached / cold':<48} {warm / cold:>10.1f} x")
+    rate("floor: parse + report ECDSA only", floor, args.seconds)
     print()
     print("cost split")
     rate("  parse_snp_report", lambda: parse_snp_report(raw), args.seconds)

@@ -236,10 +236,15 @@ class Policy:
     vtpm: VtpmPolicy = field(default_factory=VtpmPolicy)
     trust: TrustPolicy = field(default_factory=TrustPolicy)
     max_evidence_age_seconds: int = DEFAULT_MAX_EVIDENCE_AGE_SECONDS
+    # The content digest, computed once: verifiers report it on every verification.
+    _digest: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_evidence_age_seconds <= 0:
             raise PolicyError("must be positive", location="max_evidence_age_seconds")
+        object.__setattr__(
+            self, "_digest", hashlib.sha256(repr(_canonical(self)).encode()).hexdigest()
+        )
 
     @classmethod
     def from_toml(cls, text: str) -> Policy:
@@ -257,7 +262,7 @@ class Policy:
 
     def digest(self) -> str:
         """A stable SHA-256 identifier of this policy's content (shown in results and logs)."""
-        return hashlib.sha256(repr(_canonical(self)).encode()).hexdigest()
+        return self._digest
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -289,7 +294,11 @@ def _canonical(value: object) -> object:
     if hasattr(value, "__dataclass_fields__"):
         return (
             type(value).__name__,
-            tuple((f.name, _canonical(getattr(value, f.name))) for f in fields(value)),  # type: ignore[arg-type]
+            tuple(
+                (f.name, _canonical(getattr(value, f.name)))
+                for f in fields(value)  # type: ignore[arg-type]
+                if not f.name.startswith("_")
+            ),
         )
     if isinstance(value, bytes):
         return value.hex()

@@ -17,8 +17,12 @@ Nothing here does I/O: certificates and the verification time are passed in.
 from __future__ import annotations
 
 import hmac
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Final, final
+
+from cryptography.hazmat.primitives import hashes
 
 from ._amd_certs import (
     AmdTrustAnchors,
@@ -208,19 +212,67 @@ def verify_snp_report(
         )
 
     key_kind = _key_kind(parsed.signer_info.signing_key)
-    chain = verify_amd_chain(
-        leaf=endorsements.leaf,
-        intermediate=endorsements.intermediate,
-        root=endorsements.root,
-        product=report_product,
-        key_kind=key_kind,
-        anchors=anchors,
-        at=at,
-    )
+    chain = _verified_chain(endorsements, report_product, key_kind, anchors, at)
     verify_report_signature(parsed, chain.leaf_public_key)
     _check_tcb_matches_key(parsed.reported_tcb, chain, report_product)
     _check_chip_id(parsed, chain)
     return VerifiedSnpReport._create(report=parsed, chain=chain, product=report_product)
+
+
+#: How many verified endorsement chains to remember.  A verifier talks to a handful of
+#: machines (one VCEK per chip and TCB version); 64 covers a fleet of gateways' peers while
+#: keeping the memo small.  Failures are never remembered.
+CHAIN_CACHE_SIZE: Final = 64
+
+_ChainKey = tuple[bytes, bytes, bytes, ProductLine, KeyKind, AmdTrustAnchors]
+_chain_cache: OrderedDict[_ChainKey, tuple[VerifiedAmdChain, datetime, datetime]] = OrderedDict()
+_chain_cache_lock = threading.Lock()
+
+
+def _verified_chain(
+    endorsements: SnpEndorsements,
+    product: ProductLine,
+    key_kind: KeyKind,
+    anchors: AmdTrustAnchors,
+    at: datetime,
+) -> VerifiedAmdChain:
+    """verify_amd_chain, remembered per exact certificates, product, key kind and anchors.
+
+    Only the three RSA-PSS signatures and the certificate checks are remembered; the time
+    is not: a remembered chain is used only while ``at`` lies inside the validity of all
+    three certificates, so expiry is still enforced.  The report signature and everything
+    else are verified every time.
+    """
+    key: _ChainKey = (
+        endorsements.leaf.fingerprint(hashes.SHA256()),
+        endorsements.intermediate.fingerprint(hashes.SHA256()),
+        endorsements.root.fingerprint(hashes.SHA256()),
+        product,
+        key_kind,
+        anchors,
+    )
+    with _chain_cache_lock:
+        hit = _chain_cache.get(key) if at.tzinfo is not None else None
+        if hit is not None and hit[1] <= at <= hit[2]:
+            _chain_cache.move_to_end(key)
+            return hit[0]
+    chain = verify_amd_chain(
+        leaf=endorsements.leaf,
+        intermediate=endorsements.intermediate,
+        root=endorsements.root,
+        product=product,
+        key_kind=key_kind,
+        anchors=anchors,
+        at=at,
+    )
+    certificates = (endorsements.leaf, endorsements.intermediate, endorsements.root)
+    valid_from = max(c.not_valid_before_utc for c in certificates)
+    valid_until = min(c.not_valid_after_utc for c in certificates)
+    with _chain_cache_lock:
+        _chain_cache[key] = (chain, valid_from, valid_until)
+        while len(_chain_cache) > CHAIN_CACHE_SIZE:
+            _chain_cache.popitem(last=False)
+    return chain
 
 
 def _key_kind(signing_key: SigningKey) -> KeyKind:

@@ -543,3 +543,36 @@ def test_fmc_minimum_applies_only_where_there_is_an_fmc(genoa: SimulatedAmdSp) -
     turin_report = turin.build_report(report_data=NONCE)
     with pytest.raises(TcbTooLow, match=r"snp\.reported_tcb\.fmc"):
         attest(turin, turin_report, policy_for(turin, minimum_tcb=TcbMinimum(fmc=200)))
+
+
+def test_verified_chains_are_remembered_but_expiry_still_applies(
+    genoa: SimulatedAmdSp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ratls._snp_verify as snp_verify
+
+    calls: list[object] = []
+    real = snp_verify.verify_amd_chain  # type: ignore[attr-defined]
+
+    def counting(**kwargs: object) -> object:
+        calls.append(kwargs)
+        return real(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snp_verify, "verify_amd_chain", counting)
+    monkeypatch.setattr(snp_verify, "_chain_cache", type(snp_verify._chain_cache)())
+    report = genoa.build_report(report_data=NONCE)
+    attest(genoa, report)
+    attest(genoa, report)
+    assert len(calls) == 1
+    # Outside the certificates' validity the memo is not used, and the chain fails.
+    with pytest.raises(CertificateChainError):
+        attest(genoa, report, at=NOW + timedelta(days=365 * 30))
+    assert len(calls) == 2
+    # Other anchors (AMD's only) are another key: the simulator root is refused again.
+    strict = Policy(snp=SnpPolicy(measurements=frozenset({report.measurement})))
+    with pytest.raises(CertificateChainError):
+        attest(genoa, report, strict)
+    # A tampered report still fails its own signature check with a remembered chain.
+    raw = bytearray(report.to_bytes())
+    raw[0x90] ^= 1
+    with pytest.raises(SignatureMismatch):
+        attest(genoa, bytes(raw), nonce=None)
