@@ -253,7 +253,7 @@ def _reencode(mutate: dict[object, object] | None = None, drop: int | None = Non
         (_reencode({12: [1]}), "non-empty map"),
         (bytes(cbor2.dumps([1, 2])), "not a CBOR map"),
         (bytes(cbor2.dumps(dict(reversed(cbor2.loads(ENCODED).items())))), "canonical"),
-        (b"\xff", "not CBOR"),
+        (b"\xff", "not CBOR|not a CBOR map"),  # a lone break code: cbor2 6 vs 5 differ
         (bytes(MAX_VTPM_EVIDENCE_SIZE + 1), "limit"),
     ],
 )
