@@ -1,0 +1,948 @@
+"""Gateway configuration: one TOML file, parsed into frozen dataclasses and fully validated.
+
+A gateway process can hold any number of ingress rules (port mappings, HTTP CONNECT
+proxies, SOCKS5 proxies) and egress listeners with their routes.  The loader checks
+everything before anything starts and reports *every* problem it finds, each with its
+location in the file (``ingress.mapping[1].listen``), so that ``ratls-gateway check``
+can explain a broken file in one go.  Unknown keys are errors: a misspelt timeout must
+not silently fall back to its default.  Timeouts and limits have defaults chosen for
+long-lived TCP (idle timeout off, generous half-close drain), see :class:`Timeouts`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal, final
+
+from ratls._errors import RatlsError
+
+from ._link import AddressTarget, RouteTarget
+
+__all__ = [
+    "AdminConfig",
+    "AllowRule",
+    "AttestationSettings",
+    "ClaimRule",
+    "ConfigError",
+    "ConfigProblem",
+    "EgressListener",
+    "EgressRoute",
+    "Endpoint",
+    "GatewayConfig",
+    "HttpConnectRule",
+    "Limits",
+    "MappingRule",
+    "Socks5Rule",
+    "SocksUser",
+    "Timeouts",
+    "load_config",
+    "parse_config",
+    "parse_endpoint",
+]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigProblem:
+    """One thing wrong with a configuration.
+
+    Attributes:
+        location: dotted path of the offending key, e.g. ``"ingress.mapping[0].listen"``.
+        message: what is wrong.
+    """
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}" if self.location else self.message
+
+
+class ConfigError(RatlsError):
+    """A gateway configuration is invalid.
+
+    Attributes:
+        problems: every problem found, in file order.
+        location: the location of the first problem.
+    """
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        self.location = problems[0].location if problems else ""
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in the gateway configuration:\n{lines}")
+
+
+# --------------------------------------------------------------------------- values
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """A listen or connect address: TCP (IPv4, IPv6, DNS name) or a UNIX socket.
+
+    Attributes:
+        kind: ``"tcp"`` or ``"unix"``.
+        host: for tcp, an IP literal (IPv6 without brackets) or a DNS name.
+        port: for tcp, 0-65535 (0 = any free port, for listeners in tests).
+        path: for unix, the socket path.
+    """
+
+    kind: Literal["tcp", "unix"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def as_target(self) -> AddressTarget:
+        """This tcp endpoint as a link target.
+
+        Raises:
+            ValueError: a UNIX endpoint, or port 0.
+        """
+        if self.kind != "tcp":
+            raise ValueError("a UNIX endpoint is not an address target")
+        return AddressTarget(host=self.host, port=self.port)
+
+
+_HOSTNAME: Final = re.compile(
+    r"(?=.{1,253}\Z)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
+)
+
+
+def _split_host_port(text: str) -> tuple[str, str]:
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            raise ValueError("expected [IPv6]:port")
+        host = text[1:close]
+        ipaddress.IPv6Address(host)  # raises ValueError
+        return host, text[close + 2 :]
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected host:port, [IPv6]:port or unix:PATH")
+    if ":" in host:
+        raise ValueError("IPv6 addresses go in brackets: [::1]:port")
+    return host, port
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+
+
+def parse_endpoint(text: str, *, base_dir: Path | None = None) -> Endpoint:
+    """Parse ``host:port``, ``[v6]:port`` or ``unix:PATH``.
+
+    Args:
+        text: the endpoint as written in the config.
+        base_dir: relative UNIX paths are taken relative to this directory.
+
+    Returns:
+        The endpoint.
+
+    Raises:
+        ValueError: the text is not a valid endpoint.
+    """
+    if not isinstance(text, str):
+        raise ValueError("an endpoint is a string")
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path or "\0" in path:
+            raise ValueError("unix: needs a socket path")
+        if base_dir is not None and not Path(path).is_absolute():
+            path = str(base_dir / path)
+        if len(path.encode()) > 107:
+            raise ValueError("UNIX socket path longer than 107 bytes")
+        return Endpoint(kind="unix", path=path)
+    host, port_text = _split_host_port(text)
+    _check_host(host)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not 0..65535")
+    return Endpoint(kind="tcp", host=host, port=int(port_text))
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AllowRule:
+    """One egress allowlist entry for address targets (``host:port`` patterns).
+
+    Hosts: an exact name (case-insensitive), ``*.suffix`` (any name under suffix), an
+    IP address, or a CIDR network (matches IP literals only; names are not resolved for
+    matching).  Ports: a number, ``a-b`` or ``*``.
+
+    Attributes:
+        host: the host pattern.
+        port_low: lowest port allowed.
+        port_high: highest port allowed.
+    """
+
+    host: str
+    port_low: int
+    port_high: int
+
+    @classmethod
+    def parse(cls, text: str) -> AllowRule:
+        """Parse a pattern such as ``"10.0.0.0/8:5432"`` or ``"*.internal:8000-8010"``.
+
+        Raises:
+            ValueError: not a valid pattern.
+        """
+        if not isinstance(text, str):
+            raise ValueError("an allow pattern is a string")
+        if text.startswith("["):
+            close = text.find("]")
+            if close < 0 or text[close + 1 : close + 2] != ":":
+                raise ValueError("expected [IPv6 or CIDR]:ports")
+            host, ports = text[1:close], text[close + 2 :]
+            ipaddress.ip_network(host, strict=True)
+        else:
+            host, sep, ports = text.rpartition(":")
+            if not sep or not host:
+                raise ValueError("expected HOST:PORTS")
+            if "/" in host:
+                ipaddress.ip_network(host, strict=True)
+            elif host.startswith("*."):
+                _check_host(host[2:])
+            else:
+                _check_host(host)
+        if ports == "*":
+            low, high = 1, 65535
+        else:
+            first, dash, last = ports.partition("-")
+            if not first.isdigit() or (dash and not last.isdigit()):
+                raise ValueError(f"ports {ports!r}: expected N, N-M or *")
+            low, high = int(first), int(last) if dash else int(first)
+            if not 1 <= low <= high <= 65535:
+                raise ValueError(f"ports {ports!r}: expected 1 <= N <= M <= 65535")
+        return cls(host=host.lower(), port_low=low, port_high=high)
+
+    def matches(self, target: AddressTarget) -> bool:
+        """Whether ``target`` is allowed by this rule."""
+        if not self.port_low <= target.port <= self.port_high:
+            return False
+        host = target.host.lower().rstrip(".")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if "/" in self.host:
+            return address is not None and address in ipaddress.ip_network(self.host)
+        if address is not None:
+            try:
+                return address == ipaddress.ip_address(self.host)
+            except ValueError:
+                return False
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:])
+        return host == self.host.rstrip(".")
+
+    def __str__(self) -> str:
+        ports = "*" if (self.port_low, self.port_high) == (1, 65535) else str(self.port_low)
+        if self.port_high != self.port_low and ports != "*":
+            ports += f"-{self.port_high}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{ports}"
+
+
+# Defaults.  Each is a module constant with the reason for its value.
+
+# A backend on the same network answers a SYN in milliseconds; 10 s covers a loaded host
+# and a lost SYN (the first retransmission is after 1 s) without holding a client long.
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+# TLS handshake plus both sides' attestation: evidence production (a vTPM quote is ~50 ms,
+# an SNP report a few ms) and verification (a chain and two signatures), plus round
+# trips.  10 s is generous for that and still bounds a slowloris during the handshake.
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
+# Idle timeout: off.  Long-lived connections (database sessions, long queries) must not
+# be cut just because nothing moved (the Envoy 1 h default is a known pain point).
+DEFAULT_IDLE_TIMEOUT: Final = 0.0
+# After one direction finished, how long the other may stay silent before the tunnel is
+# closed.  The timer restarts whenever bytes move, so long replies are never cut.
+DEFAULT_HALF_CLOSE_TIMEOUT: Final = 60.0
+# Maximum tunnel lifetime: off.
+DEFAULT_MAX_LIFETIME: Final = 0.0
+# A tunnel's peer is re-attested when its last verified evidence is this old; one hour
+# keeps a policy change or a compromised peer from living on in old tunnels for long.
+DEFAULT_MAX_ATTESTATION_AGE: Final = 3600.0
+# Concurrent tunnels per process.  An idle tunnel costs ~100 KiB (two TLS objects, two
+# sockets, buffers), so 1024 tunnels are ~100 MiB: safe on a small VM.
+DEFAULT_MAX_TUNNELS: Final = 1024
+# Per-source rate limit: off by default; a token bucket when set.
+DEFAULT_RATE_PER_SOURCE: Final = 0.0
+DEFAULT_RATE_BURST: Final = 20
+# Read size per pump step, and so the largest DATA frame (see MAX_DATA_CHUNK).
+DEFAULT_BUFFER_SIZE: Final = 64 * 1024
+# Largest configurable read size: a DATA frame must stay below the link's frame limit.
+MAX_BUFFER_SIZE: Final = 256 * 1024
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Timeouts in seconds; 0 switches a timeout off (not allowed for connect/handshake).
+
+    Attributes:
+        connect: opening a TCP/UNIX connection (backend, or egress from the ingress).
+        handshake: TLS handshake plus attestation, and each re-attestation round trip.
+        idle: close a tunnel when no byte moved this long (0 = off, the default).
+        half_close: after one direction's EOF, close when the other is silent this long.
+        max_lifetime: close any tunnel this old (0 = off).
+        max_attestation_age: re-attest the peer of a tunnel this often (0 = never).
+        proxy_request: time a proxy client (HTTP CONNECT, SOCKS5) has to say where to go.
+    """
+
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    handshake: float = DEFAULT_HANDSHAKE_TIMEOUT
+    idle: float = DEFAULT_IDLE_TIMEOUT
+    half_close: float = DEFAULT_HALF_CLOSE_TIMEOUT
+    max_lifetime: float = DEFAULT_MAX_LIFETIME
+    max_attestation_age: float = DEFAULT_MAX_ATTESTATION_AGE
+    proxy_request: float = DEFAULT_HANDSHAKE_TIMEOUT
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Resource limits.
+
+    Attributes:
+        max_tunnels: concurrent tunnels per process; more are refused.
+        rate_per_source: new tunnels per second per client address (0 = unlimited).
+        rate_burst: how many tunnels a source may open at once before the rate applies.
+        buffer_size: bytes read per pump step (the bound on buffered data per direction).
+    """
+
+    max_tunnels: int = DEFAULT_MAX_TUNNELS
+    rate_per_source: float = DEFAULT_RATE_PER_SOURCE
+    rate_burst: int = DEFAULT_RATE_BURST
+    buffer_size: int = DEFAULT_BUFFER_SIZE
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttestationSettings:
+    """How this gateway proves itself and judges its peers.
+
+    Attributes:
+        attester: the name of a registered attestation provider.
+        policy: the appraisal policy file for peers (resolved path), if any.
+        options: any other keys of the ``[attestation]`` table, for the provider.
+        base_dir: the configuration file's directory (for relative paths in options).
+    """
+
+    attester: str
+    policy: Path | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+    base_dir: Path | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """The health/metrics HTTP endpoint.
+
+    Attributes:
+        listen: where it listens.
+    """
+
+    listen: Endpoint
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MappingRule:
+    """Port mapping: every connection to ``listen`` goes to ``target`` through ``egress``.
+
+    Attributes:
+        name: a label for logs and metrics.
+        listen: where clients connect.
+        egress: the egress gateway's attested listener.
+        target: a route name on the egress, or an address it is allowed to reach.
+    """
+
+    name: str
+    listen: Endpoint
+    egress: Endpoint
+    target: AddressTarget | RouteTarget
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpConnectRule:
+    """An HTTP CONNECT proxy; the target comes from each request.
+
+    Attributes:
+        name: a label for logs and metrics.
+        listen: where proxy clients connect.
+        egress: the egress gateway's attested listener.
+    """
+
+    name: str
+    listen: Endpoint
+    egress: Endpoint
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SocksUser:
+    """A SOCKS5 username/password pair (RFC 1929).
+
+    Attributes:
+        username: 1-255 bytes.
+        password: 1-255 bytes; never logged or shown in reprs.
+    """
+
+    username: str
+    password: str = field(repr=False)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Socks5Rule:
+    """A SOCKS5 proxy (CONNECT only); names are resolved by the egress.
+
+    Attributes:
+        name: a label for logs and metrics.
+        listen: where proxy clients connect.
+        egress: the egress gateway's attested listener.
+        users: accepted username/password pairs; empty means no authentication.
+    """
+
+    name: str
+    listen: Endpoint
+    egress: Endpoint
+    users: tuple[SocksUser, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimRule:
+    """An access rule on a verified peer's claims: ``path`` must be one of ``allowed``.
+
+    ``path`` is a dotted path into the verifier result's ``claims()`` mapping, e.g.
+    ``"snp.measurement"`` or ``"profile"``.  A claim value compares as its text (strings
+    as they are; numbers and booleans as JSON: ``1``, ``true``).  A missing claim never
+    matches.
+
+    Attributes:
+        path: the dotted claim path.
+        allowed: the accepted values, as text.
+    """
+
+    path: str
+    allowed: frozenset[str]
+
+    def admits(self, claims: Mapping[str, object]) -> bool:
+        """Whether ``claims`` satisfies this rule."""
+        value: object = claims
+        for part in self.path.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                return False
+            value = value[part]
+        if isinstance(value, str):
+            text = value
+        elif isinstance(value, bool | int | float) or value is None:
+            text = json.dumps(value)
+        else:
+            return False
+        return text in self.allowed
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EgressRoute:
+    """A named backend an egress may open.
+
+    Attributes:
+        name: the route name used in OPEN.
+        backend: where the backend listens (TCP or UNIX).
+        proxy_protocol: send a PROXY protocol v2 header with the verified peer claims.
+        require: claim rules the peer must satisfy to use this route (all of them).
+    """
+
+    name: str
+    backend: Endpoint
+    proxy_protocol: bool = False
+    require: tuple[ClaimRule, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EgressListener:
+    """An attested listener of the egress and what its tunnels may reach.
+
+    Attributes:
+        name: a label for logs and metrics.
+        listen: where ingress gateways connect.
+        routes: names of the routes reachable through this listener.
+        allow: address targets reachable through this listener (beyond routes).
+        require: claim rules every peer of this listener must satisfy.
+    """
+
+    name: str
+    listen: Endpoint
+    routes: tuple[str, ...]
+    allow: tuple[AllowRule, ...] = ()
+    require: tuple[ClaimRule, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    """A whole gateway configuration.
+
+    Attributes:
+        attestation: attester and policy.
+        timeouts: timeouts.
+        limits: limits.
+        admin: the health/metrics endpoint, if any.
+        mappings: port-mapping ingress rules.
+        http_connect: HTTP CONNECT ingress rules.
+        socks5: SOCKS5 ingress rules.
+        listeners: egress listeners.
+        routes: egress routes, by name.
+        source: the file it came from, if any.
+    """
+
+    attestation: AttestationSettings
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    admin: AdminConfig | None = None
+    mappings: tuple[MappingRule, ...] = ()
+    http_connect: tuple[HttpConnectRule, ...] = ()
+    socks5: tuple[Socks5Rule, ...] = ()
+    listeners: tuple[EgressListener, ...] = ()
+    routes: Mapping[str, EgressRoute] = field(default_factory=dict)
+    source: Path | None = None
+
+    @property
+    def has_ingress(self) -> bool:
+        """Whether any ingress rule is configured."""
+        return bool(self.mappings or self.http_connect or self.socks5)
+
+
+# --------------------------------------------------------------------------- loader
+
+
+class _Checker:
+    """Walks the TOML tables, collecting problems instead of stopping at the first."""
+
+    def __init__(self, base_dir: Path | None) -> None:
+        self.base_dir = base_dir
+        self.problems: list[ConfigProblem] = []
+
+    def problem(self, location: str, message: str) -> None:
+        self.problems.append(ConfigProblem(location=location, message=message))
+
+    def table(self, parent: Mapping[str, object], key: str, where: str) -> dict[str, object]:
+        value = parent.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(where, "must be a table")
+            return {}
+        return value
+
+    def array(self, parent: Mapping[str, object], key: str, where: str) -> list[dict[str, object]]:
+        value = parent.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.problem(where, f"must be an array of tables ([[{where}]])")
+            return []
+        return value
+
+    def unknown(self, table: Mapping[str, object], allowed: set[str], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.problem(f"{where}.{key}" if where else key, f"unknown key (known: {hint})")
+
+    def string(
+        self, table: Mapping[str, object], key: str, where: str, *, required: bool = True
+    ) -> str | None:
+        value = table.get(key)
+        if value is None:
+            if required:
+                self.problem(f"{where}.{key}", "missing")
+            return None
+        if not isinstance(value, str) or not value:
+            self.problem(f"{where}.{key}", "must be a non-empty string")
+            return None
+        return value
+
+    def endpoint(
+        self, table: Mapping[str, object], key: str, where: str, *, listen: bool
+    ) -> Endpoint | None:
+        text = self.string(table, key, where)
+        if text is None:
+            return None
+        try:
+            endpoint = parse_endpoint(text, base_dir=self.base_dir)
+        except ValueError as exc:
+            self.problem(f"{where}.{key}", str(exc))
+            return None
+        if not listen and endpoint.kind == "tcp" and endpoint.port == 0:
+            self.problem(f"{where}.{key}", "port 0 is only for listeners")
+            return None
+        return endpoint
+
+    def number(
+        self,
+        table: Mapping[str, object],
+        key: str,
+        where: str,
+        default: float,
+        *,
+        minimum: float = 0.0,
+        allow_zero: bool = True,
+    ) -> float:
+        value = table.get(key, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            self.problem(f"{where}.{key}", "must be a number")
+            return default
+        if value < minimum or (value == 0 and not allow_zero):
+            bound = f"> {minimum}" if not allow_zero else f">= {minimum}"
+            self.problem(f"{where}.{key}", f"must be {bound}")
+            return default
+        return float(value)
+
+    def integer(
+        self,
+        table: Mapping[str, object],
+        key: str,
+        where: str,
+        default: int,
+        *,
+        low: int,
+        high: int,
+    ) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(f"{where}.{key}", "must be an integer")
+            return default
+        if not low <= value <= high:
+            self.problem(f"{where}.{key}", f"must be {low}..{high}")
+            return default
+        return value
+
+    def boolean(self, table: Mapping[str, object], key: str, where: str) -> bool:
+        value = table.get(key, False)
+        if not isinstance(value, bool):
+            self.problem(f"{where}.{key}", "must be true or false")
+            return False
+        return value
+
+    def claim_rules(self, table: Mapping[str, object], where: str) -> tuple[ClaimRule, ...]:
+        value = table.get("require", {})
+        if not isinstance(value, dict):
+            self.problem(f"{where}.require", 'must be a table: { "claim.path" = ["value", ...] }')
+            return ()
+        rules: list[ClaimRule] = []
+        for path, allowed in value.items():
+            location = f'{where}.require."{path}"'
+            if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", path):
+                self.problem(location, "a claim path is dotted names, e.g. snp.measurement")
+                continue
+            values = [allowed] if isinstance(allowed, str) else allowed
+            if (
+                not isinstance(values, list)
+                or not values
+                or not all(isinstance(v, str) for v in values)
+            ):
+                self.problem(location, "must be a string or a non-empty array of strings")
+                continue
+            rules.append(ClaimRule(path=path, allowed=frozenset(values)))
+        return tuple(rules)
+
+    def name(self, table: Mapping[str, object], where: str, default: str) -> str:
+        value = table.get("name", default)
+        if not isinstance(value, str) or not re.fullmatch(
+            r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value
+        ):
+            self.problem(f"{where}.name", "must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
+            return default
+        return value
+
+
+def _target(
+    checker: _Checker, table: Mapping[str, object], where: str
+) -> AddressTarget | RouteTarget | None:
+    text = checker.string(table, "target", where)
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            endpoint = parse_endpoint(text)
+            if endpoint.kind != "tcp" or endpoint.port == 0:
+                raise ValueError("a target address needs host:port with port 1..65535")
+            return endpoint.as_target()
+        return RouteTarget(name=text)
+    except ValueError as exc:
+        checker.problem(f"{where}.target", f"neither a route name nor host:port ({exc})")
+        return None
+
+
+def _timeouts(c: _Checker, root: Mapping[str, object]) -> Timeouts:
+    t = c.table(root, "timeouts", "timeouts")
+    keys = {
+        "connect",
+        "handshake",
+        "idle",
+        "half_close",
+        "max_lifetime",
+        "max_attestation_age",
+        "proxy_request",
+    }
+    c.unknown(t, keys, "timeouts")
+    d = Timeouts()
+    return Timeouts(
+        connect=c.number(t, "connect", "timeouts", d.connect, allow_zero=False),
+        handshake=c.number(t, "handshake", "timeouts", d.handshake, allow_zero=False),
+        idle=c.number(t, "idle", "timeouts", d.idle),
+        half_close=c.number(t, "half_close", "timeouts", d.half_close),
+        max_lifetime=c.number(t, "max_lifetime", "timeouts", d.max_lifetime),
+        max_attestation_age=c.number(t, "max_attestation_age", "timeouts", d.max_attestation_age),
+        proxy_request=c.number(t, "proxy_request", "timeouts", d.proxy_request, allow_zero=False),
+    )
+
+
+def _limits(c: _Checker, root: Mapping[str, object]) -> Limits:
+    t = c.table(root, "limits", "limits")
+    c.unknown(t, {"max_tunnels", "rate_per_source", "rate_burst", "buffer_size"}, "limits")
+    d = Limits()
+    return Limits(
+        max_tunnels=c.integer(t, "max_tunnels", "limits", d.max_tunnels, low=1, high=1_000_000),
+        rate_per_source=c.number(t, "rate_per_source", "limits", d.rate_per_source),
+        rate_burst=c.integer(t, "rate_burst", "limits", d.rate_burst, low=1, high=1_000_000),
+        buffer_size=c.integer(
+            t, "buffer_size", "limits", d.buffer_size, low=1024, high=MAX_BUFFER_SIZE
+        ),
+    )
+
+
+def _attestation(c: _Checker, root: Mapping[str, object]) -> AttestationSettings:
+    t = c.table(root, "attestation", "attestation")
+    if "attestation" not in root:
+        c.problem("attestation", "missing: every gateway attests and verifies its peers")
+    attester = c.string(t, "attester", "attestation") if "attestation" in root else None
+    policy_text = c.string(t, "policy", "attestation", required=False)
+    policy: Path | None = None
+    if policy_text is not None:
+        policy = Path(policy_text)
+        if c.base_dir is not None and not policy.is_absolute():
+            policy = c.base_dir / policy
+    options = {k: v for k, v in t.items() if k not in {"attester", "policy"}}
+    return AttestationSettings(
+        attester=attester or "", policy=policy, options=options, base_dir=c.base_dir
+    )
+
+
+def _ingress(
+    c: _Checker, root: Mapping[str, object]
+) -> tuple[tuple[MappingRule, ...], tuple[HttpConnectRule, ...], tuple[Socks5Rule, ...]]:
+    ingress = c.table(root, "ingress", "ingress")
+    c.unknown(ingress, {"mapping", "http_connect", "socks5"}, "ingress")
+    mappings: list[MappingRule] = []
+    for i, t in enumerate(c.array(ingress, "mapping", "ingress.mapping")):
+        where = f"ingress.mapping[{i}]"
+        c.unknown(t, {"name", "listen", "egress", "target"}, where)
+        name = c.name(t, where, f"mapping-{i}")
+        listen = c.endpoint(t, "listen", where, listen=True)
+        egress = c.endpoint(t, "egress", where, listen=False)
+        target = _target(c, t, where)
+        if listen and egress and target:
+            mappings.append(MappingRule(name=name, listen=listen, egress=egress, target=target))
+    proxies: list[HttpConnectRule] = []
+    for i, t in enumerate(c.array(ingress, "http_connect", "ingress.http_connect")):
+        where = f"ingress.http_connect[{i}]"
+        c.unknown(t, {"name", "listen", "egress"}, where)
+        name = c.name(t, where, f"http-connect-{i}")
+        listen = c.endpoint(t, "listen", where, listen=True)
+        egress = c.endpoint(t, "egress", where, listen=False)
+        if listen and egress:
+            proxies.append(HttpConnectRule(name=name, listen=listen, egress=egress))
+    socks: list[Socks5Rule] = []
+    for i, t in enumerate(c.array(ingress, "socks5", "ingress.socks5")):
+        where = f"ingress.socks5[{i}]"
+        c.unknown(t, {"name", "listen", "egress", "users"}, where)
+        name = c.name(t, where, f"socks5-{i}")
+        listen = c.endpoint(t, "listen", where, listen=True)
+        egress = c.endpoint(t, "egress", where, listen=False)
+        users: list[SocksUser] = []
+        for j, u in enumerate(c.array(t, "users", f"{where}.users")):
+            uwhere = f"{where}.users[{j}]"
+            c.unknown(u, {"username", "password"}, uwhere)
+            username = c.string(u, "username", uwhere)
+            password = c.string(u, "password", uwhere)
+            for key, value in (("username", username), ("password", password)):
+                if value is not None and len(value.encode()) > 255:
+                    c.problem(f"{uwhere}.{key}", "longer than 255 bytes (RFC 1929)")
+            if username and password:
+                users.append(SocksUser(username=username, password=password))
+        if listen and egress:
+            socks.append(Socks5Rule(name=name, listen=listen, egress=egress, users=tuple(users)))
+    return tuple(mappings), tuple(proxies), tuple(socks)
+
+
+def _egress(
+    c: _Checker, root: Mapping[str, object]
+) -> tuple[tuple[EgressListener, ...], dict[str, EgressRoute]]:
+    egress = c.table(root, "egress", "egress")
+    c.unknown(egress, {"listener", "route"}, "egress")
+    routes: dict[str, EgressRoute] = {}
+    for i, t in enumerate(c.array(egress, "route", "egress.route")):
+        where = f"egress.route[{i}]"
+        c.unknown(t, {"name", "backend", "proxy_protocol", "require"}, where)
+        if "name" not in t:
+            c.problem(f"{where}.name", "missing")
+            continue
+        name = c.name(t, where, "")
+        backend = c.endpoint(t, "backend", where, listen=False)
+        proxy = c.boolean(t, "proxy_protocol", where)
+        require = c.claim_rules(t, where)
+        if name in routes:
+            c.problem(f"{where}.name", f"duplicate route name {name!r}")
+        elif name and backend:
+            routes[name] = EgressRoute(
+                name=name, backend=backend, proxy_protocol=proxy, require=require
+            )
+    listeners: list[EgressListener] = []
+    for i, t in enumerate(c.array(egress, "listener", "egress.listener")):
+        where = f"egress.listener[{i}]"
+        c.unknown(t, {"name", "listen", "routes", "allow", "require"}, where)
+        name = c.name(t, where, f"listener-{i}")
+        listen = c.endpoint(t, "listen", where, listen=True)
+        names = t.get("routes", list(routes))
+        chosen: list[str] = []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            c.problem(f"{where}.routes", "must be an array of route names")
+        else:
+            for j, n in enumerate(names):
+                if n not in routes:
+                    c.problem(f"{where}.routes[{j}]", f"no route named {n!r}")
+                else:
+                    chosen.append(n)
+        allow: list[AllowRule] = []
+        patterns = t.get("allow", [])
+        if not isinstance(patterns, list):
+            c.problem(f"{where}.allow", "must be an array of HOST:PORTS patterns")
+            patterns = []
+        for j, p in enumerate(patterns):
+            try:
+                allow.append(AllowRule.parse(p))
+            except ValueError as exc:
+                c.problem(f"{where}.allow[{j}]", str(exc))
+        require = c.claim_rules(t, where)
+        if listen:
+            listeners.append(
+                EgressListener(
+                    name=name,
+                    listen=listen,
+                    routes=tuple(chosen),
+                    allow=tuple(allow),
+                    require=require,
+                )
+            )
+    return tuple(listeners), routes
+
+
+def _admin(c: _Checker, root: Mapping[str, object]) -> AdminConfig | None:
+    if "admin" not in root:
+        return None
+    t = c.table(root, "admin", "admin")
+    c.unknown(t, {"listen"}, "admin")
+    listen = c.endpoint(t, "listen", "admin", listen=True)
+    return AdminConfig(listen=listen) if listen else None
+
+
+def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> GatewayConfig:
+    """Validate a decoded TOML document.
+
+    Args:
+        data: the document (as from :func:`tomllib.loads`).
+        source: the file it came from; relative paths are taken relative to its directory.
+
+    Returns:
+        The configuration.
+
+    Raises:
+        ConfigError: listing every problem, each with its location.
+    """
+    c = _Checker(source.parent if source is not None else None)
+    c.unknown(data, {"attestation", "timeouts", "limits", "admin", "ingress", "egress"}, "")
+    attestation = _attestation(c, data)
+    timeouts = _timeouts(c, data)
+    limits = _limits(c, data)
+    admin = _admin(c, data)
+    mappings, proxies, socks = _ingress(c, data)
+    listeners, routes = _egress(c, data)
+    if not (mappings or proxies or socks or listeners) and not c.problems:
+        c.problem("", "nothing to do: no [[ingress.*]] rule and no [[egress.listener]]")
+    seen: dict[str, str] = {}
+    for where, endpoint in (
+        *((f"ingress.mapping[{i}].listen", r.listen) for i, r in enumerate(mappings)),
+        *((f"ingress.http_connect[{i}].listen", r.listen) for i, r in enumerate(proxies)),
+        *((f"ingress.socks5[{i}].listen", r.listen) for i, r in enumerate(socks)),
+        *((f"egress.listener[{i}].listen", r.listen) for i, r in enumerate(listeners)),
+        *((("admin.listen", admin.listen),) if admin else ()),
+    ):
+        key = str(endpoint)
+        if (endpoint.kind == "unix" or endpoint.port != 0) and key in seen:
+            c.problem(where, f"{key} is already used by {seen[key]}")
+        seen.setdefault(key, where)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return GatewayConfig(
+        attestation=attestation,
+        timeouts=timeouts,
+        limits=limits,
+        admin=admin,
+        mappings=mappings,
+        http_connect=proxies,
+        socks5=socks,
+        listeners=listeners,
+        routes=routes,
+        source=source,
+    )
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a gateway TOML file.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The configuration.
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error (with line and column), or every
+            validation problem with its location.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(location=str(path), message=str(exc))]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigProblem(location=str(path), message=str(exc))]) from exc
+    return parse_config(data, source=path.resolve())

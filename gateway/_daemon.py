@@ -1,0 +1,245 @@
+"""The gateway process: every listener of a configuration, readiness, reload and drain.
+
+:func:`run_gateway` is structured concurrency from top to bottom.  Three nested
+nurseries hold, from the outside in: the connection handlers (tunnels), the admin
+endpoint, and the accept loops.  A shutdown request cancels only the accept loops, so
+no new tunnel starts while live ones finish; after the drain deadline the remaining
+tunnels are cancelled, and the admin endpoint (which answers 503 on /readyz while
+draining) goes last.
+
+Readiness: once every listener is bound, the gateway asks its attester for evidence over
+an all-zero binder, a self-test that proves the attestation path works (a report or
+quote bound to zeros is useless to anyone: real binders carry the connection's exporter
+value).  Until that succeeds /readyz answers 503; it is retried with backoff.
+
+Reload: :meth:`RunningGateway.reload` takes a new configuration with the same listen
+addresses.  New tunnels use its timeouts, limits, routes and allowlists at once; the
+attestation provider is resolved again (re-reading the policy file) and every live
+tunnel re-attests its peer under the new configuration, so a peer that the new policy
+no longer admits is disconnected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Final, final
+
+import trio
+
+from ratls._errors import RatlsError
+
+from ._admin import serve_admin
+from ._attestation import make_identity, resolve_attestation
+from ._config import ConfigError, ConfigProblem, GatewayConfig
+from ._egress import serve_egress
+from ._ingress import serve_http_connect, serve_mapping, serve_socks5
+from ._runtime import Runtime, log_event
+
+if TYPE_CHECKING:
+    from ratls._exchange import AttestationConfig
+
+__all__ = ["DEFAULT_DRAIN_TIMEOUT", "IDENTITY_ROTATION", "RunningGateway", "run_gateway"]
+
+# How long live tunnels may take to finish after SIGTERM before they are cut.  Long
+# enough for requests in flight on typical services; short enough for an orchestrator's
+# default grace period (Kubernetes sends SIGKILL after 30 s).
+DEFAULT_DRAIN_TIMEOUT: Final = 25.0
+
+# The TLS identity is an ephemeral key with a self-signed certificate valid for one day
+# (ratls._tls_context.EPHEMERAL_CERT_LIFETIME).  A fresh one is made this often, well
+# inside that day, so that peers never see an expired certificate.  Live tunnels keep the
+# identity they were opened with (their re-attestation binders name its key).
+IDENTITY_ROTATION: Final = 6 * 3600.0
+
+_SELF_CHECK_BINDER: Final = bytes(64)
+_SELF_CHECK_MAX_DELAY: Final = 30.0
+
+
+def _listen_keys(config: GatewayConfig) -> dict[str, str]:
+    keys = {f"egress:{x.name}": str(x.listen) for x in config.listeners}
+    keys.update({f"mapping:{r.name}": str(r.listen) for r in config.mappings})
+    keys.update({f"http-connect:{r.name}": str(r.listen) for r in config.http_connect})
+    keys.update({f"socks5:{r.name}": str(r.listen) for r in config.socks5})
+    if config.admin is not None:
+        keys["admin"] = str(config.admin.listen)
+    return keys
+
+
+@final
+class RunningGateway:
+    """Handle on a running gateway (from ``nursery.start(run_gateway, ...)``).
+
+    Attributes:
+        runtime: the shared state (config, identity, metrics, live tunnels).
+        listeners: bound listeners by key: ``"egress:NAME"``, ``"mapping:NAME"``,
+            ``"http-connect:NAME"``, ``"socks5:NAME"``, ``"admin"``.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.listeners: dict[str, list[trio.SocketListener]] = {}
+        self._shutdown = trio.Event()
+        self._ready = trio.Event()
+
+    def address(self, key: str) -> tuple[str, int] | str:
+        """The bound address of a listener: ``(host, port)`` or a UNIX path.
+
+        Raises:
+            KeyError: no such listener.
+        """
+        sockname = self.listeners[key][0].socket.getsockname()
+        if isinstance(sockname, tuple):
+            return str(sockname[0]), int(sockname[1])
+        return str(sockname)
+
+    def request_shutdown(self) -> None:
+        """Stop accepting, drain live tunnels (up to the drain timeout), then return."""
+        self.runtime.draining = True
+        self._shutdown.set()
+
+    async def wait_ready(self) -> None:
+        """Wait until the attestation self-test has passed."""
+        await self._ready.wait()
+
+    def reload(
+        self, config: GatewayConfig, *, attestation: AttestationConfig | None = None
+    ) -> None:
+        """Apply a new configuration without dropping live tunnels.
+
+        Args:
+            config: the new configuration; its listen addresses must be the same.
+            attestation: the attestation configuration to use instead of resolving the
+                config's provider again (tests, embedding).
+
+        Raises:
+            ConfigError: listen addresses changed (a restart is needed), or the
+                attestation provider failed; the old configuration stays in force.
+        """
+        old = _listen_keys(self.runtime.config)
+        new = _listen_keys(config)
+        if old != new:
+            changed = sorted(set(old.items()) ^ set(new.items()))
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        location=key,
+                        message=f"listen addresses cannot change on reload ({address})",
+                    )
+                    for key, address in changed
+                ]
+            )
+        if attestation is None:
+            attestation = resolve_attestation(config.attestation)
+        runtime = self.runtime
+        runtime.identity = dataclasses.replace(runtime.identity, attestation=attestation)
+        runtime.config = config
+        limits = config.limits
+        runtime.admission.max_tunnels = limits.max_tunnels
+        runtime.admission.rate = limits.rate_per_source
+        runtime.admission.burst = limits.rate_burst
+        for tunnel in list(runtime.live.values()):
+            tunnel.request_reattest(attestation)
+        log_event("configuration reloaded", live_tunnels=len(runtime.live))
+
+
+async def _self_check(runtime: Runtime, ready: trio.Event) -> None:
+    delay = 1.0
+    while True:
+        config = runtime.identity.attestation
+        attester = config.attester
+        try:
+            if attester is None:
+                raise RatlsError("no attester configured")
+            if config.run_in_thread:
+                await trio.to_thread.run_sync(
+                    attester.evidence, _SELF_CHECK_BINDER, abandon_on_cancel=True
+                )
+            else:
+                attester.evidence(_SELF_CHECK_BINDER)
+        except RatlsError as exc:
+            log_event(
+                "attestation self-test failed",
+                level=logging.WARNING,
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in=delay,
+            )
+            await trio.sleep(delay)
+            delay = min(delay * 2, _SELF_CHECK_MAX_DELAY)
+            continue
+        runtime.own_evidence_at = time.time()
+        runtime.ready = True
+        ready.set()
+        log_event("ready", attester=runtime.config.attestation.attester)
+        return
+
+
+async def _rotate_identity(runtime: Runtime) -> None:
+    while True:
+        await trio.sleep(IDENTITY_ROTATION)
+        runtime.identity = make_identity(runtime.identity.attestation)
+        log_event("identity rotated", identity=repr(runtime.identity))
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    *,
+    attestation: AttestationConfig | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    task_status: trio.TaskStatus[RunningGateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run every listener of ``config`` until :meth:`RunningGateway.request_shutdown`.
+
+    Args:
+        config: the configuration.
+        attestation: use this instead of resolving ``config.attestation`` (embedding,
+            tests).
+        drain_timeout: how long live tunnels may finish after a shutdown request.
+        task_status: receives the :class:`RunningGateway` once all listeners are bound
+            (readiness follows when the attestation self-test passes).
+
+    Raises:
+        ConfigError: the attestation provider is unknown or fails.
+        OSError: a listen address cannot be bound.
+    """
+    if attestation is None:
+        attestation = resolve_attestation(config.attestation)
+    runtime = Runtime(config, make_identity(attestation))
+    gateway = RunningGateway(runtime)
+    async with trio.open_nursery() as admin_nursery:
+        async with trio.open_nursery() as tunnels:
+            async with trio.open_nursery() as accept:
+                for x in config.listeners:
+                    gateway.listeners[f"egress:{x.name}"] = await accept.start(
+                        partial(serve_egress, runtime, x, handler_nursery=tunnels)
+                    )
+                for m in config.mappings:
+                    gateway.listeners[f"mapping:{m.name}"] = await accept.start(
+                        partial(serve_mapping, runtime, m, handler_nursery=tunnels)
+                    )
+                for h in config.http_connect:
+                    gateway.listeners[f"http-connect:{h.name}"] = await accept.start(
+                        partial(serve_http_connect, runtime, h, handler_nursery=tunnels)
+                    )
+                for s in config.socks5:
+                    gateway.listeners[f"socks5:{s.name}"] = await accept.start(
+                        partial(serve_socks5, runtime, s, handler_nursery=tunnels)
+                    )
+                if config.admin is not None:
+                    gateway.listeners["admin"] = await admin_nursery.start(
+                        serve_admin, runtime, config.admin.listen
+                    )
+                accept.start_soon(_self_check, runtime, gateway._ready)
+                admin_nursery.start_soon(_rotate_identity, runtime)
+                task_status.started(gateway)
+                await gateway._shutdown.wait()
+                accept.cancel_scope.cancel()
+            log_event("draining", live_tunnels=runtime.admission.active, deadline=drain_timeout)
+            with trio.move_on_after(drain_timeout if drain_timeout > 0 else math.inf):
+                await runtime.admission.wait_idle()
+            tunnels.cancel_scope.cancel()
+        admin_nursery.cancel_scope.cancel()
+    log_event("stopped")

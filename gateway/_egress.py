@@ -1,0 +1,437 @@
+"""The egress gateway: attested listener in front of the confidential backends.
+
+For every connection accepted on an egress listener, in its own task (never inside
+``accept``, so a slow peer stalls nobody else):
+
+1. admission control (concurrent tunnels, per-source rate); over the limit the TCP
+   connection is reset at once, before any TLS work;
+2. under ``fail_after(handshake timeout)``: the TLS handshake, the mutual attestation
+   exchange, and the ingress's OPEN;
+3. the target is checked against this listener's routes and allowlist; a refusal is
+   answered with REFUSED and a reason code;
+4. only then is the backend connection opened (under ``fail_after(connect timeout)``),
+   an optional PROXY v2 header with the verified claims written, and OPENED sent;
+5. the tunnel runs until both directions end, and one access line is logged.
+
+So no byte reaches a backend before the peer's attestation has passed and the target
+was found allowed: fail closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any, NoReturn, final
+
+import trio
+
+from ratls._errors import RatlsError, RemoteProtocolError
+from ratls._exchange import AttestationRefused
+from ratls._tls_stream import AttestedTLSStream
+
+from ._attestation import peer_claims, peer_summary
+from ._link import (
+    LINK_VERSION,
+    SUPPORTED_VERSIONS,
+    AddressTarget,
+    LinkReason,
+    LinkRole,
+    Open,
+    Opened,
+    Refused,
+    RouteTarget,
+    UnsupportedLinkVersion,
+    reason_name,
+)
+from ._proxy_protocol import build_proxy_header, claims_tlvs
+from ._runtime import (
+    connect_endpoint,
+    connect_error_kind,
+    connect_tcp,
+    describe_peer,
+    log_event,
+    open_endpoint_listeners,
+    source_of,
+)
+from ._tunnel import (
+    LinkChannel,
+    Tunnel,
+    TunnelAttestation,
+    TunnelSettings,
+    abort_stream,
+    close_link,
+    is_cancellation,
+    refusal_text,
+)
+
+if TYPE_CHECKING:
+    from ._config import EgressListener, EgressRoute, Endpoint
+    from ._runtime import Runtime, TunnelRecord
+
+__all__ = ["EgressDecision", "decide_target", "serve_egress"]
+
+
+@final
+class EgressDecision:
+    """Where an allowed OPEN leads.
+
+    Attributes:
+        backend: the endpoint to connect to (None: connect to the address target).
+        target: the address target, when the OPEN named one.
+        route: the route, when the target is (or equals) a configured route.
+    """
+
+    __slots__ = ("backend", "route", "target")
+
+    def __init__(
+        self, *, backend: Endpoint | None, target: AddressTarget | None, route: EgressRoute | None
+    ) -> None:
+        self.backend = backend
+        self.target = target
+        self.route = route
+
+
+def decide_target(
+    runtime: Runtime, listener: EgressListener, target: AddressTarget | RouteTarget
+) -> EgressDecision | Refused:
+    """Apply this listener's routes and allowlist to an OPEN target.
+
+    Route targets must be among the listener's routes.  Address targets are allowed when
+    they equal the TCP backend of one of the listener's routes (that route's options then
+    apply) or match one of its allow patterns.  Everything else is refused.
+
+    Returns:
+        The decision, or the REFUSED to send.
+    """
+    routes = {name: runtime.config.routes[name] for name in listener.routes}
+    if isinstance(target, RouteTarget):
+        route = routes.get(target.name)
+        if route is None:
+            return Refused(
+                code=LinkReason.UNKNOWN_ROUTE,
+                reason=f"no route {target.name!r} on this listener",
+            )
+        return EgressDecision(backend=route.backend, target=None, route=route)
+    for route in routes.values():
+        b = route.backend
+        if b.kind == "tcp" and b.port == target.port and _same_host(b.host, target.host):
+            return EgressDecision(backend=route.backend, target=None, route=route)
+    if any(rule.matches(target) for rule in listener.allow):
+        return EgressDecision(backend=None, target=target, route=None)
+    return Refused(code=LinkReason.NOT_ALLOWED, reason=f"{target} is not allowed")
+
+
+def _same_host(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a.lower().rstrip(".") == b.lower().rstrip(".")
+
+
+def _settings(runtime: Runtime) -> TunnelSettings:
+    t = runtime.config.timeouts
+    return TunnelSettings(
+        buffer_size=runtime.config.limits.buffer_size,
+        idle=t.idle,
+        half_close=t.half_close,
+        max_lifetime=t.max_lifetime,
+        reattest_interval=t.max_attestation_age,
+        reattest_timeout=t.handshake,
+    )
+
+
+async def serve_egress(
+    runtime: Runtime,
+    listener: EgressListener,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve one egress listener forever.
+
+    Args:
+        runtime: the gateway's shared state.
+        listener: which listener.
+        handler_nursery: where connection tasks run (so that accepting can stop while
+            tunnels drain); a private nursery by default.
+        task_status: receives the bound listeners (so callers learn ephemeral ports).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    listeners = await open_endpoint_listeners(listener.listen)
+    log_event("listening", side="egress", rule=listener.name, address=str(listener.listen))
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await handle_egress_connection(runtime, listener, stream)
+
+    await trio.serve_listeners(
+        handler, listeners, handler_nursery=handler_nursery, task_status=task_status
+    )
+    raise AssertionError("unreachable")  # pragma: no cover - serve_listeners never returns
+
+
+async def handle_egress_connection(
+    runtime: Runtime, listener: EgressListener, raw: trio.SocketStream
+) -> None:
+    """Run one accepted connection to its end; never raises (errors are logged)."""
+    client = describe_peer(_peername(raw))
+    metrics = runtime.metrics
+    rule = listener.name
+    metrics.tunnels_total.inc(side="egress", rule=rule)
+    refusal = "shutting-down" if runtime.draining else None
+    refusal = refusal or runtime.admission.admit(source_of(client), trio.current_time())
+    if refusal is not None:
+        metrics.tunnels_failed.inc(reason=refusal, side="egress", rule=rule)
+        log_event("tunnel", side="egress", rule=listener.name, client=client, result=refusal)
+        await abort_stream(raw)
+        return
+    record = runtime.new_record("egress", listener.name, client)
+    metrics.tunnels_active.add(1, side="egress", rule=rule)
+    started = trio.current_time()
+    fields: dict[str, Any] = {"result": "ok"}
+    try:
+        await _serve(runtime, listener, raw, record, fields)
+    except Exception as exc:  # a bug must not take the listener down
+        fields.update(result="internal-error", detail=f"{type(exc).__name__}: {exc}")
+        log_event("internal error", level=logging.ERROR, exc_info_text=repr(exc))
+    finally:
+        runtime.admission.release()
+        runtime.end_record(record)
+        metrics.tunnels_active.add(-1, side="egress", rule=rule)
+        if fields["result"] != "ok":
+            metrics.tunnels_failed.inc(reason=str(fields["result"]), side="egress", rule=rule)
+        log_event(
+            "tunnel",
+            side="egress",
+            rule=listener.name,
+            id=record.id,
+            client=client,
+            target=record.target,
+            peer=record.peer,
+            duration=round(trio.current_time() - started, 6),
+            bytes_up=record.bytes_up,
+            bytes_down=record.bytes_down,
+            **fields,
+        )
+
+
+def _peername(stream: trio.SocketStream) -> object:
+    try:
+        return stream.socket.getpeername()
+    except OSError:
+        return None
+
+
+async def _serve(
+    runtime: Runtime,
+    listener: EgressListener,
+    raw: trio.SocketStream,
+    record: TunnelRecord,
+    fields: dict[str, Any],
+) -> None:
+    identity = runtime.identity
+    timeouts = runtime.config.timeouts
+    stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
+        raw, identity.server_context, server_side=True, attestation=identity.attestation
+    )
+    channel = LinkChannel(stream, LinkRole.EGRESS, buffer_size=runtime.config.limits.buffer_size)
+    backend: trio.SocketStream | None = None
+    try:
+        started = trio.current_time()
+        try:
+            with trio.fail_after(timeouts.handshake):
+                await stream.do_handshake()
+                runtime.metrics.handshake_seconds.observe(
+                    trio.current_time() - started, side="egress"
+                )
+                record.peer = peer_summary(stream.peer_attestation)
+                event = await channel.receive()
+        except trio.TooSlowError:
+            fields.update(result="handshake-timeout", detail=f"{timeouts.handshake:g} s")
+            return
+        except AttestationRefused as exc:
+            fields.update(result="attestation-failed", detail=f"peer refused us: {exc.reason}")
+            return
+        except UnsupportedLinkVersion as exc:
+            supported = ",".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
+            await _refuse(
+                channel,
+                Refused(code=LinkReason.UNSUPPORTED_VERSION, reason=f"supported: {supported}"),
+                fields,
+                detail=str(exc),
+            )
+            return
+        except RemoteProtocolError as exc:
+            fields.update(result="protocol-error", detail=str(exc))
+            return
+        except RatlsError as exc:
+            # Our verifier refused the ingress (the stream already told it why).
+            fields.update(result="attestation-failed", detail=refusal_text(exc))
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            fields.update(result="handshake-failed", detail=str(exc) or type(exc).__name__)
+            return
+        if not isinstance(event, Open):
+            fields.update(result="protocol-error", detail=f"expected OPEN, got {event!r}")
+            return
+        record.target = str(event.target)
+        fields["ingress_client"] = event.client
+        current = runtime.egress_listener(listener.name) or listener
+        decision = decide_target(runtime, current, event.target)
+        if isinstance(decision, Refused):
+            await _refuse(channel, decision, fields)
+            return
+        rules = (*current.require, *(decision.route.require if decision.route else ()))
+        if rules:
+            claims = peer_claims(stream.peer_attestation)
+            failed = [rule.path for rule in rules if not rule.admits(claims)]
+            if failed:
+                # Name the claim, not the values this route accepts.
+                await _refuse(
+                    channel,
+                    Refused(
+                        code=LinkReason.NOT_ALLOWED,
+                        reason=f"claim {failed[0]} is not admitted for {event.target}",
+                    ),
+                    fields,
+                )
+                return
+        try:
+            with trio.fail_after(timeouts.connect):
+                if decision.backend is not None:
+                    backend = await connect_endpoint(decision.backend)
+                else:
+                    assert decision.target is not None  # noqa: S101 - decide_target's contract
+                    backend = await connect_tcp(decision.target.host, decision.target.port)
+        except trio.TooSlowError:
+            await _refuse(
+                channel,
+                Refused(
+                    code=LinkReason.BACKEND_TIMEOUT,
+                    reason=f"backend did not answer within {timeouts.connect:g} s",
+                ),
+                fields,
+            )
+            return
+        except OSError as exc:
+            kind = connect_error_kind(exc)
+            code = {
+                "refused": LinkReason.BACKEND_REFUSED,
+                "unreachable": LinkReason.BACKEND_UNREACHABLE,
+            }.get(kind, LinkReason.BACKEND_UNREACHABLE)
+            await _refuse(channel, Refused(code=code, reason=f"backend {kind}"), fields)
+            return
+        route = decision.route
+        if route is not None and route.proxy_protocol:
+            header = build_proxy_header(
+                source=_address_pair(event.client),
+                destination=_address_pair(_sockname(backend)),
+                tlvs=claims_tlvs(
+                    peer_claims(stream.peer_attestation), unique_id=f"tunnel-{record.id}"
+                ),
+            )
+            try:
+                await backend.send_all(header)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await _refuse(
+                    channel,
+                    Refused(code=LinkReason.BACKEND_RESET, reason="backend closed at once"),
+                    fields,
+                )
+                return
+        try:
+            await channel.send(Opened(version=LINK_VERSION))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            fields.update(result="link-lost", detail="ingress left before OPENED")
+            return
+        peer_cert = stream.peer_certificate
+        attestation = None
+        if peer_cert is not None:
+            attestation = TunnelAttestation(
+                config=identity.attestation,
+                own_certificate=identity.certificate,
+                peer_certificate=peer_cert,
+                peer_result=stream.peer_attestation,
+                verified_at=trio.current_time(),
+            )
+        metrics = runtime.metrics
+
+        def on_bytes(direction: str, n: int) -> None:
+            if direction == "up":
+                record.bytes_up += n
+            else:
+                record.bytes_down += n
+            metrics.bytes.inc(n, side="egress", rule=listener.name, direction=direction)
+
+        def on_reattest(ok: bool, seconds: float) -> None:
+            metrics.reattest_total.inc(side="egress", outcome="ok" if ok else "failed")
+            metrics.reattest_seconds.observe(seconds, side="egress")
+
+        tunnel = Tunnel(
+            channel,
+            backend,
+            settings=_settings(runtime),
+            local_is_client=False,
+            attestation=attestation,
+            on_bytes=on_bytes,
+            on_reattest=on_reattest,
+        )
+        runtime.live[record.id] = tunnel
+        try:
+            outcome = await tunnel.run()
+        finally:
+            runtime.live.pop(record.id, None)
+        fields.update(result=outcome.result, reattestations=outcome.reattestations)
+        if outcome.detail:
+            fields["detail"] = outcome.detail
+        if outcome.aborted:
+            await abort_stream(backend)
+            backend = None
+    except BaseException as exc:
+        if is_cancellation(exc):
+            fields.update(result="shutting-down", detail="tunnel cut at shutdown")
+            if backend is not None:
+                with trio.CancelScope(shield=True):
+                    await abort_stream(backend)
+                backend = None
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            if backend is not None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await backend.aclose()
+            await close_link(stream, graceful=fields.get("result") != "link-lost")
+
+
+async def _refuse(
+    channel: LinkChannel, refusal: Refused, fields: dict[str, Any], *, detail: str = ""
+) -> None:
+    """Record why, and tell the ingress (best effort, bounded in time)."""
+    fields.update(result=reason_name(refusal.code), detail=detail or refusal.reason)
+    with (
+        trio.move_on_after(2.0),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await channel.send(refusal)
+
+
+def _sockname(stream: trio.SocketStream) -> str:
+    try:
+        return describe_peer(stream.socket.getsockname())
+    except OSError:
+        return "unknown"
+
+
+def _address_pair(text: str) -> tuple[str, int] | None:
+    """``"1.2.3.4:5"`` / ``"[::1]:5"`` -> ``("1.2.3.4", 5)``; None if not an IP address."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+        return host, int(port)
+    except ValueError:
+        return None

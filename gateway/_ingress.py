@@ -1,0 +1,599 @@
+"""The ingress gateway: client-side listeners that open attested tunnels to an egress.
+
+Three ways in, one way through.  A port mapping sends every client connection to a
+fixed target; an HTTP CONNECT proxy and a SOCKS5 proxy take the target from each
+client's request.  Then, in every mode (:func:`open_link`):
+
+1. connect to the egress (``fail_after(connect timeout)``);
+2. TLS handshake plus mutual attestation (``fail_after(handshake timeout)``): the egress
+   proves it is a confidential VM running what our policy admits, and we prove ourselves;
+3. OPEN the target and wait for OPENED or REFUSED.
+
+The client's bytes are read only after OPENED (for the proxies, only after their reply),
+so nothing leaves the client network before the egress passed attestation.  A refused
+client learns why: an HTTP status with a reason body, a SOCKS5 reply code, or, for a raw
+port mapping (where TCP has no words), a TCP RST plus the reason in the access log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, NoReturn, final
+
+import trio
+
+from ratls._errors import RatlsError, RemoteProtocolError
+from ratls._exchange import AttestationRefused
+from ratls._tls_stream import AttestedTLSStream
+
+from ._attestation import peer_summary
+from ._http_connect import (
+    MAX_REQUEST_HEAD,
+    HttpRequestError,
+    build_response,
+    parse_connect_request,
+    status_for,
+)
+from ._link import (
+    AddressTarget,
+    LinkClosed,
+    LinkReason,
+    LinkRole,
+    Open,
+    Opened,
+    Refused,
+    RouteTarget,
+    reason_name,
+)
+from ._reader import StreamReader
+from ._runtime import (
+    connect_endpoint,
+    connect_error_kind,
+    describe_peer,
+    log_event,
+    open_endpoint_listeners,
+    source_of,
+)
+from ._socks import SocksError, SocksReply, build_reply, negotiate, reply_for
+from ._tunnel import (
+    LinkChannel,
+    Tunnel,
+    TunnelAttestation,
+    TunnelSettings,
+    abort_stream,
+    close_link,
+    is_cancellation,
+    refusal_text,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ._config import Endpoint, HttpConnectRule, MappingRule, Socks5Rule
+    from ._runtime import Runtime, TunnelRecord
+
+    Handler = Callable[
+        [Runtime, trio.SocketStream, str, TunnelRecord, dict[str, Any]], Awaitable[None]
+    ]
+
+__all__ = [
+    "IngressFailure",
+    "OpenedLink",
+    "open_link",
+    "serve_http_connect",
+    "serve_mapping",
+    "serve_socks5",
+]
+
+# Largest SOCKS5 message: a request with a 255-byte domain name is 262 bytes.
+_MAX_SOCKS_MESSAGE: Final = 600
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngressFailure:
+    """Why a tunnel could not be opened.
+
+    Attributes:
+        result: a label for logs and metrics (``"attestation-failed"``,
+            ``"egress-unreachable"``, ``"handshake-timeout"``, or a reason name from the
+            egress's REFUSED such as ``"not-allowed"``).
+        code: the link reason code (drives the HTTP status / SOCKS reply).
+        detail: human-readable detail (safe to show the client).
+    """
+
+    result: str
+    code: LinkReason | int
+    detail: str
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class OpenedLink:
+    """An open tunnel to the egress, ready for :class:`~gateway._tunnel.Tunnel`.
+
+    Attributes:
+        channel: the link channel (OPENED received).
+        attestation: what re-attestation needs, with the egress's verified result.
+    """
+
+    channel: LinkChannel
+    attestation: TunnelAttestation
+
+
+async def open_link(
+    runtime: Runtime, egress: Endpoint, target: AddressTarget | RouteTarget, client: str
+) -> OpenedLink | IngressFailure:
+    """Connect to the egress, attest both ways, and OPEN ``target``.
+
+    Never raises for network or attestation failures: they come back as
+    :class:`IngressFailure` (the stream is then already closed).
+
+    Args:
+        runtime: the gateway's shared state.
+        egress: the egress's attested listener.
+        target: what to open.
+        client: the client's address, for the egress's logs and PROXY headers.
+    """
+    timeouts = runtime.config.timeouts
+    identity = runtime.identity
+    try:
+        with trio.fail_after(timeouts.connect):
+            raw = await connect_endpoint(egress)
+    except trio.TooSlowError:
+        return IngressFailure(
+            result="egress-timeout",
+            code=LinkReason.BACKEND_TIMEOUT,
+            detail=f"egress gateway did not answer within {timeouts.connect:g} s",
+        )
+    except OSError as exc:
+        return IngressFailure(
+            result="egress-unreachable",
+            code=LinkReason.BACKEND_UNREACHABLE,
+            detail=f"egress gateway {connect_error_kind(exc)}",
+        )
+    stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
+        raw, identity.client_context, server_side=False, attestation=identity.attestation
+    )
+    channel = LinkChannel(stream, LinkRole.INGRESS, buffer_size=runtime.config.limits.buffer_size)
+    failure: IngressFailure | None = None
+    try:
+        started = trio.current_time()
+        try:
+            with trio.fail_after(timeouts.handshake):
+                await stream.do_handshake()
+        except trio.TooSlowError:
+            failure = IngressFailure(
+                result="handshake-timeout",
+                code=LinkReason.BACKEND_TIMEOUT,
+                detail=f"attested handshake took over {timeouts.handshake:g} s",
+            )
+            return failure
+        except AttestationRefused as exc:
+            failure = IngressFailure(
+                result="attestation-failed",
+                code=LinkReason.ATTESTATION_FAILED,
+                detail=f"the egress refused our attestation: {exc.reason}",
+            )
+            return failure
+        except RatlsError as exc:
+            failure = IngressFailure(
+                result="attestation-failed",
+                code=LinkReason.ATTESTATION_FAILED,
+                detail=f"the egress failed attestation: {refusal_text(exc)}",
+            )
+            return failure
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            failure = IngressFailure(
+                result="handshake-failed",
+                code=LinkReason.BACKEND_UNREACHABLE,
+                detail="the egress closed the connection during the handshake",
+            )
+            return failure
+        runtime.metrics.handshake_seconds.observe(trio.current_time() - started, side="ingress")
+        try:
+            with trio.fail_after(timeouts.connect + timeouts.handshake):
+                await channel.send(Open(target=target, client=client))
+                answer = await channel.receive()
+        except trio.TooSlowError:
+            failure = IngressFailure(
+                result="egress-timeout",
+                code=LinkReason.BACKEND_TIMEOUT,
+                detail="the egress did not answer OPEN in time",
+            )
+            return failure
+        except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            failure = IngressFailure(
+                result="protocol-error",
+                code=LinkReason.PROTOCOL_ERROR,
+                detail=f"bad answer to OPEN: {type(exc).__name__}",
+            )
+            return failure
+        if isinstance(answer, Refused):
+            failure = IngressFailure(
+                result=reason_name(answer.code), code=answer.code, detail=answer.reason
+            )
+            return failure
+        if not isinstance(answer, Opened):
+            what = "closed" if isinstance(answer, LinkClosed) else type(answer).__name__
+            failure = IngressFailure(
+                result="protocol-error",
+                code=LinkReason.PROTOCOL_ERROR,
+                detail=f"expected OPENED, got {what}",
+            )
+            return failure
+        peer_cert = stream.peer_certificate
+        if peer_cert is None:  # pragma: no cover - the client context requires one
+            failure = IngressFailure(
+                result="attestation-failed",
+                code=LinkReason.ATTESTATION_FAILED,
+                detail="the egress sent no certificate",
+            )
+            return failure
+        return OpenedLink(
+            channel=channel,
+            attestation=TunnelAttestation(
+                config=identity.attestation,
+                own_certificate=identity.certificate,
+                peer_certificate=peer_cert,
+                peer_result=stream.peer_attestation,
+                verified_at=trio.current_time(),
+            ),
+        )
+    finally:
+        if failure is not None:
+            await close_link(stream, graceful=True)
+
+
+def _settings(runtime: Runtime) -> TunnelSettings:
+    t = runtime.config.timeouts
+    return TunnelSettings(
+        buffer_size=runtime.config.limits.buffer_size,
+        idle=t.idle,
+        half_close=t.half_close,
+        max_lifetime=t.max_lifetime,
+        reattest_interval=t.max_attestation_age,
+        reattest_timeout=t.handshake,
+    )
+
+
+async def _run_tunnel(
+    runtime: Runtime,
+    rule: str,
+    opened: OpenedLink,
+    client_stream: trio.SocketStream,
+    record: TunnelRecord,
+    fields: dict[str, Any],
+    *,
+    initial_data: bytes = b"",
+) -> None:
+    metrics = runtime.metrics
+    record.peer = peer_summary(opened.attestation.peer_result)
+
+    def on_bytes(direction: str, n: int) -> None:
+        if direction == "up":
+            record.bytes_up += n
+        else:
+            record.bytes_down += n
+        metrics.bytes.inc(n, side="ingress", rule=rule, direction=direction)
+
+    def on_reattest(ok: bool, seconds: float) -> None:
+        metrics.reattest_total.inc(side="ingress", outcome="ok" if ok else "failed")
+        metrics.reattest_seconds.observe(seconds, side="ingress")
+
+    tunnel = Tunnel(
+        opened.channel,
+        client_stream,
+        settings=_settings(runtime),
+        local_is_client=True,
+        attestation=opened.attestation,
+        on_bytes=on_bytes,
+        on_reattest=on_reattest,
+        initial_data=initial_data,
+    )
+    runtime.live[record.id] = tunnel
+    try:
+        outcome = await tunnel.run()
+    finally:
+        runtime.live.pop(record.id, None)
+        await close_link(opened.channel.stream, graceful=True)
+    fields.update(result=outcome.result, reattestations=outcome.reattestations)
+    if outcome.detail:
+        fields["detail"] = outcome.detail
+    if outcome.aborted:
+        fields["abort_client"] = True
+
+
+async def _handle(
+    runtime: Runtime, mode: str, rule: str, raw: trio.SocketStream, handler: Handler
+) -> None:
+    """Admission, bookkeeping, exception safety and the access line, around ``handler``."""
+    client = describe_peer(_peername(raw))
+    metrics = runtime.metrics
+    metrics.tunnels_total.inc(side="ingress", rule=rule)
+    refusal = "shutting-down" if runtime.draining else None
+    refusal = refusal or runtime.admission.admit(source_of(client), trio.current_time())
+    if refusal is not None:
+        metrics.tunnels_failed.inc(side="ingress", rule=rule, reason=refusal)
+        log_event("tunnel", side="ingress", mode=mode, rule=rule, client=client, result=refusal)
+        await _refuse_client(mode, raw, refusal)
+        return
+    record = runtime.new_record("ingress", rule, client)
+    metrics.tunnels_active.add(1, side="ingress", rule=rule)
+    started = trio.current_time()
+    fields: dict[str, Any] = {"result": "ok"}
+    try:
+        await handler(runtime, raw, client, record, fields)
+    except Exception as exc:  # a bug must not take the listener down
+        fields.update(result="internal-error", detail=f"{type(exc).__name__}: {exc}")
+        fields["abort_client"] = True
+        log_event("internal error", level=logging.ERROR, error=repr(exc))
+    except BaseException as exc:
+        if is_cancellation(exc):
+            # The drain deadline passed (or the gateway stops): cut the client abortively.
+            fields.update(result="shutting-down", detail="tunnel cut at shutdown")
+            fields["abort_client"] = True
+        raise
+    finally:
+        runtime.admission.release()
+        runtime.end_record(record)
+        metrics.tunnels_active.add(-1, side="ingress", rule=rule)
+        if fields["result"] != "ok":
+            metrics.tunnels_failed.inc(side="ingress", rule=rule, reason=str(fields["result"]))
+        abort_client = fields.pop("abort_client", False)
+        log_event(
+            "tunnel",
+            side="ingress",
+            mode=mode,
+            rule=rule,
+            id=record.id,
+            client=client,
+            target=record.target,
+            peer=record.peer,
+            duration=round(trio.current_time() - started, 6),
+            bytes_up=record.bytes_up,
+            bytes_down=record.bytes_down,
+            **fields,
+        )
+        with trio.CancelScope(shield=True):
+            if abort_client:
+                await abort_stream(raw)
+            else:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await raw.aclose()
+
+
+async def _refuse_client(mode: str, raw: trio.SocketStream, result: str) -> None:
+    """Refuse before any work (limits, drain): a short answer where the protocol has one."""
+    if mode == "http-connect":
+        with (
+            trio.move_on_after(1.0),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await raw.send_all(
+                build_response(
+                    status_for(result, None), reason_code=result, detail="try again later"
+                )
+            )
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await raw.aclose()
+        return
+    await abort_stream(raw)
+
+
+def _peername(stream: trio.SocketStream) -> object:
+    try:
+        return stream.socket.getpeername()
+    except OSError:
+        return None
+
+
+async def _serve(
+    runtime: Runtime,
+    endpoint: Endpoint,
+    mode: str,
+    rule: str,
+    handler: Handler,
+    handler_nursery: trio.Nursery | None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]],
+) -> NoReturn:
+    listeners = await open_endpoint_listeners(endpoint)
+    log_event("listening", side="ingress", mode=mode, rule=rule, address=str(endpoint))
+
+    async def accept(raw: trio.SocketStream) -> None:
+        await _handle(runtime, mode, rule, raw, handler)
+
+    await trio.serve_listeners(
+        accept, listeners, handler_nursery=handler_nursery, task_status=task_status
+    )
+    raise AssertionError("unreachable")  # pragma: no cover - serve_listeners never returns
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+async def serve_mapping(
+    runtime: Runtime,
+    rule: MappingRule,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve one port-mapping rule forever.
+
+    Raises:
+        OSError: the listen address cannot be bound.
+    """
+
+    async def handler(
+        runtime: Runtime,
+        raw: trio.SocketStream,
+        client: str,
+        record: TunnelRecord,
+        fields: dict[str, Any],
+    ) -> None:
+        record.target = str(rule.target)
+        opened = await open_link(runtime, rule.egress, rule.target, client)
+        if isinstance(opened, IngressFailure):
+            # Raw TCP has no words: the client gets a RST, the reason goes to the log.
+            fields.update(result=opened.result, detail=opened.detail, abort_client=True)
+            return
+        await _run_tunnel(runtime, rule.name, opened, raw, record, fields)
+
+    await _serve(runtime, rule.listen, "mapping", rule.name, handler, handler_nursery, task_status)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+async def serve_http_connect(
+    runtime: Runtime,
+    rule: HttpConnectRule,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve one HTTP CONNECT proxy forever.
+
+    Raises:
+        OSError: the listen address cannot be bound.
+    """
+
+    async def handler(
+        runtime: Runtime,
+        raw: trio.SocketStream,
+        client: str,
+        record: TunnelRecord,
+        fields: dict[str, Any],
+    ) -> None:
+        reader = StreamReader(raw, limit=MAX_REQUEST_HEAD)
+        try:
+            with trio.fail_after(runtime.config.timeouts.proxy_request):
+                head = await reader.read_until(b"\r\n\r\n")
+                request = parse_connect_request(head)
+        except trio.TooSlowError:
+            fields.update(result="request-timeout")
+            await _answer_and_close(raw, build_response(408, detail="request head too slow"))
+            return
+        except HttpRequestError as exc:
+            fields.update(result="bad-request", detail=str(exc))
+            await _answer_and_close(raw, build_response(exc.status, detail=str(exc)))
+            return
+        except RemoteProtocolError as exc:  # truncated or too large
+            fields.update(result="bad-request", detail=str(exc))
+            await _answer_and_close(raw, build_response(431, detail="request head too large"))
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            fields.update(result="client-reset")
+            return
+        record.target = str(request.target)
+        opened = await open_link(runtime, rule.egress, request.target, client)
+        if isinstance(opened, IngressFailure):
+            fields.update(result=opened.result, detail=opened.detail)
+            status = status_for(opened.result, opened.code)
+            await _answer_and_close(
+                raw, build_response(status, reason_code=opened.result, detail=opened.detail)
+            )
+            return
+        if not await _send_quietly(raw, build_response(200)):
+            await close_link(opened.channel.stream, graceful=True)
+            fields.update(result="client-reset")
+            return
+        await _run_tunnel(
+            runtime, rule.name, opened, raw, record, fields, initial_data=reader.leftover()
+        )
+
+    await _serve(
+        runtime, rule.listen, "http-connect", rule.name, handler, handler_nursery, task_status
+    )
+
+
+# After an error answer, how long and how much unread request we swallow before closing.
+# Closing a socket with unread input makes the kernel send a RST, which can destroy our
+# answer before the client reads it (the classic HTTP "lingering close" problem).
+_LINGER_TIME: Final = 1.0
+_LINGER_BYTES: Final = 256 * 1024
+
+
+async def _answer_and_close(stream: trio.SocketStream, data: bytes) -> None:
+    """Send an error answer, half-close, and drain the client's input for a moment."""
+    if not await _send_quietly(stream, data):
+        return
+    with trio.move_on_after(_LINGER_TIME):
+        try:
+            await stream.send_eof()
+            drained = 0
+            while drained < _LINGER_BYTES:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def _send_quietly(stream: trio.abc.SendStream, data: bytes) -> bool:
+    try:
+        with trio.fail_after(5.0):
+            await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- SOCKS5
+
+
+async def serve_socks5(
+    runtime: Runtime,
+    rule: Socks5Rule,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve one SOCKS5 proxy forever.
+
+    Raises:
+        OSError: the listen address cannot be bound.
+    """
+
+    async def handler(
+        runtime: Runtime,
+        raw: trio.SocketStream,
+        client: str,
+        record: TunnelRecord,
+        fields: dict[str, Any],
+    ) -> None:
+        reader = StreamReader(raw, limit=_MAX_SOCKS_MESSAGE)
+        try:
+            with trio.fail_after(runtime.config.timeouts.proxy_request):
+                request = await negotiate(reader, raw, rule.users)
+        except trio.TooSlowError:
+            fields.update(result="request-timeout")
+            return
+        except SocksError as exc:
+            fields.update(result="bad-request", detail=str(exc))
+            return
+        except RemoteProtocolError as exc:
+            fields.update(result="bad-request", detail=str(exc))
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            fields.update(result="client-reset")
+            return
+        record.target = str(request.target)
+        opened = await open_link(runtime, rule.egress, request.target, client)
+        if isinstance(opened, IngressFailure):
+            fields.update(result=opened.result, detail=opened.detail)
+            await _send_quietly(raw, build_reply(reply_for(opened.result, opened.code)))
+            return
+        if not await _send_quietly(raw, build_reply(SocksReply.SUCCEEDED)):
+            await close_link(opened.channel.stream, graceful=True)
+            fields.update(result="client-reset")
+            return
+        await _run_tunnel(
+            runtime, rule.name, opened, raw, record, fields, initial_data=reader.leftover()
+        )
+
+    await _serve(runtime, rule.listen, "socks5", rule.name, handler, handler_nursery, task_status)

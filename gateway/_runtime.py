@@ -1,0 +1,334 @@
+"""Shared run-time state of a gateway process: limits, live tunnels, logs, sockets.
+
+Everything the ingress and egress handlers share lives in one :class:`Runtime`: the
+configuration, this gateway's identity, metrics, the admission control (concurrent
+tunnel limit and per-source rate limit), the table of live tunnels shown by /status, the
+structured logger and the drain flag.  It also holds the small socket helpers that turn
+a configured :class:`~gateway._config.Endpoint` into listeners or a connection (TCP
+over IPv4/IPv6, or UNIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, final
+
+import trio
+
+from ._metrics import GatewayMetrics
+
+if TYPE_CHECKING:
+    from ._attestation import GatewayIdentity
+    from ._config import EgressListener, Endpoint, GatewayConfig
+    from ._tunnel import Tunnel
+
+__all__ = [
+    "LOGGER_NAME",
+    "AdmissionControl",
+    "JsonFormatter",
+    "Runtime",
+    "TunnelRecord",
+    "connect_endpoint",
+    "connect_error_kind",
+    "connect_tcp",
+    "describe_peer",
+    "log_event",
+    "open_endpoint_listeners",
+    "source_of",
+]
+
+#: Name of the logger every gateway record goes to.
+LOGGER_NAME: Final = "ratls.gateway"
+
+# Buckets of the per-source rate limiter are dropped once this many sources are tracked
+# and the oldest are full again, so a flood of spoofed-looking sources cannot grow the
+# table without bound.
+_MAX_TRACKED_SOURCES: Final = 10_000
+
+_logger = logging.getLogger(LOGGER_NAME)
+
+
+@final
+class JsonFormatter(logging.Formatter):
+    """Formats records as one JSON object per line (fields from ``extra={"fields": ...}``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as JSON."""
+        body: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            body.update(fields)
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str, sort_keys=True)
+
+
+def log_event(message: str, *, level: int = logging.INFO, **fields: object) -> None:
+    """Log one structured record (never pass secrets: fields are written as they are)."""
+    _logger.log(level, message, extra={"fields": fields})
+
+
+def describe_peer(address: object) -> str:
+    """A socket peer address as text: ``"192.0.2.1:5555"``, ``"[::1]:5555"`` or ``"unix"``."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(address, str | bytes):
+        return "unix"
+    return "unknown"
+
+
+def source_of(client: str) -> str:
+    """The rate-limiting key of a client address text: its host part."""
+    if client.startswith("["):
+        return client[1 : client.find("]")]
+    return client.rpartition(":")[0] or client
+
+
+@final
+class AdmissionControl:
+    """Concurrent-tunnel limit plus a per-source token bucket.
+
+    Args:
+        max_tunnels: how many tunnels may be open at once.
+        rate: new tunnels per second per source (0 = unlimited).
+        burst: bucket size.
+    """
+
+    def __init__(self, max_tunnels: int, rate: float, burst: int) -> None:
+        self.max_tunnels = max_tunnels
+        self.rate = rate
+        self.burst = burst
+        self.active = 0
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._idle: trio.Event | None = None
+
+    def admit(self, source: str, now: float) -> str | None:
+        """Try to admit a new tunnel from ``source``.
+
+        Returns:
+            None when admitted (call :meth:`release` later), else ``"limit-reached"`` or
+            ``"rate-limited"``.
+        """
+        if self.active >= self.max_tunnels:
+            return "limit-reached"
+        if self.rate > 0:
+            tokens, last = self._buckets.get(source, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens < 1.0:
+                self._buckets[source] = (tokens, now)
+                return "rate-limited"
+            self._buckets[source] = (tokens - 1.0, now)
+            if len(self._buckets) > _MAX_TRACKED_SOURCES:
+                self._prune(now)
+        self.active += 1
+        return None
+
+    def _prune(self, now: float) -> None:
+        full = [
+            s
+            for s, (tokens, last) in self._buckets.items()
+            if tokens + (now - last) * self.rate >= self.burst
+        ]
+        for source in full:
+            del self._buckets[source]
+
+    def release(self) -> None:
+        """A tunnel admitted earlier has ended."""
+        self.active -= 1
+        if self.active == 0 and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def wait_idle(self) -> None:
+        """Wait until no admitted tunnel is left."""
+        if self.active == 0:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._idle is None:
+            self._idle = trio.Event()
+        await self._idle.wait()
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class TunnelRecord:
+    """A live tunnel, as /status shows it (no secrets).
+
+    Attributes:
+        id: process-unique tunnel id.
+        side: ``"ingress"`` or ``"egress"``.
+        rule: the ingress rule or egress listener name.
+        client: the client's address (as told by the ingress on the egress side).
+        target: the OPEN target.
+        started: wall-clock start (seconds since the epoch).
+        peer: one-line summary of the verified peer.
+        bytes_up: bytes from client to backend so far.
+        bytes_down: bytes from backend to client so far.
+    """
+
+    id: int
+    side: str
+    rule: str
+    client: str
+    target: str = ""
+    started: float = field(default_factory=time.time)
+    peer: str = ""
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly view."""
+        return {
+            "id": self.id,
+            "side": self.side,
+            "rule": self.rule,
+            "client": self.client,
+            "target": self.target,
+            "age": round(time.time() - self.started, 3),
+            "peer": self.peer,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+        }
+
+
+@final
+class Runtime:
+    """The state shared by every listener and tunnel of one gateway process.
+
+    Args:
+        config: the configuration.
+        identity: this gateway's TLS identity and attestation configuration.
+        metrics: where metrics go (a fresh set by default).
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        identity: GatewayIdentity,
+        *,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
+        limits = config.limits
+        self.admission = AdmissionControl(
+            limits.max_tunnels, limits.rate_per_source, limits.rate_burst
+        )
+        self.tunnels: dict[int, TunnelRecord] = {}
+        self.live: dict[int, Tunnel] = {}
+        self._ids = itertools.count(1)
+        self.ready = False
+        self.own_evidence_at: float | None = None
+        self.draining = False
+        self.started = time.time()
+
+    def egress_listener(self, name: str) -> EgressListener | None:
+        """The current configuration of the egress listener called ``name``."""
+        for listener in self.config.listeners:
+            if listener.name == name:
+                return listener
+        return None
+
+    def new_record(self, side: str, rule: str, client: str) -> TunnelRecord:
+        """Register a new live tunnel and return its record."""
+        record = TunnelRecord(id=next(self._ids), side=side, rule=rule, client=client)
+        self.tunnels[record.id] = record
+        return record
+
+    def end_record(self, record: TunnelRecord) -> None:
+        """Forget a tunnel that ended."""
+        self.tunnels.pop(record.id, None)
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+async def _unix_listener(path: str, backlog: int) -> trio.SocketListener:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a stale socket from an earlier run
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+async def open_endpoint_listeners(
+    endpoint: Endpoint, *, backlog: int = 128
+) -> list[trio.SocketListener]:
+    """Listeners for ``endpoint`` (one per address family for a TCP name).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    if endpoint.kind == "unix":
+        return [await _unix_listener(endpoint.path, backlog)]
+    return await trio.open_tcp_listeners(endpoint.port, host=endpoint.host, backlog=backlog)
+
+
+async def connect_endpoint(endpoint: Endpoint) -> trio.SocketStream:
+    """Connect to ``endpoint`` (TCP with happy eyeballs, or UNIX); TCP_NODELAY is on.
+
+    Raises:
+        OSError: the connection failed.
+    """
+    if endpoint.kind == "unix":
+        return await trio.open_unix_socket(endpoint.path)
+    return await connect_tcp(endpoint.host, endpoint.port)
+
+
+async def connect_tcp(host: str, port: int) -> trio.SocketStream:
+    """Connect to ``host:port``; ``host`` may be a name (resolved here) or an IP literal.
+
+    Raises:
+        OSError: the connection failed (``socket.gaierror`` when the name did not resolve).
+    """
+    return await trio.open_tcp_stream(host, port)
+
+
+def connect_error_kind(exc: BaseException) -> str:
+    """Classify a connect failure: ``"refused"``, ``"unreachable"`` or ``"failed"``.
+
+    trio's happy-eyeballs connect raises one OSError whose cause holds every attempt's
+    error; any refusal among them counts as refused.
+    """
+    seen: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        if current.__cause__ is not None:
+            stack.append(current.__cause__)
+    if any(isinstance(e, ConnectionRefusedError) for e in seen):
+        return "refused"
+    if any(isinstance(e, FileNotFoundError) for e in seen):
+        return "refused"  # a UNIX socket path with nobody listening
+    unreachable = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
+    if any(isinstance(e, socket.gaierror) for e in seen) or any(
+        isinstance(e, OSError) and e.errno in unreachable for e in seen
+    ):
+        return "unreachable"
+    return "failed"

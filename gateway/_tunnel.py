@@ -1,0 +1,608 @@
+"""One tunnel: a local TCP/UNIX stream joined to a link over an attested TLS stream.
+
+Both gateways end up here once the tunnel is open: the ingress with the client's
+connection as its local stream, the egress with the backend's.  A tunnel is one trio
+nursery holding two pumps and, when configured, a watchdog and a re-attestation timer:
+
+* ``_pump_out`` reads the local stream (at most ``buffer_size`` bytes at a time) and
+  sends DATA frames; on local EOF it sends EOF.  Backpressure is natural: it does not
+  read again until the frame is written into the TLS stream.
+* ``_pump_in`` reads frames.  DATA is written to the local stream before the next frame
+  is read (so a slow local reader throttles the peer through TLS and TCP windows); EOF
+  becomes ``send_eof()`` on the local stream (TCP half-close); ERROR aborts the tunnel;
+  REATTEST is answered in a separate task; EVIDENCE is handed to the timer.
+* the watchdog closes the tunnel when nothing moved for ``idle`` seconds, or, once one
+  direction has finished, for ``half_close`` seconds (the timer restarts whenever bytes
+  move, so long replies after a half-close are never cut);
+* the re-attestation timer asks the peer for fresh evidence every
+  ``max_attestation_age`` seconds and aborts the tunnel if the answer is late or fails.
+
+The tunnel ends cleanly when EOF has gone both ways.  Anything else is an abort, with a
+result label for logs and metrics and, where the peer should learn why, an ERROR frame.
+The owner closes both streams afterwards (abortively, with a TCP RST, after an abort).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import socket
+import struct
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Final, Literal, TypeVar, final
+
+import trio
+
+from ratls._errors import (
+    EvidenceVerificationError,
+    LocalProtocolError,
+    RatlsError,
+    RemoteProtocolError,
+)
+
+from ._attestation import check_media_type, reattest_binder
+from ._link import (
+    NEED_DATA,
+    Data,
+    Eof,
+    Error,
+    EvidenceFrame,
+    LinkClosed,
+    LinkConnection,
+    LinkEvent,
+    LinkReason,
+    LinkRole,
+    LinkState,
+    Reattest,
+    reason_name,
+    safe_reason,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cryptography import x509
+
+    from ratls._exchange import AttestationConfig
+    from ratls._tls_stream import AttestedTLSStream
+
+__all__ = [
+    "MIN_REATTEST_ANSWER_INTERVAL",
+    "LinkChannel",
+    "Tunnel",
+    "TunnelAttestation",
+    "TunnelOutcome",
+    "TunnelSettings",
+    "abort_stream",
+    "close_link",
+    "is_cancellation",
+    "refusal_text",
+]
+
+_T = TypeVar("_T")
+
+# What a send on the link can raise once the tunnel is going down: the stream failed or
+# was closed, or the link machine no longer allows the frame (the peer ended it).
+_SEND_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError)
+
+# How long we try to tell the peer why a tunnel is aborted before giving up on it.
+_ERROR_SEND_GRACE: Final = 2.0
+
+# A peer may ask for fresh evidence again as soon as it got some; producing evidence
+# costs the attester (an SNP report is a firmware call, a vTPM quote a TPM signature).
+# Answers are therefore spaced at least this far apart: legitimate re-attestation runs
+# on a timer of minutes to hours, so one second never delays it noticeably.
+MIN_REATTEST_ANSWER_INTERVAL: Final = 1.0
+
+# Header bytes on top of the payload when reading frames off the TLS stream.
+_FRAME_OVERHEAD: Final = 5
+
+
+def refusal_text(exc: BaseException) -> str:
+    """What a peer or client may learn about a failure: the error class and the claim.
+
+    Reference values our policy expects are not disclosed, only which claim failed.
+    """
+    if isinstance(exc, EvidenceVerificationError):
+        return f"{type(exc).__name__}: {exc.claim}"
+    if isinstance(exc, RatlsError):
+        return f"{type(exc).__name__}: {exc}"[:512]
+    return type(exc).__name__
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio's Cancelled, alone or inside an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(trio.Cancelled) is not None
+    return isinstance(exc, trio.Cancelled)
+
+
+async def abort_stream(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` abortively: a TCP RST for sockets (SO_LINGER 0), never waiting."""
+    if isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(stream)
+
+
+async def close_link(stream: trio.abc.Stream, *, graceful: bool) -> None:
+    """Close the attested stream: close_notify first when ``graceful``, bounded in time."""
+    if graceful:
+        with trio.move_on_after(_ERROR_SEND_GRACE) as scope:
+            scope.shield = True
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.aclose()
+            return
+    await trio.aclose_forcefully(stream)
+
+
+@final
+class LinkChannel:
+    """A :class:`~gateway._link.LinkConnection` driven over an attested stream.
+
+    Sends are serialised by a FIFO lock (pumps and control frames share the stream);
+    receives are done by one task at a time (the stream's own conflict detector
+    enforces it).
+
+    Args:
+        stream: the attested TLS stream, after its handshake.
+        role: ingress or egress.
+        buffer_size: the largest DATA payload we send; also sizes reads.
+    """
+
+    def __init__(
+        self,
+        stream: AttestedTLSStream[trio.abc.Stream],
+        role: LinkRole,
+        *,
+        buffer_size: int,
+    ) -> None:
+        self.stream = stream
+        self.conn = LinkConnection(role)
+        self._send_lock = trio.StrictFIFOLock()
+        self._receive_size = buffer_size + _FRAME_OVERHEAD
+
+    async def send(self, event: LinkEvent) -> None:
+        """Encode and send one event.
+
+        Raises:
+            LocalProtocolError: the event is not allowed now.
+            trio.BrokenResourceError: the stream failed.
+            trio.ClosedResourceError: the stream was closed.
+        """
+        async with self._send_lock:
+            data = self.conn.send(event)
+            await self.stream.send_all(data)
+
+    async def receive(self) -> LinkEvent | LinkClosed:
+        """The peer's next event; :class:`LinkClosed` when the stream ended or broke.
+
+        Raises:
+            RemoteProtocolError: the peer broke the link protocol.
+        """
+        while True:
+            event = self.conn.next_event()
+            if event is not NEED_DATA:
+                return event
+            try:
+                data = await self.stream.receive_some(self._receive_size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            self.conn.receive_data(data)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TunnelSettings:
+    """Per-tunnel timers and sizes (from the gateway configuration).
+
+    Attributes:
+        buffer_size: bytes read from the local stream per step.
+        idle: abort when nothing moved this long (0 = off).
+        half_close: after one EOF, abort when nothing moved this long (0 = off).
+        max_lifetime: abort after this long (0 = off).
+        reattest_interval: ask the peer for fresh evidence this often (0 = off).
+        reattest_timeout: how long the peer has to answer.
+    """
+
+    buffer_size: int = 64 * 1024
+    idle: float = 0.0
+    half_close: float = 60.0
+    max_lifetime: float = 0.0
+    reattest_interval: float = 0.0
+    reattest_timeout: float = 10.0
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class TunnelAttestation:
+    """What re-attestation needs: our config and certificate, the peer's, its result.
+
+    Attributes:
+        config: our attester and verifier.
+        own_certificate: our TLS certificate (binds our fresh evidence).
+        peer_certificate: the peer's TLS certificate (binds its fresh evidence).
+        peer_result: the peer's latest verified result.
+        verified_at: trio time of that verification.
+    """
+
+    config: AttestationConfig
+    own_certificate: x509.Certificate
+    peer_certificate: x509.Certificate
+    peer_result: object
+    verified_at: float
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class TunnelOutcome:
+    """How a tunnel ended.
+
+    Attributes:
+        result: ``"ok"`` for a clean end (EOF both ways), otherwise a label such as
+            ``"client-reset"``, ``"idle-timeout"``, ``"attestation-failed"``,
+            ``"link-lost"``, ``"protocol-error"`` or ``"peer-<reason>"``.
+        code: the link reason code involved, if any.
+        detail: human-readable detail.
+        bytes_up: bytes from the client towards the backend.
+        bytes_down: bytes from the backend towards the client.
+        reattestations: how many times the peer was re-attested successfully.
+    """
+
+    result: str = "ok"
+    code: LinkReason | int | None = None
+    detail: str = ""
+    bytes_up: int = 0
+    bytes_down: int = 0
+    reattestations: int = 0
+
+    @property
+    def aborted(self) -> bool:
+        """Whether the tunnel ended any other way than EOF in both directions."""
+        return self.result != "ok"
+
+
+@final
+class Tunnel:
+    """Pump bytes between ``local`` and the link until both directions end.
+
+    Args:
+        channel: the link channel (after OPEN/OPENED).
+        local: the client's stream (ingress) or the backend's (egress).
+        settings: timers and sizes.
+        local_is_client: True on the ingress; decides byte directions and reset reasons.
+        attestation: what re-attestation needs; None disables it.
+        on_bytes: called with ``("up" | "down", count)`` as bytes move.
+        initial_data: bytes already read from the local stream (e.g. pipelined after an
+            HTTP CONNECT request) to send first.
+    """
+
+    def __init__(
+        self,
+        channel: LinkChannel,
+        local: trio.abc.Stream,
+        *,
+        settings: TunnelSettings,
+        local_is_client: bool,
+        attestation: TunnelAttestation | None = None,
+        on_bytes: Callable[[Literal["up", "down"], int], None] | None = None,
+        on_reattest: Callable[[bool, float], None] | None = None,
+        initial_data: bytes = b"",
+    ) -> None:
+        self._channel = channel
+        self._local = local
+        self._settings = settings
+        self._local_is_client = local_is_client
+        self.attestation = attestation
+        self._on_bytes = on_bytes
+        self._on_reattest = on_reattest
+        self._initial = initial_data
+        self.outcome = TunnelOutcome()
+        self._scope: trio.CancelScope | None = None
+        self._aborted = False
+        self._send_error: Error | None = None
+        self._last_activity = trio.current_time()
+        self._half_closed = trio.Event()
+        self._evidence: tuple[bytes, trio.Event, list[EvidenceFrame]] | None = None
+        self._reattest_now = trio.Event()
+        self._last_answer: float | None = None
+        # A DATA frame is header + payload; reading buffer_size - header bytes makes a
+        # full frame exactly buffer_size long, which the TLS stream writes as whole
+        # records (64 KiB = four 16 KiB records) instead of adding a tiny fifth one.
+        self._read_size = max(1, settings.buffer_size - _FRAME_OVERHEAD)
+        self._out_dir: Literal["up", "down"] = "up" if local_is_client else "down"
+        self._in_dir: Literal["up", "down"] = "down" if local_is_client else "up"
+
+    # ----------------------------------------------------------------- outcome
+
+    def _abort(
+        self, result: str, detail: str, *, code: LinkReason | int | None, tell_peer: bool
+    ) -> None:
+        if self._aborted:
+            return
+        self._aborted = True
+        self.outcome.result = result
+        self.outcome.code = code
+        self.outcome.detail = detail
+        if tell_peer and isinstance(code, LinkReason):
+            self._send_error = Error(code=code, reason=safe_reason(detail))
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _local_reset(self, exc: BaseException) -> None:
+        code = LinkReason.CLIENT_RESET if self._local_is_client else LinkReason.BACKEND_RESET
+        self._abort(reason_name(code), f"{type(exc).__name__}", code=code, tell_peer=True)
+
+    def _link_lost(self, detail: str) -> None:
+        self._abort("link-lost", detail, code=None, tell_peer=False)
+
+    def _count(self, direction: Literal["up", "down"], n: int) -> None:
+        self._last_activity = trio.current_time()
+        if direction == "up":
+            self.outcome.bytes_up += n
+        else:
+            self.outcome.bytes_down += n
+        if self._on_bytes is not None:
+            self._on_bytes(direction, n)
+
+    def _check_done(self) -> None:
+        if self._channel.conn.state is LinkState.DONE and self._scope is not None:
+            self._scope.cancel()
+
+    # ----------------------------------------------------------------- run
+
+    async def run(self) -> TunnelOutcome:
+        """Run the tunnel to its end; never raises for tunnel failures.
+
+        Returns:
+            How it ended (:attr:`outcome`).
+        """
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            nursery.start_soon(self._pump_out)
+            nursery.start_soon(self._pump_in, nursery)
+            s = self._settings
+            if s.idle > 0 or s.half_close > 0:
+                nursery.start_soon(self._watchdog)
+            if s.max_lifetime > 0:
+                nursery.start_soon(self._lifetime)
+            if self.attestation is not None:
+                nursery.start_soon(self._reattest_loop)
+        if self._send_error is not None and self._channel.conn.state in (
+            LinkState.OPEN,
+            LinkState.ERROR,
+        ):
+            with trio.move_on_after(_ERROR_SEND_GRACE) as scope:
+                scope.shield = True
+                with contextlib.suppress(*_SEND_ERRORS, trio.BusyResourceError):
+                    await self._channel.send(self._send_error)
+        return self.outcome
+
+    async def _pump_out(self) -> None:
+        if self._initial:
+            data, self._initial = self._initial, b""
+            await self._send_data(data)
+        while True:
+            try:
+                data = bytes(await self._local.receive_some(self._read_size))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._local_reset(exc)
+                return
+            if not data:
+                break
+            if not await self._send_data(data):
+                return
+        try:
+            await self._channel.send(Eof())
+        except _SEND_ERRORS as exc:
+            self._link_lost(f"sending EOF: {type(exc).__name__}")
+            return
+        self._half_closed.set()
+        self._check_done()
+
+    async def _send_data(self, data: bytes) -> bool:
+        try:
+            await self._channel.send(Data(data=data))
+        except _SEND_ERRORS as exc:
+            self._link_lost(f"sending: {type(exc).__name__}")
+            return False
+        self._count(self._out_dir, len(data))
+        return True
+
+    async def _pump_in(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                event = await self._channel.receive()
+            except RemoteProtocolError as exc:
+                self._abort(
+                    "protocol-error", str(exc), code=LinkReason.PROTOCOL_ERROR, tell_peer=True
+                )
+                return
+            if isinstance(event, Data):
+                try:
+                    await self._local.send_all(event.data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._local_reset(exc)
+                    return
+                self._count(self._in_dir, len(event.data))
+            elif isinstance(event, Eof):
+                try:
+                    if isinstance(self._local, trio.abc.HalfCloseableStream):
+                        await self._local.send_eof()
+                    else:
+                        await self._local.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._local_reset(exc)
+                    return
+                self._half_closed.set()
+                self._check_done()
+                return
+            elif isinstance(event, Error):
+                label = f"peer-{reason_name(event.code)}"
+                self._abort(label, event.reason, code=event.code, tell_peer=False)
+                return
+            elif isinstance(event, Reattest):
+                nursery.start_soon(self._answer_reattest, event.nonce)
+            elif isinstance(event, EvidenceFrame):
+                waiter = self._evidence
+                if waiter is not None:
+                    waiter[2].append(event)
+                    waiter[1].set()
+            elif isinstance(event, LinkClosed):
+                self._link_lost("the link stream ended before EOF in both directions")
+                return
+            else:  # OPEN/OPENED/REFUSED: the link machine already refused them here
+                self._abort(
+                    "protocol-error",
+                    f"unexpected {type(event).__name__}",
+                    code=LinkReason.PROTOCOL_ERROR,
+                    tell_peer=True,
+                )
+                return
+
+    # ----------------------------------------------------------------- timers
+
+    async def _watchdog(self) -> None:
+        s = self._settings
+        while True:
+            deadlines: list[tuple[float, str]] = []
+            if s.idle > 0:
+                deadlines.append((self._last_activity + s.idle, f"idle for {s.idle:g} s"))
+            if s.half_close > 0 and self._half_closed.is_set():
+                deadlines.append(
+                    (
+                        self._last_activity + s.half_close,
+                        f"half-closed and silent for {s.half_close:g} s",
+                    )
+                )
+            if not deadlines:
+                await self._half_closed.wait()
+                continue
+            deadline, why = min(deadlines)
+            if trio.current_time() >= deadline:
+                self._abort("idle-timeout", why, code=LinkReason.IDLE_TIMEOUT, tell_peer=True)
+                return
+            if self._half_closed.is_set() or s.half_close <= 0:
+                await trio.sleep_until(deadline)
+            else:
+                with trio.move_on_at(deadline):
+                    await self._half_closed.wait()
+
+    def request_reattest(self, config: AttestationConfig | None = None) -> None:
+        """Re-attest the peer now, optionally under a new configuration (policy reload).
+
+        If the peer's fresh evidence fails, the tunnel is aborted with
+        ``attestation-failed``.  Does nothing for a tunnel without attestation.
+
+        Args:
+            config: the new attester/verifier for this tunnel, or None to keep its own.
+        """
+        if self.attestation is None:
+            return
+        if config is not None:
+            self.attestation.config = config
+        self._reattest_now.set()
+
+    async def _lifetime(self) -> None:
+        await trio.sleep(self._settings.max_lifetime)
+        self._abort(
+            "lifetime-exceeded",
+            f"tunnel older than {self._settings.max_lifetime:g} s",
+            code=LinkReason.LIFETIME_EXCEEDED,
+            tell_peer=True,
+        )
+
+    async def _call(self, config: AttestationConfig, fn: Callable[[], _T]) -> _T:
+        if config.run_in_thread:
+            return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+        await trio.lowlevel.checkpoint()
+        return fn()
+
+    async def _reattest_loop(self) -> None:
+        att = self.attestation
+        if att is None:  # run() only starts us with it
+            return
+        s = self._settings
+        while True:
+            due = att.verified_at + s.reattest_interval if s.reattest_interval > 0 else math.inf
+            with trio.move_on_at(due):
+                await self._reattest_now.wait()
+            self._reattest_now = trio.Event()
+            verifier = att.config.verifier
+            if verifier is None:
+                continue
+            nonce = secrets.token_bytes(32)
+            event = trio.Event()
+            box: list[EvidenceFrame] = []
+            self._evidence = (nonce, event, box)
+            started = trio.current_time()
+            try:
+                await self._channel.send(Reattest(nonce=nonce))
+            except _SEND_ERRORS as exc:
+                self._link_lost(f"sending REATTEST: {type(exc).__name__}")
+                return
+            with trio.move_on_after(s.reattest_timeout):
+                await event.wait()
+            self._evidence = None
+            if not box:
+                self._reattest_failed(started, f"no fresh evidence within {s.reattest_timeout:g} s")
+                return
+            frame = box[0]
+            binder = reattest_binder(self._channel.stream, att.peer_certificate, nonce)
+            try:
+                check_media_type(att.config, frame.media_type)
+                result = await self._call(
+                    att.config, partial(verifier.verify, frame.evidence, binder)
+                )
+            except RatlsError as exc:
+                self._reattest_failed(started, refusal_text(exc))
+                return
+            att.peer_result = result
+            att.verified_at = trio.current_time()
+            self.outcome.reattestations += 1
+            if self._on_reattest is not None:
+                self._on_reattest(True, att.verified_at - started)
+
+    def _reattest_failed(self, started: float, detail: str) -> None:
+        if self._on_reattest is not None:
+            self._on_reattest(False, trio.current_time() - started)
+        self._abort(
+            "attestation-failed",
+            f"re-attestation: {detail}",
+            code=LinkReason.ATTESTATION_FAILED,
+            tell_peer=True,
+        )
+
+    async def _answer_reattest(self, nonce: bytes) -> None:
+        att = self.attestation
+        if att is None or att.config.attester is None:
+            self._abort(
+                "attestation-failed",
+                "asked to re-attest without an attester",
+                code=LinkReason.ATTESTATION_FAILED,
+                tell_peer=True,
+            )
+            return
+        attester = att.config.attester
+        if self._last_answer is not None:
+            await trio.sleep_until(self._last_answer + MIN_REATTEST_ANSWER_INTERVAL)
+        self._last_answer = trio.current_time()
+        binder = reattest_binder(self._channel.stream, att.own_certificate, nonce)
+        try:
+            evidence = await self._call(att.config, partial(attester.evidence, binder))
+        except RatlsError as exc:
+            self._abort(
+                "attestation-failed",
+                f"could not produce fresh evidence: {refusal_text(exc)}",
+                code=LinkReason.ATTESTATION_FAILED,
+                tell_peer=True,
+            )
+            return
+        try:
+            await self._channel.send(
+                EvidenceFrame(nonce=nonce, media_type=att.config.media_type, evidence=evidence)
+            )
+        except _SEND_ERRORS as exc:
+            self._link_lost(f"sending EVIDENCE: {type(exc).__name__}")

@@ -1,0 +1,93 @@
+"""The tunnel engine over in-memory streams: integrity and half-close under random chunking."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway._attestation import make_identity
+from gateway._link import LinkRole, Open, Opened, RouteTarget
+from gateway._testing import hmac_test_attestation
+from gateway._tunnel import LinkChannel, Tunnel, TunnelOutcome, TunnelSettings
+from ratls._tls_stream import AttestedTLSStream
+
+KEY = b"gateway-tunnel-test-key"
+
+chunks = st.lists(st.binary(min_size=1, max_size=3000), max_size=12)
+
+
+async def _run_pair(
+    up: list[bytes], down: list[bytes], buffer_size: int
+) -> tuple[bytes, bytes, TunnelOutcome, TunnelOutcome]:
+    ingress_id = make_identity(hmac_test_attestation(KEY)[0])
+    egress_id = make_identity(hmac_test_attestation(KEY)[0])
+    link_a, link_b = trio.testing.memory_stream_pair()
+    client_app, client_side = trio.testing.memory_stream_pair()
+    backend_app, backend_side = trio.testing.memory_stream_pair()
+    ingress_stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
+        link_a, ingress_id.client_context, server_side=False, attestation=ingress_id.attestation
+    )
+    egress_stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
+        link_b, egress_id.server_context, server_side=True, attestation=egress_id.attestation
+    )
+    ingress = LinkChannel(ingress_stream, LinkRole.INGRESS, buffer_size=buffer_size)
+    egress = LinkChannel(egress_stream, LinkRole.EGRESS, buffer_size=buffer_size)
+    settings_ = TunnelSettings(buffer_size=buffer_size, half_close=0)
+    outcomes: dict[str, TunnelOutcome] = {}
+    got: dict[str, bytearray] = {"backend": bytearray(), "client": bytearray()}
+
+    async def open_ingress() -> None:
+        await ingress.send(Open(target=RouteTarget(name="x")))
+        assert await ingress.receive() == Opened()
+        outcomes["ingress"] = await Tunnel(
+            ingress, client_side, settings=settings_, local_is_client=True
+        ).run()
+
+    async def open_egress() -> None:
+        assert isinstance(await egress.receive(), Open)
+        await egress.send(Opened())
+        outcomes["egress"] = await Tunnel(
+            egress, backend_side, settings=settings_, local_is_client=False
+        ).run()
+
+    async def app(
+        stream: trio.abc.HalfCloseableStream,
+        data: list[bytes],
+        name: Literal["backend", "client"],
+    ) -> None:
+        async def send() -> None:
+            for chunk in data:
+                await stream.send_all(chunk)
+            await stream.send_eof()
+
+        async def receive() -> None:
+            while chunk := await stream.receive_some():
+                got[name] += chunk
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            nursery.start_soon(receive)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(open_ingress)
+        nursery.start_soon(open_egress)
+        nursery.start_soon(app, client_app, up, "client")
+        nursery.start_soon(app, backend_app, down, "backend")
+    return bytes(got["backend"]), bytes(got["client"]), outcomes["ingress"], outcomes["egress"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks, chunks, st.sampled_from([1024, 4096, 65536]))
+def test_bytes_and_half_close_survive_any_chunking(
+    up: list[bytes], down: list[bytes], buffer_size: int
+) -> None:
+    backend_got, client_got, ingress_out, egress_out = trio.run(_run_pair, up, down, buffer_size)
+    assert backend_got == b"".join(up)
+    assert client_got == b"".join(down)
+    assert ingress_out.result == egress_out.result == "ok"
+    assert ingress_out.bytes_up == egress_out.bytes_up == len(backend_got)
+    assert ingress_out.bytes_down == egress_out.bytes_down == len(client_got)
