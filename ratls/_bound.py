@@ -91,6 +91,7 @@ __all__ = [
     "SNP_MEDIA_TYPE",
     "SNP_PROFILE",
     "VTPM_MEDIA_TYPE",
+    "BoundActivation",
     "BoundVerifier",
     "GuestSnpAttester",
     "SimulatedSnpAttester",
@@ -621,6 +622,33 @@ class SimulatedVtpmAttester:
 # --------------------------------------------------------------------------- verifier
 
 
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BoundActivation:
+    """A pending credential-activation challenge of one connection (verifier side).
+
+    This is the :class:`~ratls._exchange.ActivationState` that
+    :meth:`BoundVerifier.activation_challenge` returns: the exchange sends
+    :meth:`challenge_bytes` to the attester and gives the object back to
+    :meth:`BoundVerifier.verify` with the answer.  The secret stays in here and never
+    appears in the repr.
+
+    Attributes:
+        challenge: the MakeCredential output and the secret it seals.
+    """
+
+    challenge: ActivationChallenge
+
+    def challenge_bytes(self) -> bytes:
+        """The credential in the tpm2-tools file format (what ``respond`` takes).
+
+        Returns:
+            ``tpm2_makecredential``'s output file: magic, version, TPM2B_ID_OBJECT,
+            TPM2B_ENCRYPTED_SECRET.
+        """
+        return self.challenge.credential.to_tpm2_tools_file()
+
+
 def _profile_of(evidence: bytes) -> object:
     """Key 1 of an evidence map (limit: the larger of the two formats)."""
     document = _decode_map(evidence, max(MAX_SNP_EVIDENCE_SIZE, MAX_VTPM_EVIDENCE_SIZE))
@@ -639,9 +667,10 @@ class BoundVerifier:
 
     Credential activation proves the quote's AK lives in the vTPM whose EK the report
     binds: :meth:`activation_challenge` makes the challenge, the attester's ``respond``
-    answers it, and :meth:`verify` takes both.  The attestation exchange has no
-    challenge round yet, so over a connection the AK stays ``unproven``, which the
-    default policy refuses.
+    answers it, and :meth:`verify` takes both.  Over an attested connection the
+    exchange runs this round by itself (the verifier's CHALLENGE, the attester's
+    RESPONSE), so ``svsm`` and ``svsm-paper`` peers come out ``activated``; without it
+    the AK stays ``unproven``, which the default policy refuses.
 
     Args:
         policy: the appraisal policy; required.
@@ -697,11 +726,12 @@ class BoundVerifier:
         types = {"snp": SNP_MEDIA_TYPE, "snp+vtpm": VTPM_MEDIA_TYPE}
         return frozenset(types[kind] for kind in self._kinds)
 
-    def activation_challenge(self, evidence: bytes) -> ActivationChallenge | None:
+    def activation_challenge(self, evidence: bytes) -> BoundActivation | None:
         """Start credential activation for SNP + vTPM evidence that needs it.
 
-        Send ``challenge.credential.to_tpm2_tools_file()`` to the attester (its
-        ``respond`` method answers it) and keep the challenge for :meth:`verify`.
+        Send ``activation.challenge_bytes()`` to the attester (its ``respond`` method
+        answers it) and keep the object for :meth:`verify`.  Every call seals a new
+        random secret, so an answer fits only the challenge it was made for.
 
         Args:
             evidence: the peer's evidence bytes.
@@ -719,14 +749,14 @@ class BoundVerifier:
         bundle = parse_vtpm_evidence(evidence)
         if bundle.profile is VtpmProfile.AZURE:
             return None
-        return begin_activation(bundle)
+        return BoundActivation(challenge=begin_activation(bundle))
 
     def verify(
         self,
         evidence: bytes,
         binder: bytes,
         *,
-        activation: ActivationChallenge | None = None,
+        activation: BoundActivation | ActivationChallenge | None = None,
         response: bytes | None = None,
     ) -> AttestationResult:
         """Verify ``evidence`` for this connection's ``binder`` and appraise it.
@@ -735,7 +765,8 @@ class BoundVerifier:
             evidence: the peer's evidence bytes.
             binder: the binder the evidence must carry (64 bytes).
             activation: the challenge :meth:`activation_challenge` issued for this
-                evidence on this connection, if any.
+                evidence on this connection, if any (or a bare
+                :class:`~ratls._vtpm_evidence.ActivationChallenge` made out of band).
             response: the attester's answer to it.
 
         Returns:
@@ -784,7 +815,11 @@ class BoundVerifier:
                     else "a challenge without a response",
                 )
             if activation is not None and response is not None:
-                proof = finish_activation(activation, response)
+                if isinstance(activation, BoundActivation):
+                    activation = activation.challenge
+                if not isinstance(activation, ActivationChallenge):
+                    raise TypeError("activation must come from activation_challenge()")
+                proof = finish_activation(activation, bytes(response))
             result = verify_vtpm_attestation(
                 bundle,
                 policy=self._policy,

@@ -18,18 +18,34 @@ text keys::
     {"version": 1, "type": "none"}
     {"version": 1, "type": "verdict", "result": "ok"}
     {"version": 1, "type": "verdict", "result": "refused", "reason": "<text>"}
+    {"version": 1, "type": "challenge", "challenge": h'...'}
+    {"version": 1, "type": "response", "response": h'...'}
 
 Message order (one direction at a time, so that no side ever has to send while the
 other is also sending: the exchange cannot deadlock on a transport without buffering)::
 
     server -> client   EVIDENCE or NONE                     (flight 1)
+    client -> server   CHALLENGE                            (only if the client asks)
+    server -> client   RESPONSE                             (only after that CHALLENGE)
     client -> server   EVIDENCE or NONE, then VERDICT       (flight 2)
+    server -> client   CHALLENGE                            (only if the server asks)
+    client -> server   RESPONSE                             (only after that CHALLENGE)
     server -> client   VERDICT                              (flight 3)
 
 The client judges the server's evidence before it shows its own, so a client never hands
 its evidence to a server it has not accepted.  A "refused" VERDICT may be sent at any
 point instead of the next message; it ends the exchange.  After flight 3, bytes that
 follow on the same TLS stream are application data (:attr:`AttestationExchange.trailing_data`).
+
+The challenge round.  Some evidence cannot prove everything by itself: an SNP report
+binds a vTPM's endorsement key (EK), which cannot sign, so whether the attestation key
+(AK) that signed the quote lives in that vTPM is shown by credential activation
+(TPM2_MakeCredential by the verifier, TPM2_ActivateCredential by the attester).  A
+verifier that wants such a proof answers the peer's EVIDENCE with one CHALLENGE, the
+attester answers with one RESPONSE, and only then does the verifier judge the evidence.
+Each side may challenge the other once, and only evidence (never NONE) can be
+challenged.  Peers whose verifiers never challenge exchange exactly the bytes of the
+three-flight exchange, so the round needs no new version.
 
 The binder.  Each side's evidence carries ``SHA-256(SPKI DER of its own TLS certificate)
 || TLS-Exporter("EXPORTER-Channel-Binding", empty context, 32)`` (RFC 9266).  The
@@ -44,12 +60,18 @@ import enum
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, final, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, cast, final, runtime_checkable
 
 import cbor2
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ._errors import LocalProtocolError, PolicyViolation, RatlsError, RemoteProtocolError
+from ._errors import (
+    AttesterError,
+    LocalProtocolError,
+    PolicyViolation,
+    RatlsError,
+    RemoteProtocolError,
+)
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -61,14 +83,19 @@ __all__ = [
     "EXPORTER_CONTEXT",
     "EXPORTER_LABEL",
     "EXPORTER_LENGTH",
+    "MAX_CHALLENGE_SIZE",
     "MAX_EXCHANGE_MESSAGE_SIZE",
     "MAX_MEDIA_TYPE_LENGTH",
     "MAX_REASON_LENGTH",
+    "MAX_RESPONSE_SIZE",
     "NEED_DATA",
     "PAUSED",
+    "ActivatingVerifier",
+    "ActivationState",
     "AttestationConfig",
     "AttestationExchange",
     "AttestationRefused",
+    "Challenge",
     "Evidence",
     "ExchangeEvent",
     "ExchangeMessageTooLarge",
@@ -79,6 +106,8 @@ __all__ = [
     "MalformedExchangeMessage",
     "NoEvidence",
     "PeerVerifier",
+    "RespondingAttester",
+    "Response",
     "Sentinel",
     "UnexpectedExchangeMessage",
     "UnsupportedExchangeVersion",
@@ -89,6 +118,8 @@ __all__ = [
     "decode_message",
     "encode_message",
     "local_evidence_event",
+    "local_response_event",
+    "peer_activation_challenge",
 ]
 
 #: Version of the exchange message format; the only one this module speaks.
@@ -119,6 +150,18 @@ MAX_MEDIA_TYPE_LENGTH: Final = 255
 
 #: Longest refusal reason accepted, in characters; reasons are for logs, not documents.
 MAX_REASON_LENGTH: Final = 1024
+
+# Largest CHALLENGE accepted.  A TPM credential in the tpm2-tools file format is 4+4
+# bytes of header, a TPM2B_ID_OBJECT (an HMAC and the encrypted secret, under 150 bytes)
+# and a TPM2B_ENCRYPTED_SECRET (the RSA key size: 256 bytes for RSA-2048, 512 for
+# RSA-4096; under 100 for ECC).  8 KiB is room for any such credential, or a nonce and
+# a few parameters for other verifiers, and still far below the evidence limit.
+MAX_CHALLENGE_SIZE: Final = 8 * 1024
+
+# Largest RESPONSE accepted.  A recovered credential secret is at most a digest (64
+# bytes); a response that is a signature over the challenge may be larger (an ML-DSA-87
+# signature is 4627 bytes).  8 KiB covers both.
+MAX_RESPONSE_SIZE: Final = 8 * 1024
 
 _HEADER = struct.Struct(">I")
 
@@ -268,7 +311,52 @@ class Verdict:
         return cls(result=VerdictResult.REFUSED, reason=reason[:MAX_REASON_LENGTH] or "refused")
 
 
-ExchangeEvent = Evidence | NoEvidence | Verdict
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Challenge:
+    """A CHALLENGE message: the verifier asks the attester to prove more about its evidence.
+
+    Attributes:
+        challenge: what the attester must answer, opaque to the exchange
+            (1 to :data:`MAX_CHALLENGE_SIZE` bytes); for ratls verifiers a TPM credential.
+    """
+
+    challenge: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.challenge, bytes):
+            raise TypeError("challenge must be bytes")
+        if not 1 <= len(self.challenge) <= MAX_CHALLENGE_SIZE:
+            raise ValueError(f"a challenge is 1 to {MAX_CHALLENGE_SIZE} bytes")
+
+    def __repr__(self) -> str:
+        return f"Challenge(challenge=<{len(self.challenge)} bytes>)"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """A RESPONSE message: the attester's answer to the verifier's CHALLENGE.
+
+    Attributes:
+        response: the answer, opaque to the exchange (1 to :data:`MAX_RESPONSE_SIZE`
+            bytes); for ratls attesters the secret the vTPM recovered.  Never shown in
+            the repr.
+    """
+
+    response: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.response, bytes):
+            raise TypeError("response must be bytes")
+        if not 1 <= len(self.response) <= MAX_RESPONSE_SIZE:
+            raise ValueError(f"a response is 1 to {MAX_RESPONSE_SIZE} bytes")
+
+    def __repr__(self) -> str:
+        return f"Response(response=<{len(self.response)} bytes>)"
+
+
+ExchangeEvent = Evidence | NoEvidence | Verdict | Challenge | Response
 
 
 @final
@@ -301,7 +389,18 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "evidence": frozenset({"version", "type", "media", "evidence"}),
     "none": frozenset({"version", "type"}),
     "verdict": frozenset({"version", "type", "result"}),
+    "challenge": frozenset({"version", "type", "challenge"}),
+    "response": frozenset({"version", "type", "response"}),
 }
+
+
+def _checked_bytes(message: dict[object, object], key: str, limit: int) -> bytes:
+    value = message.get(key)
+    if not isinstance(value, bytes):
+        raise MalformedExchangeMessage(f"{key!r} must be a byte string")
+    if not 1 <= len(value) <= limit:
+        raise MalformedExchangeMessage(f"{key!r} is {len(value)} bytes, expected 1 to {limit}")
+    return value
 
 
 def encode_message(event: ExchangeEvent) -> bytes:
@@ -324,6 +423,10 @@ def encode_message(event: ExchangeEvent) -> bytes:
         body.update(type="evidence", media=event.media_type, evidence=bytes(event.evidence))
     elif isinstance(event, NoEvidence):
         body["type"] = "none"
+    elif isinstance(event, Challenge):
+        body.update(type="challenge", challenge=bytes(event.challenge))
+    elif isinstance(event, Response):
+        body.update(type="response", response=bytes(event.response))
     else:
         body.update(type="verdict", result=event.result.value)
         if event.result is VerdictResult.REFUSED:
@@ -376,6 +479,10 @@ def decode_message(payload: bytes) -> ExchangeEvent:
         event = Evidence(media_type=media, evidence=evidence)
     elif kind == "none":
         event = NoEvidence()
+    elif kind == "challenge":
+        event = Challenge(challenge=_checked_bytes(decoded, "challenge", MAX_CHALLENGE_SIZE))
+    elif kind == "response":
+        event = Response(response=_checked_bytes(decoded, "response", MAX_RESPONSE_SIZE))
     else:
         result_text = _checked_text(decoded, "result", 16)
         if result_text == VerdictResult.OK.value:
@@ -414,14 +521,26 @@ class ExchangeRole(enum.Enum):
 class ExchangeState(enum.Enum):
     """Where an :class:`AttestationExchange` is; names say what must happen next."""
 
-    #: We must send EVIDENCE or NONE.
+    #: We must send EVIDENCE or NONE (the client may first CHALLENGE the server's evidence).
     SEND_EVIDENCE = enum.auto()
-    #: We must send our VERDICT on the peer's evidence.
+    #: We must send our VERDICT on the peer's evidence (the server may first CHALLENGE it).
     SEND_VERDICT = enum.auto()
-    #: We wait for the peer's EVIDENCE or NONE.
+    #: We wait for the peer's EVIDENCE or NONE (the server: or a CHALLENGE of its evidence).
     AWAIT_EVIDENCE = enum.auto()
-    #: We wait for the peer's VERDICT on our evidence.
+    #: We wait for the peer's VERDICT on our evidence (the client: or a CHALLENGE of it).
     AWAIT_VERDICT = enum.auto()
+    #: We must answer the peer's CHALLENGE with a RESPONSE.
+    SEND_RESPONSE = enum.auto()
+    #: We wait for the peer's RESPONSE to our CHALLENGE.
+    AWAIT_RESPONSE = enum.auto()
+    #: Client, after the server answered our CHALLENGE: we must send EVIDENCE or NONE.
+    SEND_EVIDENCE_AFTER_RESPONSE = enum.auto()
+    #: Server, after we answered the client's CHALLENGE: we wait for EVIDENCE or NONE.
+    AWAIT_EVIDENCE_AFTER_RESPONSE = enum.auto()
+    #: Server, after the client answered our CHALLENGE: we must send our VERDICT.
+    SEND_VERDICT_AFTER_RESPONSE = enum.auto()
+    #: Client, after we answered the server's CHALLENGE: we wait for its VERDICT.
+    AWAIT_VERDICT_AFTER_RESPONSE = enum.auto()
     #: Both verdicts were ok; application data may flow.
     DONE = enum.auto()
     #: We sent a refused verdict.
@@ -433,37 +552,70 @@ class ExchangeState(enum.Enum):
 
 
 _S = ExchangeState
+_C = ExchangeRole.CLIENT
+_SV = ExchangeRole.SERVER
 
 #: Initial state per role.
 _INITIAL: Final = {ExchangeRole.SERVER: _S.SEND_EVIDENCE, ExchangeRole.CLIENT: _S.AWAIT_EVIDENCE}
 
 # The whole protocol: (role, state, message kind, direction) -> next state.  Anything
-# missing is a protocol violation.  "refused" verdicts are handled separately: either
-# side may abort with one from any non-terminal state.
+# missing is a protocol violation.  Two rules sit beside the table: "refused" verdicts
+# may replace any message in any non-terminal state (either side may abort), and a
+# CHALLENGE is allowed only when the evidence it questions is EVIDENCE, not NONE (there
+# is nothing to prove about no evidence).  Each side can challenge at most once: after
+# a RESPONSE the machine is in an *_AFTER_RESPONSE state that has no challenge entry.
 _TRANSITIONS: Final[dict[tuple[ExchangeRole, ExchangeState, str, str], ExchangeState]] = {
-    (ExchangeRole.SERVER, _S.SEND_EVIDENCE, "evidence", "send"): _S.AWAIT_EVIDENCE,
-    (ExchangeRole.SERVER, _S.AWAIT_EVIDENCE, "evidence", "receive"): _S.AWAIT_VERDICT,
-    (ExchangeRole.SERVER, _S.AWAIT_VERDICT, "verdict", "receive"): _S.SEND_VERDICT,
-    (ExchangeRole.SERVER, _S.SEND_VERDICT, "verdict", "send"): _S.DONE,
-    (ExchangeRole.CLIENT, _S.AWAIT_EVIDENCE, "evidence", "receive"): _S.SEND_EVIDENCE,
-    (ExchangeRole.CLIENT, _S.SEND_EVIDENCE, "evidence", "send"): _S.SEND_VERDICT,
-    (ExchangeRole.CLIENT, _S.SEND_VERDICT, "verdict", "send"): _S.AWAIT_VERDICT,
-    (ExchangeRole.CLIENT, _S.AWAIT_VERDICT, "verdict", "receive"): _S.DONE,
+    # flight 1 (server evidence), with the client's optional challenge of it
+    (_SV, _S.SEND_EVIDENCE, "evidence", "send"): _S.AWAIT_EVIDENCE,
+    (_C, _S.AWAIT_EVIDENCE, "evidence", "receive"): _S.SEND_EVIDENCE,
+    (_C, _S.SEND_EVIDENCE, "challenge", "send"): _S.AWAIT_RESPONSE,
+    (_SV, _S.AWAIT_EVIDENCE, "challenge", "receive"): _S.SEND_RESPONSE,
+    (_SV, _S.SEND_RESPONSE, "response", "send"): _S.AWAIT_EVIDENCE_AFTER_RESPONSE,
+    (_C, _S.AWAIT_RESPONSE, "response", "receive"): _S.SEND_EVIDENCE_AFTER_RESPONSE,
+    # flight 2 (client evidence and verdict)
+    (_C, _S.SEND_EVIDENCE, "evidence", "send"): _S.SEND_VERDICT,
+    (_C, _S.SEND_EVIDENCE_AFTER_RESPONSE, "evidence", "send"): _S.SEND_VERDICT,
+    (_C, _S.SEND_VERDICT, "verdict", "send"): _S.AWAIT_VERDICT,
+    (_SV, _S.AWAIT_EVIDENCE, "evidence", "receive"): _S.AWAIT_VERDICT,
+    (_SV, _S.AWAIT_EVIDENCE_AFTER_RESPONSE, "evidence", "receive"): _S.AWAIT_VERDICT,
+    (_SV, _S.AWAIT_VERDICT, "verdict", "receive"): _S.SEND_VERDICT,
+    # the server's optional challenge of the client's evidence
+    (_SV, _S.SEND_VERDICT, "challenge", "send"): _S.AWAIT_RESPONSE,
+    (_C, _S.AWAIT_VERDICT, "challenge", "receive"): _S.SEND_RESPONSE,
+    (_C, _S.SEND_RESPONSE, "response", "send"): _S.AWAIT_VERDICT_AFTER_RESPONSE,
+    (_SV, _S.AWAIT_RESPONSE, "response", "receive"): _S.SEND_VERDICT_AFTER_RESPONSE,
+    # flight 3 (server verdict)
+    (_SV, _S.SEND_VERDICT, "verdict", "send"): _S.DONE,
+    (_SV, _S.SEND_VERDICT_AFTER_RESPONSE, "verdict", "send"): _S.DONE,
+    (_C, _S.AWAIT_VERDICT, "verdict", "receive"): _S.DONE,
+    (_C, _S.AWAIT_VERDICT_AFTER_RESPONSE, "verdict", "receive"): _S.DONE,
 }
 
 _TERMINAL: Final = frozenset({_S.DONE, _S.REFUSED, _S.PEER_REFUSED})
-_RECEIVING: Final = frozenset({_S.AWAIT_EVIDENCE, _S.AWAIT_VERDICT})
+_RECEIVING: Final = frozenset(
+    {
+        _S.AWAIT_EVIDENCE,
+        _S.AWAIT_VERDICT,
+        _S.AWAIT_RESPONSE,
+        _S.AWAIT_EVIDENCE_AFTER_RESPONSE,
+        _S.AWAIT_VERDICT_AFTER_RESPONSE,
+    }
+)
 
 
 def _kind(event: ExchangeEvent) -> str:
     # EVIDENCE and NONE fill the same slot in the protocol.
-    return "verdict" if isinstance(event, Verdict) else "evidence"
+    return "evidence" if isinstance(event, NoEvidence) else _wire_type(event)
 
 
 def _wire_type(event: ExchangeEvent) -> str:
     if isinstance(event, Evidence):
         return "evidence"
-    return "none" if isinstance(event, NoEvidence) else "verdict"
+    if isinstance(event, NoEvidence):
+        return "none"
+    if isinstance(event, Challenge):
+        return "challenge"
+    return "response" if isinstance(event, Response) else "verdict"
 
 
 @final
@@ -487,6 +639,9 @@ class AttestationExchange:
         self._buffer = bytearray()
         self._eof = False
         self._error: RemoteProtocolError | None = None
+        # Which evidence messages carried evidence (for the challenge rule).
+        self._sent_evidence = False
+        self._received_evidence = False
 
     @property
     def role(self) -> ExchangeRole:
@@ -567,9 +722,11 @@ class AttestationExchange:
             self._state = _S.PEER_REFUSED
             return event
         next_state = _TRANSITIONS.get((self._role, self._state, _kind(event), "receive"))
-        if next_state is None:
+        if next_state is None or (isinstance(event, Challenge) and not self._sent_evidence):
             raise UnexpectedExchangeMessage(self._state, _wire_type(event))
         self._state = next_state
+        if isinstance(event, Evidence):
+            self._received_evidence = True
         return event
 
     def _need_data(self) -> Sentinel:
@@ -581,7 +738,8 @@ class AttestationExchange:
         """Encode our next message and advance the state.
 
         A refused :class:`Verdict` may be sent in any state that is not final, including
-        after the peer broke the protocol (to tell it why we stop).
+        after the peer broke the protocol (to tell it why we stop).  A :class:`Challenge`
+        may be sent only about EVIDENCE the peer sent (not NONE), once per side.
 
         Args:
             event: the message to send.
@@ -603,8 +761,12 @@ class AttestationExchange:
             raise LocalProtocolError(
                 f"can't send {_wire_type(event)!r} in state {self._state.name}"
             )
+        if isinstance(event, Challenge) and not self._received_evidence:
+            raise LocalProtocolError("can't challenge a peer that sent no evidence")
         data = encode_message(event)
         self._state = next_state
+        if isinstance(event, Evidence):
+            self._sent_evidence = True
         return data
 
     def __repr__(self) -> str:
@@ -643,6 +805,62 @@ class PeerVerifier(Protocol):
 
     def verify(self, evidence: bytes, binder: bytes) -> object:
         """Returns the verified result, or raises RatlsError."""
+        ...
+
+
+@runtime_checkable
+class ActivationState(Protocol):
+    """A verifier's pending challenge: the bytes to send, and whatever it must remember.
+
+    The exchange never looks inside; it sends :meth:`challenge_bytes` in a CHALLENGE
+    message and hands the object back to :meth:`ActivatingVerifier.verify` with the
+    peer's RESPONSE.  ratls's :class:`~ratls._bound.BoundActivation` keeps the TPM
+    credential secret here, so it never leaves the verifier.
+    """
+
+    def challenge_bytes(self) -> bytes:
+        """Returns what the attester must answer (1 to MAX_CHALLENGE_SIZE bytes)."""
+        ...
+
+
+@runtime_checkable
+class ActivatingVerifier(Protocol):
+    """A :class:`PeerVerifier` that may challenge the evidence before judging it.
+
+    The exchange calls ``activation_challenge(evidence)`` right after the peer's
+    EVIDENCE arrives.  None means "no challenge" and the exchange goes on exactly as
+    with a plain :class:`PeerVerifier` (``verify(evidence, binder)``).  Otherwise the
+    returned :class:`ActivationState` is sent as a CHALLENGE, and the evidence is judged
+    with ``verify(evidence, binder, activation=state, response=answer)`` once the
+    peer's RESPONSE is in.  Verifiers that only implement ``verify`` never challenge.
+    """
+
+    def activation_challenge(self, evidence: bytes) -> object | None:
+        """Returns an :class:`ActivationState` to challenge ``evidence``, or None."""
+        ...
+
+    def verify(
+        self,
+        evidence: bytes,
+        binder: bytes,
+        *,
+        activation: object = None,
+        response: bytes | None = None,
+    ) -> object:
+        """Returns the verified result, or raises RatlsError."""
+        ...
+
+
+@runtime_checkable
+class RespondingAttester(Protocol):
+    """A :class:`LocalAttester` that can answer a verifier's CHALLENGE.
+
+    ``respond`` may block (a TPM command); the trio stream calls it in a worker thread.
+    An attester without it that is challenged refuses the exchange with a reason.
+    """
+
+    def respond(self, challenge: bytes) -> bytes:
+        """Returns the answer to ``challenge``, or raises RatlsError (AttesterError)."""
         ...
 
 
@@ -711,27 +929,9 @@ def local_evidence_event(config: AttestationConfig, binder: bytes) -> Evidence |
     return Evidence(media_type=config.media_type, evidence=config.attester.evidence(binder))
 
 
-def appraise_peer_evidence(
+def _check_peer_event(
     config: AttestationConfig, event: Evidence | NoEvidence, binder: bytes | None
-) -> object:
-    """Decide on the peer's EVIDENCE/NONE message; may block in the verifier.
-
-    Args:
-        config: our attestation configuration.
-        event: what the peer sent.
-        binder: the binder the peer's evidence must carry, or None when the peer sent
-            no certificate (then no evidence can be bound to it).
-
-    Returns:
-        The verifier's result, or None when we do not require the peer to attest.
-
-    Raises:
-        PolicyViolation: we require evidence and got none, evidence of a media type we
-            do not accept, or evidence without a peer certificate to bind it to.
-        RatlsError: whatever the verifier raises.
-    """
-    if config.verifier is None:
-        return None
+) -> tuple[Evidence, bytes]:
     if isinstance(event, NoEvidence):
         raise PolicyViolation("exchange.evidence", expected="evidence", actual="none")
     if event.media_type not in config.accepted_media_types:
@@ -742,4 +942,114 @@ def appraise_peer_evidence(
         )
     if binder is None:
         raise PolicyViolation("tls.peer_certificate", expected="a certificate", actual="none")
-    return config.verifier.verify(event.evidence, binder)
+    return event, binder
+
+
+def peer_activation_challenge(
+    config: AttestationConfig, event: Evidence | NoEvidence, binder: bytes | None
+) -> tuple[object, Challenge] | None:
+    """Ask our verifier whether it challenges the peer's evidence; may block.
+
+    Args:
+        config: our attestation configuration.
+        event: what the peer sent.
+        binder: the binder the peer's evidence must carry, or None without a peer
+            certificate.
+
+    Returns:
+        None when there is nothing to challenge (we do not verify the peer, our verifier
+        never challenges or does not challenge this evidence); otherwise the verifier's
+        :class:`ActivationState` (keep it for :func:`appraise_peer_evidence`) and the
+        CHALLENGE message to send.
+
+    Raises:
+        PolicyViolation: the peer's message will be refused anyway (no evidence, a media
+            type we do not accept, no certificate to bind it to); see
+            :func:`appraise_peer_evidence`.
+        LocalProtocolError: the verifier's state has no valid ``challenge_bytes()``.
+        RatlsError: whatever the verifier raises (e.g. malformed evidence).
+    """
+    if config.verifier is None:
+        return None
+    evidence, _ = _check_peer_event(config, event, binder)
+    start = getattr(config.verifier, "activation_challenge", None)
+    if not callable(start):
+        return None
+    state: object = start(evidence.evidence)
+    if state is None:
+        return None
+    if not isinstance(state, ActivationState):
+        raise LocalProtocolError("the verifier's activation state has no challenge_bytes()")
+    try:
+        message = Challenge(challenge=bytes(state.challenge_bytes()))
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"the verifier made an unusable challenge: {exc}") from exc
+    return state, message
+
+
+def local_response_event(config: AttestationConfig, challenge: Challenge) -> Response:
+    """Answer the peer's CHALLENGE with our attester; may block (a TPM command).
+
+    Args:
+        config: our attestation configuration.
+        challenge: what the peer sent.
+
+    Returns:
+        The RESPONSE message to send.
+
+    Raises:
+        AttesterError: our attester cannot answer challenges (no ``respond`` method), or
+            its answer is empty or longer than :data:`MAX_RESPONSE_SIZE`.
+        RatlsError: whatever the attester raises (e.g. the TPM refused the credential).
+    """
+    respond = getattr(config.attester, "respond", None)
+    if not callable(respond):
+        raise AttesterError(
+            "challenged by the peer, but this attester cannot answer challenges "
+            "(no credential activation without a vTPM)"
+        )
+    answer: object = respond(challenge.challenge)
+    if not isinstance(answer, bytes) or not 1 <= len(answer) <= MAX_RESPONSE_SIZE:
+        raise AttesterError(f"the attester's answer is not 1 to {MAX_RESPONSE_SIZE} bytes")
+    return Response(response=answer)
+
+
+def appraise_peer_evidence(
+    config: AttestationConfig,
+    event: Evidence | NoEvidence,
+    binder: bytes | None,
+    *,
+    activation: object = None,
+    response: Response | None = None,
+) -> object:
+    """Decide on the peer's EVIDENCE/NONE message; may block in the verifier.
+
+    Args:
+        config: our attestation configuration.
+        event: what the peer sent.
+        binder: the binder the peer's evidence must carry, or None when the peer sent
+            no certificate (then no evidence can be bound to it).
+        activation: the state :func:`peer_activation_challenge` returned, when we
+            challenged this evidence.
+        response: the peer's RESPONSE to that challenge.
+
+    Returns:
+        The verifier's result, or None when we do not require the peer to attest.
+
+    Raises:
+        PolicyViolation: we require evidence and got none, evidence of a media type we
+            do not accept, or evidence without a peer certificate to bind it to.
+        LocalProtocolError: only one of ``activation`` and ``response`` was given.
+        RatlsError: whatever the verifier raises.
+    """
+    if config.verifier is None:
+        return None
+    evidence, bound_to = _check_peer_event(config, event, binder)
+    if activation is None and response is None:
+        return config.verifier.verify(evidence.evidence, bound_to)
+    if activation is None or response is None:
+        raise LocalProtocolError("a challenge and its response go together")
+    verifier = cast("ActivatingVerifier", config.verifier)
+    return verifier.verify(
+        evidence.evidence, bound_to, activation=activation, response=response.response
+    )

@@ -34,16 +34,20 @@ from ._exchange import (
     AttestationConfig,
     AttestationExchange,
     AttestationRefused,
+    Challenge,
     Evidence,
     ExchangeEvent,
     ExchangeRole,
     ExchangeTruncated,
     NoEvidence,
+    Response,
     Verdict,
     VerdictResult,
     appraise_peer_evidence,
     compute_binder,
     local_evidence_event,
+    local_response_event,
+    peer_activation_challenge,
 )
 from ._tls_context import PeerCertificateErrors
 
@@ -115,6 +119,13 @@ __all__ = ["STARTING_RECEIVE_SIZE", "AttestedTLSStream"]
 # the last exchange message are kept and returned first by receive_some.  If we refuse
 # the peer we tell it why (a "refused" verdict) and send close_notify, then raise the
 # verifier's error; if the peer refuses us we raise AttestationRefused.
+#
+# The optional challenge round sits inside the same sequence: right after the peer's
+# evidence arrives our verifier may hand us a challenge (credential activation for an
+# SVSM vTPM); we send it, wait for the RESPONSE, and only then ask the verifier for its
+# judgement.  Our attester answers the peer's CHALLENGE the same way, in a worker thread
+# (a TPM command).  Every step is one message in one direction, so the exchange never
+# needs both sides to send at once.
 #
 # TLS 1.3 servers send NewSessionTicket messages right after the handshake.  If those
 # bytes were sent immediately, a server whose client is not reading (on a transport
@@ -467,14 +478,20 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             elif isinstance(event, Verdict) and event.result is VerdictResult.REFUSED:
                 self._mark_broken()
                 raise AttestationRefused(event.reason)
-            elif isinstance(event, Evidence | NoEvidence | Verdict):
+            elif isinstance(event, Evidence | NoEvidence | Verdict | Challenge | Response):
                 return event
             else:  # pragma: no cover - PAUSED would be a sequencing bug in _attest
                 raise LocalProtocolError("attestation exchange out of step")
 
     async def _receive_evidence(self, machine: AttestationExchange) -> Evidence | NoEvidence:
         event = await self._next_exchange_event(machine)
-        if isinstance(event, Verdict):  # pragma: no cover - the machine rules this out
+        if not isinstance(event, Evidence | NoEvidence):  # pragma: no cover - machine's job
+            raise LocalProtocolError("attestation exchange out of step")
+        return event
+
+    async def _receive_response(self, machine: AttestationExchange) -> Response:
+        event = await self._next_exchange_event(machine)
+        if not isinstance(event, Response):  # pragma: no cover - the machine rules this out
             raise LocalProtocolError("attestation exchange out of step")
         return event
 
@@ -499,36 +516,66 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         peer = self._peer_certificate
         peer_binder = compute_binder(peer, exporter) if peer is not None else None
 
-        async def produce() -> Evidence | NoEvidence:
+        async def guarded(fn: Callable[[], _T]) -> _T:
+            # Run our attester or verifier; if it fails, tell the peer why and stop.
             try:
-                if config.attester is not None and own_binder is None:
-                    raise LocalProtocolError("cannot attest without a certificate of our own")
-                return await self._call(
-                    config, partial(local_evidence_event, config, own_binder or b"")
-                )
+                return await self._call(config, fn)
             except Exception as exc:
                 await self._refuse(machine, exc)
                 raise
 
+        async def produce() -> Evidence | NoEvidence:
+            if config.attester is not None and own_binder is None:
+                error = LocalProtocolError("cannot attest without a certificate of our own")
+                await self._refuse(machine, error)
+                raise error
+            return await guarded(partial(local_evidence_event, config, own_binder or b""))
+
+        async def answer(challenge: Challenge) -> None:
+            # The peer challenges our evidence: one RESPONSE from our attester.
+            response = await guarded(partial(local_response_event, config, challenge))
+            await self._send_plaintext(machine.send(response))
+
         async def appraise(event: Evidence | NoEvidence) -> object:
-            try:
-                return await self._call(
-                    config, partial(appraise_peer_evidence, config, event, peer_binder)
+            # Challenge the peer's evidence if our verifier asks to, then judge it.
+            pending = await guarded(partial(peer_activation_challenge, config, event, peer_binder))
+            if pending is None:
+                return await guarded(partial(appraise_peer_evidence, config, event, peer_binder))
+            state, challenge = pending
+            await self._send_plaintext(machine.send(challenge))
+            response = await self._receive_response(machine)
+            return await guarded(
+                partial(
+                    appraise_peer_evidence,
+                    config,
+                    event,
+                    peer_binder,
+                    activation=state,
+                    response=response,
                 )
-            except Exception as exc:
-                await self._refuse(machine, exc)
-                raise
+            )
 
         if self.server_side:
             await self._send_plaintext(machine.send(await produce()))
-            result = await appraise(await self._receive_evidence(machine))
-            await self._next_exchange_event(machine)  # the client's ok verdict on us
+            first = await self._next_exchange_event(machine)
+            if isinstance(first, Challenge):
+                await answer(first)
+                first = await self._next_exchange_event(machine)
+            if not isinstance(first, Evidence | NoEvidence):  # pragma: no cover - machine's job
+                raise LocalProtocolError("attestation exchange out of step")
+            # The client's verdict on us follows its evidence in the same flight; read it
+            # before challenging, so that a refused client is not asked anything more.
+            await self._next_exchange_event(machine)
+            result = await appraise(first)
             await self._send_plaintext(machine.send(Verdict.ok()))
         else:
             result = await appraise(await self._receive_evidence(machine))
             own_event = await produce()
             await self._send_plaintext(machine.send(own_event) + machine.send(Verdict.ok()))
-            await self._next_exchange_event(machine)  # the server's ok verdict on us
+            last = await self._next_exchange_event(machine)
+            if isinstance(last, Challenge):
+                await answer(last)
+                await self._next_exchange_event(machine)  # the server's ok verdict on us
         self._app_buffer += machine.trailing_data
         return result
 

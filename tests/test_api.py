@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import shutil
 import socket
 import threading
 from contextlib import asynccontextmanager
@@ -26,23 +28,25 @@ from ratls._api import (
     serve_attested_blocking,
     start_attested_server,
 )
-from ratls._bound import BoundVerifier, SimulatedSnpAttester
+from ratls._bound import VTPM_MEDIA_TYPE, BoundVerifier, SimulatedSnpAttester, SimulatedVtpmAttester
 from ratls._errors import (
+    AttesterError,
     AttesterUnavailable,
+    BindingMismatch,
     MeasurementMismatch,
     NonceMismatch,
     PolicyError,
     PolicyViolation,
 )
 from ratls._exchange import AttestationRefused
-from ratls._policy import Policy, SnpPolicy, TrustPolicy
+from ratls._policy import Policy, SnpPolicy, TrustPolicy, VtpmPolicy
 from ratls._result import AttestationResult
 from ratls._snp_report import ProductLine
 from ratls._tls_context import generate_ephemeral_identity
 from ratls.sim import SimulatedAmdSp, simulated_amd_sp
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
     from ratls._tls_stream import AttestedTLSStream
@@ -482,26 +486,231 @@ async def test_handler_peer_vanishing_does_not_stop_server() -> None:
 # --------------------------------------------------------------------------- SNP + vTPM
 
 
-@pytest.mark.skipif(os.environ.get("RATLS_SKIP_SWTPM") == "1", reason="swtpm disabled")
-async def test_sim_vtpm_unproven_ak_refused_then_allowed() -> None:
-    import dataclasses
-    import shutil
+needs_swtpm = pytest.mark.skipif(
+    os.environ.get("RATLS_SKIP_SWTPM") == "1" or shutil.which("swtpm") is None,
+    reason="swtpm disabled or not installed",
+)
 
-    from ratls._policy import VtpmPolicy
 
-    if shutil.which("swtpm") is None:
-        pytest.skip("swtpm not installed")
-    async with running_server(echo, attester="sim+vtpm") as (host, port):
+@pytest.fixture(scope="module")
+def cvm(sp: SimulatedAmdSp) -> Iterator[SimulatedVtpmAttester]:
+    with SimulatedVtpmAttester(sp) as vm:
+        yield vm
+
+
+@pytest.fixture(scope="module")
+def other_cvm(sp: SimulatedAmdSp) -> Iterator[SimulatedVtpmAttester]:
+    with SimulatedVtpmAttester(sp) as vm:
+        yield vm
+
+
+class Answering:
+    """A CVM's evidence, with challenges answered by ``answer`` instead of its vTPM."""
+
+    media_type = VTPM_MEDIA_TYPE
+
+    def __init__(self, vm: SimulatedVtpmAttester, answer: Callable[[bytes], bytes]) -> None:
+        self._vm = vm
+        self._answer = answer
+
+    def evidence(self, binder: bytes) -> bytes:
+        return self._vm.evidence(binder)
+
+    def respond(self, challenge: bytes) -> bytes:
+        return self._answer(challenge)
+
+
+class NoChallenge:
+    """Verifies like BoundVerifier but never challenges (the exchange before activation)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._inner = BoundVerifier(policy)
+        self.media_types = self._inner.media_types
+
+    def verify(self, evidence: bytes, binder: bytes) -> object:
+        return self._inner.verify(evidence, binder)
+
+
+class AlwaysChallenge:
+    """Challenges any evidence, even a bare SNP report (which has no vTPM to answer)."""
+
+    class State:
+        def challenge_bytes(self) -> bytes:
+            return b"\x01" * 32
+
+    def __init__(self, policy: Policy) -> None:
+        self._inner = BoundVerifier(policy)
+        self.media_types = self._inner.media_types
+
+    def activation_challenge(self, evidence: bytes) -> object:
+        return self.State()
+
+    def verify(
+        self, evidence: bytes, binder: bytes, *, activation: object = None, response: object = None
+    ) -> object:  # pragma: no cover - the peer refuses before answering
+        return self._inner.verify(evidence, binder)
+
+
+@needs_swtpm
+async def test_sim_vtpm_mutual_activation_under_default_policy() -> None:
+    # Both sides are simulated SNP + vTPM CVMs (each its own swtpm); the default policy
+    # refuses unproven AKs, so both AKs must be proven by activation over the connection.
+    assert POLICY.vtpm.allow_unproven_ak is False
+    seen: list[object] = []
+
+    async def handler(stream: Stream) -> None:
+        seen.append(stream.peer_attestation)
+        await echo(stream)
+
+    async with running_server(handler, attester="sim+vtpm") as (host, port):
+        stream = await open_attested_stream(host, port, attester="sim+vtpm", policy=POLICY)
+        await stream.send_all(b"activated")
+        assert await stream.receive_some() == b"activated"
+        result = stream.peer_attestation
+        await stream.aclose()
+    assert isinstance(result, AttestationResult)
+    assert (result.profile, result.ak_binding) == ("svsm", "activated")
+    (server_view,) = seen
+    assert isinstance(server_view, AttestationResult)
+    assert (server_view.profile, server_view.ak_binding) == ("svsm", "activated")
+
+
+@needs_swtpm
+async def test_sim_vtpm_without_challenge_stays_unproven(cvm: SimulatedVtpmAttester) -> None:
+    # A verifier that does not challenge leaves the AK unproven: refused by default,
+    # accepted only when the policy allows it.
+    async with running_server(echo, attester=cvm) as (host, port):
         with pytest.raises(PolicyViolation) as info:
-            await open_attested_stream(host, port, attester="sim", policy=POLICY)
+            await open_attested_stream(
+                host, port, attester="sim", policy=POLICY, verifier=NoChallenge(POLICY)
+            )
         assert info.value.claim == "vtpm.ak_binding"
         allowing = dataclasses.replace(POLICY, vtpm=VtpmPolicy(allow_unproven_ak=True))
-        stream = await open_attested_stream(host, port, attester="sim", policy=allowing)
+        stream = await open_attested_stream(
+            host, port, attester="sim", policy=allowing, verifier=NoChallenge(allowing)
+        )
+        result = stream.peer_attestation
+        await stream.aclose()
+    assert isinstance(result, AttestationResult)
+    assert result.ak_binding == "unproven"
+
+
+async def refused_by_client(attester: Answering, *, expect: type[Exception]) -> Exception:
+    """Connect to a server using ``attester``; return the client's error."""
+    failures = Failures()
+    async with running_server(echo, attester=attester, on_handshake_error=failures) as (
+        host,
+        port,
+    ):
+        with pytest.raises(expect) as info:
+            await open_attested_stream(host, port, attester="sim", policy=POLICY)
+        await failures.event.wait()
+    (server_error,) = failures.errors
+    if expect is BindingMismatch:
+        assert isinstance(server_error, AttestationRefused)
+        assert server_error.reason == "BindingMismatch: tpm.ak.activation"
+    return info.value
+
+
+@needs_swtpm
+async def test_wrong_activation_response_refused(cvm: SimulatedVtpmAttester) -> None:
+    error = await refused_by_client(
+        Answering(cvm, lambda challenge: os.urandom(32)), expect=BindingMismatch
+    )
+    assert isinstance(error, BindingMismatch)
+
+
+@needs_swtpm
+async def test_response_for_another_challenge_refused(cvm: SimulatedVtpmAttester) -> None:
+    # The first connection's (correct) answer, replayed to the second connection's
+    # challenge: every challenge seals a new secret.
+    recorded: list[bytes] = []
+
+    def replay(challenge: bytes) -> bytes:
+        if not recorded:
+            recorded.append(cvm.respond(challenge))
+        return recorded[0]
+
+    attester = Answering(cvm, replay)
+    async with running_server(echo, attester=attester) as (host, port):
+        stream = await open_attested_stream(host, port, attester="sim", policy=POLICY)
         result = stream.peer_attestation
         assert isinstance(result, AttestationResult)
-        assert result.profile == "svsm"
-        assert result.ak_binding == "unproven"
+        assert result.ak_binding == "activated"
         await stream.aclose()
+    error = await refused_by_client(attester, expect=BindingMismatch)
+    assert isinstance(error, BindingMismatch)
+
+
+@needs_swtpm
+async def test_challenge_relayed_to_another_cvm_refused(
+    cvm: SimulatedVtpmAttester, other_cvm: SimulatedVtpmAttester
+) -> None:
+    # Evidence from one CVM, the challenge relayed to another: the other vTPM holds
+    # neither the EK the credential is sealed to nor the AK it names, so it cannot
+    # activate it, and the server gives up with a reason.
+    failures = Failures()
+    relay = Answering(cvm, other_cvm.respond)
+    async with running_server(echo, attester=relay, on_handshake_error=failures) as (host, port):
+        with pytest.raises(AttestationRefused) as info:
+            await open_attested_stream(host, port, attester="sim", policy=POLICY)
+        await failures.event.wait()
+    assert "TPM2_ACTIVATE_CREDENTIAL failed" in info.value.reason
+    (server_error,) = failures.errors
+    assert isinstance(server_error, AttesterError)  # the other vTPM's command error
+
+
+@needs_swtpm
+async def test_response_from_another_vtpm_refused(
+    cvm: SimulatedVtpmAttester, other_cvm: SimulatedVtpmAttester
+) -> None:
+    # Evidence from one CVM, the answer from another vTPM (to a challenge it can
+    # answer): the secret differs.
+    binder = os.urandom(64)
+    verifier = BoundVerifier(POLICY)
+
+    def other_answer(challenge: bytes) -> bytes:
+        own = verifier.activation_challenge(other_cvm.evidence(binder))
+        assert own is not None
+        return other_cvm.respond(own.challenge_bytes())
+
+    error = await refused_by_client(Answering(cvm, other_answer), expect=BindingMismatch)
+    assert isinstance(error, BindingMismatch)
+
+
+@needs_swtpm
+async def test_missing_activation_response_times_out(cvm: SimulatedVtpmAttester) -> None:
+    # The server never answers the challenge: the client's handshake timeout ends it.
+    release = threading.Event()
+
+    def never(challenge: bytes) -> bytes:
+        release.wait()
+        raise AttesterError("released at the end of the test")
+
+    try:
+        async with running_server(echo, attester=Answering(cvm, never)) as (host, port):
+            with pytest.raises(trio.TooSlowError):
+                await open_attested_stream(
+                    host, port, attester="sim", policy=POLICY, handshake_timeout=1.0
+                )
+    finally:
+        release.set()
+
+
+async def test_challenge_to_plain_snp_peer_refused_cleanly() -> None:
+    # A bare SNP attester cannot answer a challenge: it refuses, saying why, instead of
+    # hanging or breaking the connection without a word.
+    failures = Failures()
+    async with running_server(echo, attester="sim", on_handshake_error=failures) as (host, port):
+        with pytest.raises(AttestationRefused) as info:
+            await open_attested_stream(
+                host, port, attester="sim", policy=POLICY, verifier=AlwaysChallenge(POLICY)
+            )
+        await failures.event.wait()
+    assert info.value.reason.startswith("AttesterError: ")
+    assert "cannot answer challenges" in info.value.reason
+    (server_error,) = failures.errors
+    assert isinstance(server_error, AttesterError)
 
 
 # --------------------------------------------------------------------------- blocking

@@ -29,6 +29,7 @@ from ratls._bound import (
     MAX_SNP_EVIDENCE_SIZE,
     SNP_MEDIA_TYPE,
     VTPM_MEDIA_TYPE,
+    BoundActivation,
     BoundVerifier,
     GuestSnpAttester,
     SimulatedSnpAttester,
@@ -51,7 +52,7 @@ from ratls._errors import (
     RatlsError,
     SignatureMismatch,
 )
-from ratls._exchange import DEFAULT_MEDIA_TYPE
+from ratls._exchange import DEFAULT_MEDIA_TYPE, ActivationState
 from ratls._policy import Policy, SnpPolicy, TrustPolicy, VtpmPolicy
 from ratls._result import AttestationResult
 from ratls._snp_report import GuestPolicy, ProductLine, parse_snp_report
@@ -722,7 +723,7 @@ def test_activation_round_trip_makes_ak_activated(vtpm_attester: SimulatedVtpmAt
     verifier = BoundVerifier(sim_policy())  # the default policy: unproven AKs refused
     challenge = verifier.activation_challenge(data)
     assert challenge is not None
-    response = vtpm_attester.respond(challenge.credential.to_tpm2_tools_file())
+    response = vtpm_attester.respond(challenge.challenge_bytes())
     result = verifier.verify(data, binder, activation=challenge, response=response)
     assert result.ak_binding == "activated"
     assert result.profile == "svsm"
@@ -751,12 +752,12 @@ def test_activation_for_other_evidence_refused(
         other_data = other.evidence(binder)
         other_challenge = verifier.activation_challenge(other_data)
         assert other_challenge is not None
-        response = other.respond(other_challenge.credential.to_tpm2_tools_file())
+        response = other.respond(other_challenge.challenge_bytes())
     with pytest.raises(BindingMismatch, match="activation"):
         verifier.verify(data, binder, activation=other_challenge, response=response)
     # ... and this VM's vTPM cannot answer a challenge sealed to the other EK.
     with pytest.raises(AttesterError):
-        vtpm_attester.respond(other_challenge.credential.to_tpm2_tools_file())
+        vtpm_attester.respond(other_challenge.challenge_bytes())
 
 
 @needs_swtpm
@@ -770,6 +771,38 @@ def test_activation_halves_must_come_together(vtpm_attester: SimulatedVtpmAttest
         verifier.verify(data, binder, activation=challenge)
     with pytest.raises(BindingMismatch, match="without a challenge"):
         verifier.verify(data, binder, response=b"secret")
+
+
+@needs_swtpm
+def test_bound_activation_is_an_activation_state(vtpm_attester: SimulatedVtpmAttester) -> None:
+    binder = os.urandom(64)
+    data = vtpm_attester.evidence(binder)
+    verifier = BoundVerifier(sim_policy())
+    first = verifier.activation_challenge(data)
+    second = verifier.activation_challenge(data)
+    assert first is not None
+    assert second is not None
+    assert isinstance(first, ActivationState)
+    # What goes on the wire is the tpm2-tools credential file; every call seals anew.
+    assert first.challenge_bytes() == first.challenge.credential.to_tpm2_tools_file()
+    assert first.challenge_bytes() != second.challenge_bytes()
+    # Value semantics; the secret never shows.
+    same = BoundActivation(challenge=first.challenge)
+    assert same == first
+    assert hash(same) == hash(first)
+    assert first != second
+    assert object() != first
+    assert repr(first).startswith("BoundActivation(challenge=ActivationChallenge(ek_name=")
+    assert first.challenge.secret.hex() not in repr(first)
+    # The answer to one challenge does not fit another of the same evidence.
+    answer = vtpm_attester.respond(first.challenge_bytes())
+    with pytest.raises(BindingMismatch):
+        verifier.verify(data, binder, activation=second, response=answer)
+    # A bare ActivationChallenge (made out of band) is accepted as well.
+    result = verifier.verify(data, binder, activation=first.challenge, response=answer)
+    assert result.ak_binding == "activated"
+    with pytest.raises(TypeError):
+        verifier.verify(data, binder, activation=cast("Any", object()), response=answer)
 
 
 def test_no_activation_for_bare_snp(sp: SimulatedAmdSp) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import struct
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -12,7 +13,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ratls import _exchange
 from ratls._errors import (
+    AttesterError,
+    BindingMismatch,
     LocalProtocolError,
     NonceMismatch,
     PolicyViolation,
@@ -22,14 +26,19 @@ from ratls._errors import (
 from ratls._exchange import (
     BINDER_LENGTH,
     DEFAULT_MEDIA_TYPE,
+    MAX_CHALLENGE_SIZE,
     MAX_EXCHANGE_MESSAGE_SIZE,
     MAX_MEDIA_TYPE_LENGTH,
     MAX_REASON_LENGTH,
+    MAX_RESPONSE_SIZE,
     NEED_DATA,
     PAUSED,
+    ActivatingVerifier,
+    ActivationState,
     AttestationConfig,
     AttestationExchange,
     AttestationRefused,
+    Challenge,
     Evidence,
     ExchangeEvent,
     ExchangeMessageTooLarge,
@@ -40,6 +49,8 @@ from ratls._exchange import (
     MalformedExchangeMessage,
     NoEvidence,
     PeerVerifier,
+    RespondingAttester,
+    Response,
     UnexpectedExchangeMessage,
     UnsupportedExchangeVersion,
     Verdict,
@@ -49,6 +60,8 @@ from ratls._exchange import (
     decode_message,
     encode_message,
     local_evidence_event,
+    local_response_event,
+    peer_activation_challenge,
 )
 from ratls._tls_context import generate_ephemeral_identity
 
@@ -56,6 +69,8 @@ SERVER = ExchangeRole.SERVER
 CLIENT = ExchangeRole.CLIENT
 
 EVIDENCE = Evidence(media_type=DEFAULT_MEDIA_TYPE, evidence=b"\x01\x02\x03")
+CHALLENGE = Challenge(challenge=b"\xc0" * 5)
+RESPONSE = Response(response=b"\x5e" * 4)
 
 
 def frame(body: object) -> bytes:
@@ -88,12 +103,58 @@ class Verifier:
         return ("verified", binder)
 
 
+class State:
+    def __init__(self, nonce: bytes) -> None:
+        self.nonce = nonce
+
+    def challenge_bytes(self) -> bytes:
+        return self.nonce
+
+
+class ChallengingVerifier:
+    """Challenges evidence (or not); the right answer is b"re:" + nonce."""
+
+    def __init__(self, state: object = None) -> None:
+        self.state = state if state is not None else State(b"nonce")
+        self.asked: list[bytes] = []
+
+    def activation_challenge(self, evidence: bytes) -> object | None:
+        self.asked.append(evidence)
+        return self.state
+
+    def verify(
+        self,
+        evidence: bytes,
+        binder: bytes,
+        *,
+        activation: object = None,
+        response: bytes | None = None,
+    ) -> object:
+        if not isinstance(activation, State) or response != b"re:" + activation.nonce:
+            raise BindingMismatch("test.activation", expected="re:nonce", actual=response)
+        return ("activated", evidence, binder)
+
+
+class RespondingAttesterDouble(Attester):
+    def respond(self, challenge: bytes) -> bytes:
+        return b"re:" + challenge
+
+
 # --------------------------------------------------------------------------- codec
 
 
 @pytest.mark.parametrize(
     "event",
-    [EVIDENCE, NoEvidence(), Verdict.ok(), Verdict.refused("measurement not allowed")],
+    [
+        EVIDENCE,
+        NoEvidence(),
+        Verdict.ok(),
+        Verdict.refused("measurement not allowed"),
+        CHALLENGE,
+        RESPONSE,
+        Challenge(challenge=bytes(MAX_CHALLENGE_SIZE)),
+        Response(response=bytes(MAX_RESPONSE_SIZE)),
+    ],
 )
 def test_round_trip(event: ExchangeEvent) -> None:
     data = encode_message(event)
@@ -110,7 +171,40 @@ def test_none_message_golden_bytes() -> None:
     )
 
 
-@pytest.mark.parametrize("event", [EVIDENCE, NoEvidence(), Verdict.ok(), Verdict.refused("x")])
+def test_challenge_and_response_golden_bytes() -> None:
+    # {"type": "challenge", "version": 1, "challenge": h'01'}: keys sorted by encoded
+    # length then bytes, so "type" (4) < "version" (7) < "challenge" (9).
+    assert encode_message(Challenge(challenge=b"\x01")).hex() == (
+        "00000025a3"
+        + "6474797065"
+        + "696368616c6c656e6765"
+        + "6776657273696f6e"
+        + "01"
+        + "696368616c6c656e6765"
+        + "4101"
+    )
+    assert encode_message(Response(response=b"\x02")).hex() == (
+        "00000023a3"
+        + "6474797065"
+        + "68726573706f6e7365"
+        + "6776657273696f6e"
+        + "01"
+        + "68726573706f6e7365"
+        + "4102"
+    )
+
+
+_CODEC_EVENTS = [
+    EVIDENCE,
+    NoEvidence(),
+    Verdict.ok(),
+    Verdict.refused("x"),
+    CHALLENGE,
+    RESPONSE,
+]
+
+
+@pytest.mark.parametrize("event", _CODEC_EVENTS)
 def test_every_truncation_refused(event: ExchangeEvent) -> None:
     payload = payload_of(event)
     for cut in range(len(payload)):
@@ -118,7 +212,7 @@ def test_every_truncation_refused(event: ExchangeEvent) -> None:
             decode_message(payload[:cut])
 
 
-@pytest.mark.parametrize("event", [EVIDENCE, NoEvidence(), Verdict.ok(), Verdict.refused("x")])
+@pytest.mark.parametrize("event", _CODEC_EVENTS)
 def test_trailing_byte_refused(event: ExchangeEvent) -> None:
     with pytest.raises(MalformedExchangeMessage):
         decode_message(payload_of(event) + b"\x00")
@@ -146,6 +240,16 @@ def test_trailing_byte_refused(event: ExchangeEvent) -> None:
         {"version": 1, "type": "verdict", "result": "refused"},  # no reason
         {"version": 1, "type": "verdict", "result": "refused", "reason": "x" * 1025},
         {"version": 1, "type": "verdict", "result": "refused", "reason": b"bytes"},
+        {"version": 1, "type": "challenge"},  # no challenge
+        {"version": 1, "type": "challenge", "challenge": b""},  # empty
+        {"version": 1, "type": "challenge", "challenge": "text"},
+        {"version": 1, "type": "challenge", "challenge": bytes(MAX_CHALLENGE_SIZE + 1)},
+        {"version": 1, "type": "challenge", "challenge": b"x", "response": b"y"},
+        {"version": 1, "type": "response"},  # no response
+        {"version": 1, "type": "response", "response": b""},  # empty
+        {"version": 1, "type": "response", "response": 5},
+        {"version": 1, "type": "response", "response": bytes(MAX_RESPONSE_SIZE + 1)},
+        {"version": 1, "type": "response", "response": b"x", "reason": "y"},
     ],
 )
 def test_malformed_shapes(body: object) -> None:
@@ -217,7 +321,10 @@ _cbor_values = st.recursive(
 @given(
     _cbor_values,
     st.dictionaries(
-        st.sampled_from(["type", "version", "media", "evidence", "result", "reason"]), _cbor_values
+        st.sampled_from(
+            ["type", "version", "media", "evidence", "result", "reason", "challenge", "response"]
+        ),
+        _cbor_values,
     ),
 )
 def test_decode_arbitrary_cbor_only_ratls_errors(value: object, fields: dict[str, object]) -> None:
@@ -254,6 +361,33 @@ def test_event_eq_ne_hash_repr() -> None:
     )
 
 
+def test_challenge_response_eq_ne_hash_repr() -> None:
+    assert Challenge(challenge=b"\xc0" * 5) == CHALLENGE
+    assert hash(Challenge(challenge=b"\xc0" * 5)) == hash(CHALLENGE)
+    assert Challenge(challenge=b"\xc1") != CHALLENGE
+    assert object() != CHALLENGE
+    assert repr(CHALLENGE) == "Challenge(challenge=<5 bytes>)"
+    assert Response(response=b"\x5e" * 4) == RESPONSE
+    assert hash(Response(response=b"\x5e" * 4)) == hash(RESPONSE)
+    assert Response(response=b"\x5f") != RESPONSE
+    assert object() != RESPONSE
+    assert repr(RESPONSE) == "Response(response=<4 bytes>)"  # the secret stays out
+    assert payload_of(CHALLENGE) != payload_of(Response(response=CHALLENGE.challenge))
+
+
+def test_challenge_response_validation() -> None:
+    for bad in (b"", bytes(MAX_CHALLENGE_SIZE + 1)):
+        with pytest.raises(ValueError, match="challenge"):
+            Challenge(challenge=bad)
+    for bad in (b"", bytes(MAX_RESPONSE_SIZE + 1)):
+        with pytest.raises(ValueError, match="response"):
+            Response(response=bad)
+    with pytest.raises(TypeError):
+        Challenge(challenge="text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Response(response=bytearray(b"x"))  # type: ignore[arg-type]
+
+
 def test_verdict_validation() -> None:
     with pytest.raises(ValueError, match="no reason"):
         Verdict(result=VerdictResult.OK, reason="x")
@@ -288,6 +422,12 @@ def test_protocols_are_runtime_checkable() -> None:
     assert isinstance(Verifier(), PeerVerifier)
     assert not isinstance(object(), LocalAttester)
     assert not isinstance(object(), PeerVerifier)
+    assert isinstance(ChallengingVerifier(), ActivatingVerifier)
+    assert not isinstance(Verifier(), ActivatingVerifier)
+    assert isinstance(RespondingAttesterDouble(), RespondingAttester)
+    assert not isinstance(Attester(), RespondingAttester)
+    assert isinstance(State(b"x"), ActivationState)
+    assert not isinstance(object(), ActivationState)
 
 
 def test_error_attributes() -> None:
@@ -347,6 +487,87 @@ def test_appraise_peer_evidence() -> None:
     assert info.value.claim == "tls.peer_certificate"
     with pytest.raises(NonceMismatch):
         appraise_peer_evidence(config, good, b"\x08" * 64)
+
+
+def test_peer_activation_challenge() -> None:
+    binder = b"\x07" * 64
+    good = Evidence(media_type=DEFAULT_MEDIA_TYPE, evidence=b"ev:" + binder)
+    # Nothing to challenge: no verifier, a verifier that never challenges, or one that
+    # declines for this evidence.
+    assert peer_activation_challenge(AttestationConfig(), good, binder) is None
+    assert peer_activation_challenge(AttestationConfig(verifier=Verifier()), good, binder) is None
+    declining = ChallengingVerifier()
+    declining.state = None
+    assert peer_activation_challenge(AttestationConfig(verifier=declining), good, binder) is None
+    verifier = ChallengingVerifier(State(b"n" * 16))
+    config = AttestationConfig(verifier=verifier)
+    pending = peer_activation_challenge(config, good, binder)
+    assert pending is not None
+    state, message = pending
+    assert state is verifier.state
+    assert message == Challenge(challenge=b"n" * 16)
+    assert verifier.asked == [b"ev:" + binder]
+    # Evidence that will be refused anyway is not challenged.
+    with pytest.raises(PolicyViolation) as info:
+        peer_activation_challenge(config, NoEvidence(), binder)
+    assert info.value.claim == "exchange.evidence"
+    with pytest.raises(PolicyViolation) as info:
+        peer_activation_challenge(config, Evidence(media_type="x/y", evidence=b"e"), binder)
+    assert info.value.claim == "exchange.media"
+    with pytest.raises(PolicyViolation) as info:
+        peer_activation_challenge(config, good, None)
+    assert info.value.claim == "tls.peer_certificate"
+    assert verifier.asked == [b"ev:" + binder]
+
+
+@pytest.mark.parametrize("state", [object(), State(b""), State(bytes(MAX_CHALLENGE_SIZE + 1))])
+def test_unusable_activation_state(state: object) -> None:
+    config = AttestationConfig(verifier=ChallengingVerifier(state))
+    good = Evidence(media_type=DEFAULT_MEDIA_TYPE, evidence=b"e")
+    with pytest.raises(LocalProtocolError):
+        peer_activation_challenge(config, good, b"\x07" * 64)
+
+
+def test_local_response_event() -> None:
+    config = AttestationConfig(attester=RespondingAttesterDouble())
+    assert local_response_event(config, CHALLENGE) == Response(response=b"re:" + b"\xc0" * 5)
+    # An attester without respond(), or none at all, cannot answer.
+    for cannot in (AttestationConfig(attester=Attester()), AttestationConfig()):
+        with pytest.raises(AttesterError, match="cannot answer challenges"):
+            local_response_event(cannot, CHALLENGE)
+
+    class Bad(Attester):
+        def __init__(self, answer: object) -> None:
+            super().__init__()
+            self.answer = answer
+
+        def respond(self, challenge: bytes) -> object:
+            return self.answer
+
+    for answer in (b"", bytes(MAX_RESPONSE_SIZE + 1), "text"):
+        with pytest.raises(AttesterError, match="answer"):
+            local_response_event(AttestationConfig(attester=Bad(answer)), CHALLENGE)
+
+
+def test_appraise_with_activation() -> None:
+    binder = b"\x07" * 64
+    good = Evidence(media_type=DEFAULT_MEDIA_TYPE, evidence=b"ev:" + binder)
+    verifier = ChallengingVerifier(State(b"n"))
+    config = AttestationConfig(verifier=verifier)
+    right = Response(response=b"re:n")
+    result = appraise_peer_evidence(config, good, binder, activation=verifier.state, response=right)
+    assert result == ("activated", b"ev:" + binder, binder)
+    with pytest.raises(BindingMismatch):
+        appraise_peer_evidence(
+            config, good, binder, activation=verifier.state, response=Response(response=b"re:m")
+        )
+    with pytest.raises(LocalProtocolError, match="together"):
+        appraise_peer_evidence(config, good, binder, activation=verifier.state)
+    with pytest.raises(LocalProtocolError, match="together"):
+        appraise_peer_evidence(config, good, binder, response=right)
+    # The usual checks come first.
+    with pytest.raises(PolicyViolation):
+        appraise_peer_evidence(config, good, None, activation=verifier.state, response=right)
 
 
 # --------------------------------------------------------------------------- machine
@@ -501,13 +722,48 @@ def test_refusal_in_terminal_state_refused() -> None:
             machine.send(Verdict.refused("x"))
 
 
-_ALL_EVENTS: list[ExchangeEvent] = [EVIDENCE, NoEvidence(), Verdict.ok(), Verdict.refused("r")]
+_ALL_EVENTS: list[ExchangeEvent] = [
+    EVIDENCE,
+    NoEvidence(),
+    Verdict.ok(),
+    Verdict.refused("r"),
+    CHALLENGE,
+    RESPONSE,
+]
+_ES = ExchangeState
+# The protocol, written out independently of the module's table:
+# (role, state, message kind) -> next state, for sends and for receipts.
 _LEGAL_SENDS = {
-    (SERVER, ExchangeState.SEND_EVIDENCE, "evidence"): ExchangeState.AWAIT_EVIDENCE,
-    (SERVER, ExchangeState.SEND_VERDICT, "verdict"): ExchangeState.DONE,
-    (CLIENT, ExchangeState.SEND_EVIDENCE, "evidence"): ExchangeState.SEND_VERDICT,
-    (CLIENT, ExchangeState.SEND_VERDICT, "verdict"): ExchangeState.AWAIT_VERDICT,
+    (SERVER, _ES.SEND_EVIDENCE, "evidence"): _ES.AWAIT_EVIDENCE,
+    (SERVER, _ES.SEND_RESPONSE, "response"): _ES.AWAIT_EVIDENCE_AFTER_RESPONSE,
+    (SERVER, _ES.SEND_VERDICT, "challenge"): _ES.AWAIT_RESPONSE,
+    (SERVER, _ES.SEND_VERDICT, "verdict"): _ES.DONE,
+    (SERVER, _ES.SEND_VERDICT_AFTER_RESPONSE, "verdict"): _ES.DONE,
+    (CLIENT, _ES.SEND_EVIDENCE, "challenge"): _ES.AWAIT_RESPONSE,
+    (CLIENT, _ES.SEND_EVIDENCE, "evidence"): _ES.SEND_VERDICT,
+    (CLIENT, _ES.SEND_EVIDENCE_AFTER_RESPONSE, "evidence"): _ES.SEND_VERDICT,
+    (CLIENT, _ES.SEND_VERDICT, "verdict"): _ES.AWAIT_VERDICT,
+    (CLIENT, _ES.SEND_RESPONSE, "response"): _ES.AWAIT_VERDICT_AFTER_RESPONSE,
 }
+_LEGAL_RECEIPTS = {
+    (SERVER, _ES.AWAIT_EVIDENCE, "challenge"): _ES.SEND_RESPONSE,
+    (SERVER, _ES.AWAIT_EVIDENCE, "evidence"): _ES.AWAIT_VERDICT,
+    (SERVER, _ES.AWAIT_EVIDENCE_AFTER_RESPONSE, "evidence"): _ES.AWAIT_VERDICT,
+    (SERVER, _ES.AWAIT_VERDICT, "verdict"): _ES.SEND_VERDICT,
+    (SERVER, _ES.AWAIT_RESPONSE, "response"): _ES.SEND_VERDICT_AFTER_RESPONSE,
+    (CLIENT, _ES.AWAIT_EVIDENCE, "evidence"): _ES.SEND_EVIDENCE,
+    (CLIENT, _ES.AWAIT_RESPONSE, "response"): _ES.SEND_EVIDENCE_AFTER_RESPONSE,
+    (CLIENT, _ES.AWAIT_VERDICT, "challenge"): _ES.SEND_RESPONSE,
+    (CLIENT, _ES.AWAIT_VERDICT, "verdict"): _ES.DONE,
+    (CLIENT, _ES.AWAIT_VERDICT_AFTER_RESPONSE, "verdict"): _ES.DONE,
+}
+_TERMINAL_STATES = (_ES.DONE, _ES.REFUSED, _ES.PEER_REFUSED)
+
+
+def kind_of(event: ExchangeEvent) -> str:
+    if isinstance(event, Evidence | NoEvidence):
+        return "evidence"
+    return {Verdict: "verdict", Challenge: "challenge", Response: "response"}[type(event)]
 
 
 @settings(max_examples=200)
@@ -515,18 +771,21 @@ _LEGAL_SENDS = {
     st.sampled_from(list(ExchangeRole)),
     st.sampled_from(list(ExchangeState)),
     st.sampled_from(_ALL_EVENTS),
+    st.booleans(),
 )
 def test_send_table_every_state(
-    role: ExchangeRole, state: ExchangeState, event: ExchangeEvent
+    role: ExchangeRole, state: ExchangeState, event: ExchangeEvent, peer_sent_evidence: bool
 ) -> None:
     machine = AttestationExchange(role)
     machine._state = state  # white-box: visit every (state, input) pair
-    terminal = state in (ExchangeState.DONE, ExchangeState.REFUSED, ExchangeState.PEER_REFUSED)
+    machine._received_evidence = peer_sent_evidence
+    terminal = state in _TERMINAL_STATES
     if isinstance(event, Verdict) and event.result is VerdictResult.REFUSED:
         expected: ExchangeState | None = None if terminal else ExchangeState.REFUSED
     else:
-        kind = "verdict" if isinstance(event, Verdict) else "evidence"
-        expected = _LEGAL_SENDS.get((role, state, kind))
+        expected = _LEGAL_SENDS.get((role, state, kind_of(event)))
+        if isinstance(event, Challenge) and not peer_sent_evidence:
+            expected = None  # NONE cannot be challenged
     if expected is None:
         with pytest.raises(LocalProtocolError):
             machine.send(event)
@@ -534,6 +793,188 @@ def test_send_table_every_state(
     else:
         assert decode_message(machine.send(event)[4:]) == event
         assert state_of(machine) is expected
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from(list(ExchangeRole)),
+    st.sampled_from(list(ExchangeState)),
+    st.sampled_from(_ALL_EVENTS),
+    st.booleans(),
+)
+def test_receive_table_every_state(
+    role: ExchangeRole, state: ExchangeState, event: ExchangeEvent, we_sent_evidence: bool
+) -> None:
+    machine = AttestationExchange(role)
+    machine._state = state  # white-box: visit every (state, input) pair
+    machine._sent_evidence = we_sent_evidence
+    machine.receive_data(encode_message(event))
+    receiving = state.name.startswith("AWAIT_")
+    if not receiving:
+        assert machine.next_event() is PAUSED  # not the peer's turn: bytes wait
+        assert state_of(machine) is state
+        return
+    if isinstance(event, Verdict) and event.result is VerdictResult.REFUSED:
+        expected: ExchangeState | None = ExchangeState.PEER_REFUSED
+    else:
+        expected = _LEGAL_RECEIPTS.get((role, state, kind_of(event)))
+        if isinstance(event, Challenge) and not we_sent_evidence:
+            expected = None
+    if expected is None:
+        with pytest.raises(UnexpectedExchangeMessage) as info:
+            machine.next_event()
+        assert isinstance(info.value, RemoteProtocolError)
+        assert info.value.state is state
+        assert state_of(machine) is ExchangeState.ERROR
+    else:
+        assert machine.next_event() == event
+        assert state_of(machine) is expected
+
+
+def run_challenged_exchange(
+    chunk: int, *, client_asks: bool, server_asks: bool
+) -> tuple[AttestationExchange, AttestationExchange, list[tuple[str, ExchangeEvent]]]:
+    """Drive both roles through a full exchange with optional challenges; log the wire."""
+    server, client = AttestationExchange(SERVER), AttestationExchange(CLIENT)
+    wire: list[tuple[str, ExchangeEvent]] = []
+
+    def flight(
+        sender: AttestationExchange, to: AttestationExchange, *events: ExchangeEvent
+    ) -> None:
+        data = b"".join(sender.send(event) for event in events)
+        wire.extend((sender.role.value, event) for event in events)
+        received: list[object] = []
+        for i in range(0, len(data), chunk):
+            to.receive_data(data[i : i + chunk])
+            while (got := to.next_event()) not in (NEED_DATA, PAUSED):
+                received.append(got)
+        assert received == list(events)
+
+    flight(server, client, EVIDENCE)
+    if client_asks:
+        flight(client, server, CHALLENGE)
+        assert server.next_event() is PAUSED
+        flight(server, client, RESPONSE)
+        assert state_of(client) is ExchangeState.SEND_EVIDENCE_AFTER_RESPONSE
+    flight(client, server, EVIDENCE, Verdict.ok())
+    if server_asks:
+        flight(server, client, CHALLENGE)
+        assert client.next_event() is PAUSED
+        flight(client, server, RESPONSE)
+        assert state_of(server) is ExchangeState.SEND_VERDICT_AFTER_RESPONSE
+    flight(server, client, Verdict.ok())
+    return server, client, wire
+
+
+@pytest.mark.parametrize("chunk", [1, 9, 10_000])
+@pytest.mark.parametrize(
+    ("client_asks", "server_asks"), [(True, True), (True, False), (False, True)]
+)
+def test_full_exchange_with_challenges(chunk: int, client_asks: bool, server_asks: bool) -> None:
+    server, client, wire = run_challenged_exchange(
+        chunk, client_asks=client_asks, server_asks=server_asks
+    )
+    assert state_of(server) is client.state is ExchangeState.DONE
+    expected: list[tuple[str, ExchangeEvent]] = [("server", EVIDENCE)]
+    if client_asks:
+        expected += [("client", CHALLENGE), ("server", RESPONSE)]
+    expected += [("client", EVIDENCE), ("client", Verdict.ok())]
+    if server_asks:
+        expected += [("server", CHALLENGE), ("client", RESPONSE)]
+    expected += [("server", Verdict.ok())]
+    assert wire == expected
+
+
+def test_second_challenge_is_out_of_order() -> None:
+    server = AttestationExchange(SERVER)
+    server.send(EVIDENCE)
+    server.receive_data(encode_message(CHALLENGE))
+    assert server.next_event() == CHALLENGE
+    server.send(RESPONSE)
+    server.receive_data(encode_message(CHALLENGE))
+    with pytest.raises(UnexpectedExchangeMessage) as info:
+        server.next_event()
+    assert info.value.state is ExchangeState.AWAIT_EVIDENCE_AFTER_RESPONSE
+    client = AttestationExchange(CLIENT)
+    client.receive_data(encode_message(EVIDENCE) + encode_message(RESPONSE))
+    assert client.next_event() == EVIDENCE
+    client.send(CHALLENGE)
+    assert client.next_event() == RESPONSE
+    with pytest.raises(LocalProtocolError):
+        client.send(CHALLENGE)
+
+
+def test_challenge_of_none_is_out_of_order() -> None:
+    # The server sent NONE: a challenge of it is a protocol violation ...
+    server = AttestationExchange(SERVER)
+    server.send(NoEvidence())
+    server.receive_data(encode_message(CHALLENGE))
+    with pytest.raises(UnexpectedExchangeMessage) as info:
+        server.next_event()
+    assert info.value.message_type == "challenge"
+    # ... and our side cannot send one for a peer's NONE either.
+    client = AttestationExchange(CLIENT)
+    client.receive_data(encode_message(NoEvidence()))
+    assert client.next_event() == NoEvidence()
+    with pytest.raises(LocalProtocolError, match="no evidence"):
+        client.send(CHALLENGE)
+    # Same for the server's challenge of a client that sent NONE.
+    client.send(NoEvidence())
+    client.send(Verdict.ok())
+    client.receive_data(encode_message(CHALLENGE))
+    with pytest.raises(UnexpectedExchangeMessage):
+        client.next_event()
+
+
+@pytest.mark.parametrize(
+    ("role", "setup", "event"),
+    [
+        (CLIENT, [], CHALLENGE),  # a challenge before any evidence
+        (CLIENT, [], RESPONSE),  # an answer to no challenge
+        (SERVER, ["send-evidence"], RESPONSE),
+        (SERVER, ["send-evidence", "receive-evidence"], CHALLENGE),  # wants the verdict
+        (CLIENT, ["receive-evidence", "send-challenge"], EVIDENCE),  # wants the response
+        (CLIENT, ["receive-evidence", "send-challenge"], Verdict.ok()),
+        (CLIENT, ["receive-evidence", "send-challenge"], CHALLENGE),
+    ],
+)
+def test_challenge_round_out_of_order(
+    role: ExchangeRole, setup: list[str], event: ExchangeEvent
+) -> None:
+    machine = AttestationExchange(role)
+    for step in setup:
+        if step == "send-evidence":
+            machine.send(EVIDENCE)
+        elif step == "send-challenge":
+            machine.send(CHALLENGE)
+        else:
+            machine.receive_data(encode_message(EVIDENCE))
+            assert machine.next_event() == EVIDENCE
+    machine.receive_data(encode_message(event))
+    with pytest.raises(UnexpectedExchangeMessage):
+        machine.next_event()
+    assert state_of(machine) is ExchangeState.ERROR
+
+
+@pytest.mark.parametrize("state", [ExchangeState.AWAIT_RESPONSE, ExchangeState.SEND_RESPONSE])
+def test_refusal_replaces_challenge_round_messages(state: ExchangeState) -> None:
+    client = AttestationExchange(CLIENT)
+    client.receive_data(encode_message(EVIDENCE))
+    client.next_event()
+    client.send(CHALLENGE)
+    assert state_of(client) is ExchangeState.AWAIT_RESPONSE
+    server = AttestationExchange(SERVER)
+    server.send(EVIDENCE)
+    server.receive_data(encode_message(CHALLENGE))
+    server.next_event()
+    assert state_of(server) is ExchangeState.SEND_RESPONSE
+    if state is ExchangeState.AWAIT_RESPONSE:  # the peer refuses instead of answering
+        client.receive_data(encode_message(Verdict.refused("cannot answer")))
+        assert client.next_event() == Verdict.refused("cannot answer")
+        assert state_of(client) is ExchangeState.PEER_REFUSED
+    else:  # we refuse instead of answering
+        server.send(Verdict.refused("cannot answer"))
+        assert state_of(server) is ExchangeState.REFUSED
 
 
 @settings(max_examples=200)
@@ -548,6 +989,7 @@ def test_arbitrary_bytes_only_ratls_errors(
 ) -> None:
     machine = AttestationExchange(role)
     machine._state = state
+    machine._sent_evidence = True
     for chunk in [*chunks, *([b""] if eof else [])]:
         machine.receive_data(chunk)
         try:
@@ -568,8 +1010,9 @@ def test_valid_frames_with_noise(event: ExchangeEvent, noise: bytes, where: int)
     try:
         first = machine.next_event()
     except UnexpectedExchangeMessage:
-        assert isinstance(event, Verdict)
-        assert event.result is VerdictResult.OK
+        # A client waiting for the server's evidence takes nothing else but a refusal.
+        assert isinstance(event, Verdict | Challenge | Response)
+        assert not (isinstance(event, Verdict) and event.result is VerdictResult.REFUSED)
         return
     assert first == event
     with contextlib.suppress(RatlsError):
@@ -588,3 +1031,25 @@ def test_every_framed_truncation_needs_data_then_fails_at_eof(event: ExchangeEve
         machine.receive_data(b"")
         with pytest.raises(ExchangeTruncated):
             machine.next_event()
+
+
+def test_docs_table_matches_transitions() -> None:
+    # docs/tls-stream.md prints the transition table; keep it in step with the code.
+    docs = Path(__file__).resolve().parent.parent / "docs" / "tls-stream.md"
+    kinds = {"evidence/none": "evidence", "verdict ok": "verdict"}
+    rows = set()
+    for line in docs.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in ("server", "client"):
+            role, state, kind, direction, after = cells
+            rows.add(
+                (
+                    ExchangeRole(role),
+                    ExchangeState[state],
+                    kinds.get(kind, kind),
+                    direction,
+                    ExchangeState[after],
+                )
+            )
+    table = {(*key, after) for key, after in _exchange._TRANSITIONS.items()}
+    assert rows == table

@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import hashlib
 import hmac
+import os
 import random
 import re
 import shutil
@@ -38,11 +39,17 @@ from ratls._exchange import (
     EXPORTER_LABEL,
     AttestationConfig,
     AttestationRefused,
+    Challenge,
     Evidence,
+    ExchangeEvent,
     ExchangeTruncated,
     NoEvidence,
+    Response,
+    UnexpectedExchangeMessage,
     Verdict,
+    VerdictResult,
     compute_binder,
+    decode_message,
     encode_message,
 )
 from ratls._tls_context import (
@@ -1158,3 +1165,367 @@ async def test_choppy_transport_with_random_sleeps(
         nursery.start_soon(client.aclose)
         nursery.start_soon(server.receive_some)
     await server.aclose()
+
+
+# --------------------------------------------------------------------------- challenge round
+
+
+def answer_for(challenge: bytes) -> bytes:
+    return hmac.new(TEST_KEY, b"answer" + challenge, hashlib.sha256).digest()
+
+
+class NonceState:
+    """A pending test challenge: a fresh nonce, answered by answer_for(nonce)."""
+
+    def __init__(self) -> None:
+        self.nonce = os.urandom(16)
+
+    def challenge_bytes(self) -> bytes:
+        return self.nonce
+
+
+class ChallengingVerifier(HmacVerifier):
+    """HmacVerifier that challenges every evidence when ``asks`` is set."""
+
+    def __init__(self, *, asks: bool = True) -> None:
+        super().__init__()
+        self.asks = asks
+        self.states: list[NonceState] = []
+
+    def activation_challenge(self, evidence: bytes) -> NonceState | None:
+        if not self.asks:
+            return None
+        state = NonceState()
+        self.states.append(state)
+        return state
+
+    def verify(
+        self,
+        evidence: bytes,
+        binder: bytes,
+        *,
+        activation: object = None,
+        response: bytes | None = None,
+    ) -> object:
+        result = super().verify(evidence, binder)
+        if activation is None and response is None:
+            return result
+        assert isinstance(activation, NonceState)
+        expected = answer_for(activation.nonce)
+        if response is None or not hmac.compare_digest(expected, response):
+            raise BindingMismatch("test.activation", expected=expected, actual=response)
+        return ("activated", binder)
+
+
+class RespondingAttester(HmacAttester):
+    """HmacAttester that answers challenges (rightly, unless ``answer`` says otherwise)."""
+
+    def __init__(self, answer: Callable[[bytes], bytes] = answer_for) -> None:
+        super().__init__()
+        self.challenges: list[bytes] = []
+        self._answer = answer
+
+    def respond(self, challenge: bytes) -> bytes:
+        self.challenges.append(challenge)
+        return self._answer(challenge)
+
+
+def challenging(
+    *, asks: bool = True, answer: Callable[[bytes], bytes] = answer_for, threads: bool = False
+) -> AttestationConfig:
+    return AttestationConfig(
+        attester=RespondingAttester(answer),
+        verifier=ChallengingVerifier(asks=asks),
+        run_in_thread=threads,
+    )
+
+
+async def read_messages(stream: AnyTLS, count: int) -> list[ExchangeEvent]:
+    """Read exactly ``count`` exchange messages from a stream run by hand."""
+    buffer = b""
+    messages: list[ExchangeEvent] = []
+    while len(messages) < count:
+        while len(buffer) < 4 or len(buffer) < 4 + int.from_bytes(buffer[:4], "big"):
+            buffer += await stream.receive_some()
+        end = 4 + int.from_bytes(buffer[:4], "big")
+        messages.append(decode_message(buffer[4:end]))
+        buffer = buffer[end:]
+    assert buffer == b""
+    return messages
+
+
+def server_evidence(server: AnyTLS) -> Evidence:
+    binder = compute_binder(_IDENTITIES[1][1], server.channel_binding)
+    return Evidence(
+        media_type=AttestationConfig().media_type,
+        evidence=hmac.new(TEST_KEY, binder, hashlib.sha256).digest(),
+    )
+
+
+def client_evidence(client: AnyTLS) -> Evidence:
+    binder = compute_binder(_IDENTITIES[0][1], client.channel_binding)
+    return Evidence(
+        media_type=AttestationConfig().media_type,
+        evidence=hmac.new(TEST_KEY, binder, hashlib.sha256).digest(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("client_asks", "server_asks", "threads"),
+    [
+        (True, True, False),
+        (True, True, True),
+        (True, False, False),
+        (False, True, False),
+        (False, False, False),
+    ],
+)
+async def test_challenge_rounds(client_asks: bool, server_asks: bool, threads: bool) -> None:
+    ccfg = challenging(asks=client_asks, threads=threads)
+    scfg = challenging(asks=server_asks, threads=threads)
+    client, server = wrap(trio.testing.memory_stream_pair(), client=ccfg, server=scfg)
+    await handshake_both(client, server)
+    (_, cc), (_, sc) = _IDENTITIES
+    binding = client.channel_binding
+    assert isinstance(ccfg.attester, RespondingAttester)
+    assert isinstance(scfg.attester, RespondingAttester)
+    assert isinstance(ccfg.verifier, ChallengingVerifier)
+    assert isinstance(scfg.verifier, ChallengingVerifier)
+    # Whoever asked got its own nonce answered, by the peer's attester, once.
+    assert scfg.attester.challenges == [st.nonce for st in ccfg.verifier.states]
+    assert ccfg.attester.challenges == [st.nonce for st in scfg.verifier.states]
+    assert len(ccfg.verifier.states) == client_asks
+    assert len(scfg.verifier.states) == server_asks
+    assert client.peer_attestation == (
+        "activated" if client_asks else "verified",
+        compute_binder(sc, binding),
+    )
+    assert server.peer_attestation == (
+        "activated" if server_asks else "verified",
+        compute_binder(cc, binding),
+    )
+    await client.send_all(b"ping")
+    assert await server.receive_some() == b"ping"
+    await server.send_all(b"pong")
+    assert await client.receive_some() == b"pong"
+
+
+async def test_verifier_that_never_asks_sends_the_same_bytes() -> None:
+    # A verifier with activation_challenge() that declines is on the wire exactly like
+    # one without it: the three-flight exchange.
+    client, server = wrap(
+        trio.testing.memory_stream_pair(), client=challenging(asks=False), attested=True
+    )
+    seen: list[bytes] = []
+
+    async def server_side() -> None:
+        await server.do_handshake()
+        await server.send_all(encode_message(server_evidence(server)))
+        expected = encode_message(client_evidence(server)) + encode_message(Verdict.ok())
+        received = b""
+        while len(received) < len(expected):
+            received += await server.receive_some()
+        seen.append(received)
+        assert received == expected
+        await server.send_all(encode_message(Verdict.ok()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server_side)
+        await client.do_handshake()
+    assert len(seen) == 1
+
+
+async def test_client_challenge_on_the_wire() -> None:
+    # The server is run by hand: the client's CHALLENGE comes right after our evidence
+    # and before its own; our RESPONSE is checked before it shows its evidence.
+    ccfg = challenging()
+    client, server = wrap(trio.testing.memory_stream_pair(), client=ccfg, attested=True)
+
+    async def server_side() -> None:
+        await server.do_handshake()
+        await server.send_all(encode_message(server_evidence(server)))
+        (challenge,) = await read_messages(server, 1)
+        assert isinstance(challenge, Challenge)
+        await server.send_all(encode_message(Response(response=answer_for(challenge.challenge))))
+        assert await read_messages(server, 2) == [client_evidence(server), Verdict.ok()]
+        await server.send_all(encode_message(Verdict.ok()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server_side)
+        await client.do_handshake()
+    assert isinstance(ccfg.verifier, ChallengingVerifier)
+    assert [st.nonce for st in ccfg.verifier.states] != []
+    assert client.peer_attestation == (
+        "activated",
+        compute_binder(_IDENTITIES[1][1], client.channel_binding),
+    )
+
+
+async def test_server_challenge_on_the_wire() -> None:
+    # The client is run by hand: the server's CHALLENGE follows the client's verdict,
+    # and the server's verdict follows our RESPONSE.
+    scfg = challenging()
+    client, server = wrap(trio.testing.memory_stream_pair(), server=scfg, attested=True)
+
+    async def client_side() -> None:
+        await client.do_handshake()
+        (evidence,) = await read_messages(client, 1)
+        assert isinstance(evidence, Evidence)
+        await client.send_all(
+            encode_message(client_evidence(client)) + encode_message(Verdict.ok())
+        )
+        (challenge,) = await read_messages(client, 1)
+        assert isinstance(challenge, Challenge)
+        await client.send_all(encode_message(Response(response=answer_for(challenge.challenge))))
+        assert await read_messages(client, 1) == [Verdict.ok()]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client_side)
+        await server.do_handshake()
+    assert server.peer_attestation == (
+        "activated",
+        compute_binder(_IDENTITIES[0][1], server.channel_binding),
+    )
+
+
+@pytest.mark.parametrize("challenged", ["client", "server"])
+async def test_wrong_response_refused(challenged: str) -> None:
+    wrong = challenging(answer=lambda challenge: b"\x00" * 32)
+    configs = {"client": challenging(), "server": challenging(), challenged: wrong}
+    client, server = wrap(trio.testing.memory_stream_pair(), **configs)  # type: ignore[arg-type]
+    client_error, server_error = await outcomes(client, server)
+    errors = {"client": client_error, "server": server_error}
+    challenger = errors["server" if challenged == "client" else "client"]
+    assert isinstance(challenger, BindingMismatch)
+    assert challenger.claim == "test.activation"
+    refused = errors[challenged]
+    assert isinstance(refused, AttestationRefused)
+    assert refused.reason == "BindingMismatch: test.activation"
+
+
+async def test_response_replayed_from_another_connection_refused() -> None:
+    # A response recorded on one connection answers a different nonce on the next.
+    recorded: list[bytes] = []
+
+    def replay(challenge: bytes) -> bytes:
+        if not recorded:
+            recorded.append(answer_for(challenge))
+        return recorded[0]
+
+    server_config = challenging(asks=False, answer=replay)
+    client, server = wrap(
+        trio.testing.memory_stream_pair(), client=challenging(), server=server_config
+    )
+    await handshake_both(client, server)  # first connection: the answer was right
+    client, server = wrap(
+        trio.testing.memory_stream_pair(), client=challenging(), server=server_config
+    )
+    client_error, server_error = await outcomes(client, server)
+    assert isinstance(client_error, BindingMismatch)
+    assert isinstance(server_error, AttestationRefused)
+
+
+@pytest.mark.parametrize("challenged", ["client", "server"])
+async def test_attester_without_respond_refuses_cleanly(challenged: str) -> None:
+    plain = AttestationConfig(
+        attester=HmacAttester(), verifier=ChallengingVerifier(asks=False), run_in_thread=False
+    )
+    configs = {"client": challenging(), "server": challenging(), challenged: plain}
+    client, server = wrap(trio.testing.memory_stream_pair(), **configs)  # type: ignore[arg-type]
+    client_error, server_error = await outcomes(client, server)
+    errors = {"client": client_error, "server": server_error}
+    assert isinstance(errors[challenged], AttesterError)
+    challenger = errors["server" if challenged == "client" else "client"]
+    assert isinstance(challenger, AttestationRefused)
+    assert challenger.reason.startswith("AttesterError: ")
+    assert "cannot answer challenges" in challenger.reason
+
+
+async def test_missing_response_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    # The server reads the client's CHALLENGE and never answers.
+    client, server = wrap(trio.testing.memory_stream_pair(), client=challenging(), attested=True)
+
+    async def stalling_server() -> None:
+        await server.do_handshake()
+        await server.send_all(encode_message(server_evidence(server)))
+        assert [type(m) for m in await read_messages(server, 1)] == [Challenge]
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stalling_server)
+        with pytest.raises(trio.TooSlowError), trio.fail_after(5):
+            await client.do_handshake()
+        nursery.cancel_scope.cancel()
+    with pytest.raises(trio.BrokenResourceError):
+        await client.send_all(b"x")
+
+
+async def test_missing_response_to_server_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The client reads the server's CHALLENGE and never answers.
+    client, server = wrap(trio.testing.memory_stream_pair(), server=challenging(), attested=True)
+
+    async def stalling_client() -> None:
+        await client.do_handshake()
+        await read_messages(client, 1)
+        await client.send_all(
+            encode_message(client_evidence(client)) + encode_message(Verdict.ok())
+        )
+        assert [type(m) for m in await read_messages(client, 1)] == [Challenge]
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stalling_client)
+        with pytest.raises(trio.TooSlowError), trio.fail_after(5):
+            await server.do_handshake()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("case", ["challenge-first", "challenge-of-none", "unasked-response"])
+async def test_challenge_round_out_of_order_from_peer(case: str) -> None:
+    # A hand-run server breaks the order; the client refuses and says why.
+    client_config = (
+        AttestationConfig(verifier=HmacVerifier(), run_in_thread=False)  # sends NONE
+        if case == "challenge-of-none"
+        else mutual()
+    )
+    client, server = wrap(trio.testing.memory_stream_pair(), client=client_config, attested=True)
+    reasons: list[str] = []
+
+    async def server_side() -> None:
+        await server.do_handshake()
+        if case == "challenge-first":
+            await server.send_all(encode_message(Challenge(challenge=b"c")))
+        else:
+            await server.send_all(encode_message(server_evidence(server)))
+            assert len(await read_messages(server, 2)) == 2  # evidence | none, verdict
+            message = Challenge(challenge=b"c") if case == "challenge-of-none" else None
+            await server.send_all(encode_message(message or Response(response=b"r")))
+        (verdict,) = await read_messages(server, 1)
+        assert isinstance(verdict, Verdict)
+        assert verdict.result is VerdictResult.REFUSED
+        reasons.append(verdict.reason)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server_side)
+        with pytest.raises(UnexpectedExchangeMessage) as info:
+            await client.do_handshake()
+    assert isinstance(info.value, RemoteProtocolError)
+    assert len(reasons) == 1
+    assert reasons[0].startswith("UnexpectedExchangeMessage: unexpected")
+
+
+async def test_verifier_with_unusable_state_refuses() -> None:
+    class NoBytes(ChallengingVerifier):
+        def activation_challenge(self, evidence: bytes) -> Any:
+            return object()
+
+    client_config = AttestationConfig(
+        attester=HmacAttester(), verifier=NoBytes(), run_in_thread=False
+    )
+    client, server = wrap(trio.testing.memory_stream_pair(), client=client_config, server=mutual())
+    client_error, server_error = await outcomes(client, server)
+    assert isinstance(client_error, LocalProtocolError)
+    assert isinstance(server_error, AttestationRefused)
+    assert "challenge_bytes" in server_error.reason
