@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
@@ -49,6 +50,7 @@ __all__ = [
     "AttestationProvider",
     "GatewayIdentity",
     "check_media_type",
+    "close_attestation",
     "make_identity",
     "peer_claims",
     "peer_summary",
@@ -93,6 +95,23 @@ def unregister_provider(name: str) -> None:
 def registered_providers() -> tuple[str, ...]:
     """The registered provider names, sorted."""
     return tuple(sorted(_PROVIDERS))
+
+
+def close_attestation(config: AttestationConfig) -> None:
+    """Release what a provider started for ``config`` (e.g. the simulated vTPM's swtpm).
+
+    Attesters and verifiers that own processes or devices offer ``close()``; others need
+    nothing.  This runs on the way out, so a failure to close is logged, not raised.
+    """
+    for part in (config.attester, config.verifier):
+        close = getattr(part, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as exc:
+                logging.getLogger("ratls.gateway").warning(
+                    "could not release %s: %s: %s", type(part).__name__, type(exc).__name__, exc
+                )
 
 
 def resolve_attestation(settings: AttestationSettings) -> AttestationConfig:

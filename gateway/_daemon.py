@@ -33,7 +33,7 @@ import trio
 from ratls._errors import RatlsError
 
 from ._admin import serve_admin
-from ._attestation import make_identity, resolve_attestation
+from ._attestation import close_attestation, make_identity, resolve_attestation
 from ._config import ConfigError, ConfigProblem, GatewayConfig
 from ._egress import serve_egress
 from ._ingress import serve_http_connect, serve_mapping, serve_socks5
@@ -82,6 +82,9 @@ class RunningGateway:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.listeners: dict[str, list[trio.SocketListener]] = {}
+        #: Attestation configurations this gateway resolved itself (and so must close).
+        self.owned_attestations: list[AttestationConfig] = []
+        self._stopped = trio.Event()
         self._shutdown = trio.Event()
         self._ready = trio.Event()
 
@@ -100,6 +103,10 @@ class RunningGateway:
         """Stop accepting, drain live tunnels (up to the drain timeout), then return."""
         self.runtime.draining = True
         self._shutdown.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the gateway has drained, stopped and released its attester."""
+        await self._stopped.wait()
 
     async def wait_ready(self) -> None:
         """Wait until the attestation self-test has passed."""
@@ -134,6 +141,9 @@ class RunningGateway:
             )
         if attestation is None:
             attestation = resolve_attestation(config.attestation)
+            # Closed when the gateway stops: tunnels still running under the old
+            # configuration may need the old attester until then.
+            self.owned_attestations.append(attestation)
         runtime = self.runtime
         runtime.identity = dataclasses.replace(runtime.identity, attestation=attestation)
         runtime.config = config
@@ -205,10 +215,33 @@ async def run_gateway(
         ConfigError: the attestation provider is unknown or fails.
         OSError: a listen address cannot be bound.
     """
+    owned = attestation is None
     if attestation is None:
         attestation = resolve_attestation(config.attestation)
-    runtime = Runtime(config, make_identity(attestation))
-    gateway = RunningGateway(runtime)
+    gateway: RunningGateway | None = None
+    try:
+        gateway = RunningGateway(Runtime(config, make_identity(attestation)))
+        if owned:
+            gateway.owned_attestations.append(attestation)
+        await _serve(gateway, config, drain_timeout, task_status)
+    finally:
+        if gateway is not None:
+            to_close = gateway.owned_attestations
+        else:
+            to_close = [attestation] if owned else []
+        for resolved in to_close:
+            close_attestation(resolved)
+        if gateway is not None:
+            gateway._stopped.set()
+
+
+async def _serve(
+    gateway: RunningGateway,
+    config: GatewayConfig,
+    drain_timeout: float,
+    task_status: trio.TaskStatus[RunningGateway],
+) -> None:
+    runtime = gateway.runtime
     async with trio.open_nursery() as admin_nursery:
         async with trio.open_nursery() as tunnels:
             async with trio.open_nursery() as accept:

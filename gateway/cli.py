@@ -23,7 +23,7 @@ import trio
 
 from ratls._errors import RatlsError
 
-from ._attestation import resolve_attestation
+from ._attestation import close_attestation, resolve_attestation
 from ._config import ConfigError, load_config
 from ._daemon import DEFAULT_DRAIN_TIMEOUT, RunningGateway, run_gateway
 from ._ratls_provider import register_ratls_providers
@@ -64,7 +64,7 @@ def _print_problems(exc: ConfigError, path: Path) -> None:
 def _check(path: Path) -> int:
     try:
         config = load_config(path)
-        resolve_attestation(config.attestation)
+        close_attestation(resolve_attestation(config.attestation))
     except ConfigError as exc:
         _print_problems(exc, path)
         return 1

@@ -85,8 +85,11 @@ class AttestationResult(metaclass=NoPublicConstructor):
     def summary(self) -> str:
         """One line for logs: product, key, anchor, measurement prefix, TCB."""
         report = self.snp.report
-        return (
+        line = (
             f"{self.profile} {self.snp.product.value} {self.snp.key_kind.name} "
             f"anchor={self.trust_anchor} vmpl={report.vmpl} "
             f"measurement={report.measurement.hex()[:16]}... tcb=[{report.reported_tcb}]"
         )
+        if self.ak_binding is not None:
+            line += f" ak={self.ak_binding}"
+        return line
