@@ -28,7 +28,6 @@ from ._config import ConfigError, load_config
 from ._daemon import DEFAULT_DRAIN_TIMEOUT, RunningGateway, run_gateway
 from ._ratls_provider import register_ratls_providers
 from ._runtime import LOGGER_NAME, JsonFormatter, log_event
-from ._sim_provider import register_simulator_provider
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -124,7 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
     """
     args = _parser().parse_args(argv)
-    register_simulator_provider()
     register_ratls_providers()
     if args.command == "check":
         return _check(args.config)

@@ -349,10 +349,10 @@ def test_cli_check_unknown_attester_and_bad_policy(
     path.write_text('[attestation]\nattester = "nope"\n' + body)
     assert main(["check", str(path)]) == 1
     assert "attestation.attester: unknown attester 'nope'" in capsys.readouterr().err
-    path.write_text('[attestation]\nattester = "simulator"\npolicy = "missing.toml"\n' + body)
+    path.write_text('[attestation]\nattester = "sim"\npolicy = "missing.toml"\n' + body)
     assert main(["check", str(path)]) == 1
     assert "attestation.policy: cannot read policy file" in capsys.readouterr().err
-    path.write_text('[attestation]\nattester = "simulator"\n' + body)
+    path.write_text('[attestation]\nattester = "sim"\n' + body)
     assert main(["check", str(path)]) == 1
     assert "attestation.policy: missing" in capsys.readouterr().err
 

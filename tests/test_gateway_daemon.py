@@ -286,7 +286,7 @@ def test_cli_run_reload_and_sigterm(tmp_path: Path) -> None:
     admin = tmp_path / "admin.sock"
     config.write_text(
         "[attestation]\n"
-        'attester = "simulator"\n'
+        'attester = "sim"\n'
         f'policy = "{REPO / "examples" / "policy.toml"}"\n'
         "[admin]\n"
         'listen = "unix:admin.sock"\n'
