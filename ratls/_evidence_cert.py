@@ -102,6 +102,7 @@ __all__ = [
     "VtpmProducer",
     "default_validity",
     "encode_cmw_extension",
+    "endpoint_certificate_builder",
     "inspect_evidence_certificate",
     "load_evidence_certificate",
     "parse_claims",
@@ -1212,6 +1213,52 @@ def default_validity(now: datetime) -> tuple[datetime, datetime]:
     return now - CLOCK_SKEW_MARGIN, now + DEFAULT_LIFETIME
 
 
+def endpoint_certificate_builder(
+    subject: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """The profile of a self-signed TLS endpoint certificate, as ratls issues them.
+
+    Not a CA; a key for digital signatures; serverAuth and clientAuth (so the same
+    certificate serves either end of a mutual connection, and passes libspdm's leaf rules);
+    a random serial and a subject key identifier.  Callers add their own extensions (the
+    evidence) and sign.
+    """
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
 @final
 class AttestedCertificateBuilder:
     """Build a self-signed certificate carrying SNP evidence for its own key.
@@ -1424,46 +1471,16 @@ class AttestedCertificateBuilder:
         subject = self._subject or x509.Name(
             [x509.NameAttribute(NameOID.COMMON_NAME, "ratls attested endpoint")]
         )
-        public = key.public_key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .add_extension(
-                x509.UnrecognizedExtension(
-                    RatlsOID.TCG_DICE_TAGGED_EVIDENCE,
-                    TaggedEvidence(
-                        tag=EvidenceTag.AMD_SEV_SNP_REPORT, evidence=report, claims=claims
-                    ).to_bytes(),
-                ),
-                critical=False,
-            )
+        builder = endpoint_certificate_builder(
+            subject, key.public_key(), not_before, not_after
+        ).add_extension(
+            x509.UnrecognizedExtension(
+                RatlsOID.TCG_DICE_TAGGED_EVIDENCE,
+                TaggedEvidence(
+                    tag=EvidenceTag.AMD_SEV_SNP_REPORT, evidence=report, claims=claims
+                ).to_bytes(),
+            ),
+            critical=False,
         )
         vtpm: bytes | None = None
         if self._vtpm is not None:

@@ -24,10 +24,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
 from ._errors import CertificateChainError, SignatureMismatch
+from ._evidence_cert import endpoint_certificate_builder
 
 if TYPE_CHECKING:
     from OpenSSL import crypto
@@ -105,37 +106,8 @@ def generate_ephemeral_identity(
     if now is None:
         now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    public_key = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CERTIFICATE_BACKDATE)
-        .not_valid_after(now + lifetime)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    builder = endpoint_certificate_builder(
+        name, key.public_key(), now - CERTIFICATE_BACKDATE, now + lifetime
     )
     algorithm: hashes.SHA256 | hashes.SHA384 | None = (
         None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
