@@ -8,10 +8,11 @@ failed claim.
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING
 
 from ._amd_certs import AmdTrustAnchors, is_simulated_root
-from ._errors import CertificateChainError
+from ._errors import CertificateChainError, NonceMismatch
 from ._result import AttestationResult
 from ._snp_verify import appraise_snp_report, verify_snp_report
 
@@ -84,7 +85,7 @@ def verify_snp_attestation(
     if policy is not None:
         appraise_snp_report(verified, policy.snp, expected_report_data=expected_report_data)
     elif expected_report_data is not None:
-        appraise_snp_report_data_only(verified.report, expected_report_data)
+        _check_report_data(verified.report, expected_report_data)
     return AttestationResult._create(
         profile="snp",
         snp=verified,
@@ -95,11 +96,7 @@ def verify_snp_attestation(
     )
 
 
-def appraise_snp_report_data_only(report: SnpReport, expected: bytes) -> None:
+def _check_report_data(report: SnpReport, expected: bytes) -> None:
     """Check only the REPORT_DATA binding (used when no policy is given)."""
-    import hmac
-
-    from ._errors import NonceMismatch
-
     if not hmac.compare_digest(report.report_data, expected):
         raise NonceMismatch("snp.report_data", expected=expected, actual=report.report_data)

@@ -576,3 +576,21 @@ def test_verified_chains_are_remembered_but_expiry_still_applies(
     raw[0x90] ^= 1
     with pytest.raises(SignatureMismatch):
         attest(genoa, bytes(raw), nonce=None)
+
+
+def test_report_data_is_checked_without_a_policy_too(genoa: SimulatedAmdSp) -> None:
+    report = genoa.build_report(report_data=NONCE).to_bytes()
+    endorsements = endorsements_of(genoa)
+    result = verify_snp_attestation(
+        report, endorsements, policy=None, at=NOW, expected_report_data=NONCE, trust_simulator=True
+    )
+    assert not result.appraised
+    with pytest.raises(NonceMismatch):
+        verify_snp_attestation(
+            report,
+            endorsements,
+            policy=None,
+            at=NOW,
+            expected_report_data=bytes(64),
+            trust_simulator=True,
+        )
