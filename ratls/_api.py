@@ -21,25 +21,47 @@ adds is the decisions users should not have to take one by one:
   in a background thread ("portal" design: one loop thread per socket or server; calls
   from your thread go through ``trio.from_thread.run``).  This keeps one implementation
   of TLS and attestation, at the cost of a thread per blocking connection.
+* **Two modes.**  ``mode="bound"`` (the default) runs the post-handshake exchange whose
+  evidence binds the connection's exporter.  ``mode="cert"`` is interoperable RA-TLS:
+  each attesting side presents a certificate from
+  :class:`~ratls._evidence_cert.AttestedCertificateBuilder` and the peer verifies it with
+  :func:`~ratls._evidence_cert.verify_evidence_certificate` inside the TLS handshake (a
+  refused certificate ends the handshake with a TLS alert), so any TLS client can
+  connect and read the evidence.  Certificate evidence is replayable; its age is bounded
+  by the policy and servers renew theirs every :data:`CERT_RENEWAL` seconds.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import datetime
 import logging
 import os
 import threading
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, NoReturn, final
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, final
 
 import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from OpenSSL import SSL
 
 from ._attesters_registry import make_attestation_config, make_attester, make_verifier
-from ._errors import RatlsError
+from ._bound import SNP_MEDIA_TYPE, parse_snp_evidence
+from ._errors import (
+    CertificateChainError,
+    PolicyError,
+    PolicyViolation,
+    RatlsError,
+)
+from ._evidence_cert import AttestedCertificateBuilder, verify_evidence_certificate
 from ._policy import Policy, load_policy
 from ._tls_context import (
     EPHEMERAL_CERT_LIFETIME,
+    PeerCertificateErrors,
+    check_peer_certificate,
     generate_ephemeral_identity,
     make_client_context,
     make_server_context,
@@ -51,13 +73,16 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from cryptography import x509
-    from OpenSSL import SSL
+    from OpenSSL import crypto
 
     from ._exchange import AttestationConfig, LocalAttester, PeerVerifier
+    from ._result import AttestationResult
     from ._snp_report import ProductLine
+    from ._snp_verify import SnpEndorsements
     from ._tls_context import IdentityKey, KeyType
 
 __all__ = [
+    "CERT_RENEWAL",
     "CLIENT_IDENTITY_RENEWAL",
     "CLOSE_TIMEOUT",
     "CONNECT_TIMEOUT",
@@ -65,7 +90,9 @@ __all__ = [
     "MAX_BLOCKING_HANDLERS",
     "AttestedServer",
     "AttestedSocket",
+    "Mode",
     "connect_attested",
+    "evidence_identity",
     "open_attested_stream",
     "serve_attested",
     "serve_attested_blocking",
@@ -95,6 +122,29 @@ CLIENT_IDENTITY_RENEWAL: Final = EPHEMERAL_CERT_LIFETIME.total_seconds() / 2
 # How long a graceful close (sending close_notify) may take before the connection is
 # dropped: the peer only has to accept a few dozen bytes.
 CLOSE_TIMEOUT: Final = 5.0
+
+#: ``"bound"``: evidence in the post-handshake exchange, bound to the connection's
+#: exporter (fresh, ratls peers only).  ``"cert"``: evidence in the certificate,
+#: verified during the handshake (interoperable RA-TLS, replayable within the policy's
+#: evidence age).
+Mode = Literal["bound", "cert"]
+
+# How long (seconds) a cert-mode server presents one evidence certificate before making
+# a new one.  The evidence age a client measures is from notBefore, which the profile
+# backdates by CLOCK_SKEW_MARGIN (60 s): renewing every 60 s keeps the age seen by a
+# client under about two minutes, well inside the default policy maximum of 300 s, while
+# a new report (tens of milliseconds on hardware) is needed only once a minute.
+CERT_RENEWAL: Final = 60.0
+
+# How long a verified peer certificate's result is reused for the same certificate: the
+# verify callback runs more than once per handshake, and the stream asks for the result
+# right after it.  Short enough that the evidence age checked is the current one.
+_CERT_RESULT_REUSE: Final = 1.0
+_CERT_RESULT_CACHE_SIZE: Final = 128
+
+# X.509 verification codes the cert-mode callback accepts (as in _tls_context): success,
+# and "self-signed certificate", since trust comes from the evidence, not from a CA.
+_X509_ACCEPTED: Final = (0, 18)
 
 
 def _resolve_policy(policy: Policy | str | os.PathLike[str] | None) -> Policy | None:
@@ -165,6 +215,206 @@ def _client_context(
         return context
 
 
+def _check_mode(mode: object) -> None:
+    if mode not in ("bound", "cert"):
+        raise ValueError(f"mode must be 'bound' or 'cert', not {mode!r}")
+
+
+@final
+class _CertChecker:
+    """Cert-mode verification of the peer's certificate, as a pyOpenSSL verify callback.
+
+    The callback runs inside the handshake: a certificate whose evidence fails is refused
+    there (the peer gets a TLS alert) and the reason is recorded where the stream looks
+    for it, so the handshake raises the evidence error itself.  Results are kept briefly
+    by certificate, because OpenSSL calls the callback more than once for one handshake
+    and the stream collects the result after it.
+    """
+
+    def __init__(self, policy: Policy, *, trust_simulator: bool) -> None:
+        self._policy = policy
+        self._trust_simulator = trust_simulator
+        self._lock = threading.Lock()
+        self._results: collections.OrderedDict[bytes, tuple[float, AttestationResult]] = (
+            collections.OrderedDict()
+        )
+
+    def verify(self, certificate: x509.Certificate) -> AttestationResult:
+        """Check the certificate and verify its evidence now (or reuse a moment-old result).
+
+        Raises:
+            RatlsError: the certificate or its evidence failed (the subclass says why).
+        """
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._results.get(der)
+            if cached is not None and now - cached[0] < _CERT_RESULT_REUSE:
+                return cached[1]
+        at = datetime.datetime.now(datetime.UTC)
+        check_peer_certificate(certificate, now=at)
+        result = verify_evidence_certificate(
+            certificate, policy=self._policy, at=at, trust_simulator=self._trust_simulator
+        )
+        with self._lock:
+            self._results[der] = (now, result)
+            self._results.move_to_end(der)
+            while len(self._results) > _CERT_RESULT_CACHE_SIZE:
+                self._results.popitem(last=False)
+        return result
+
+    def callback(
+        self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
+        """pyOpenSSL verify callback: one self-signed certificate whose evidence passes."""
+        reason: RatlsError
+        if depth != 0:
+            reason = CertificateChainError(
+                "tls.peer_certificate.chain",
+                expected="a single self-signed certificate",
+                actual=f"a chain (X509 error {errno} at depth {depth})",
+            )
+        elif errno not in _X509_ACCEPTED:
+            reason = CertificateChainError(
+                "tls.peer_certificate", expected="no X.509 error", actual=f"X509 error {errno}"
+            )
+        else:
+            try:
+                self.verify(cert.to_cryptography())
+            except RatlsError as exc:
+                reason = exc
+            else:
+                return True
+        record = connection.get_app_data()
+        if isinstance(record, PeerCertificateErrors):
+            record.append(reason)
+        return False
+
+
+async def _cert_handshake(
+    stream: AttestedTLSStream[trio.SocketStream], checker: _CertChecker | None
+) -> None:
+    """Run a cert-mode handshake; record the peer certificate's result on the stream.
+
+    The evidence was verified inside the handshake by the checker's callback; this
+    collects that result (reused, not recomputed) for ``stream.peer_attestation``.
+    """
+    await stream.do_handshake()
+    if checker is None:
+        return
+    certificate = stream.peer_certificate
+    if certificate is None:
+        raise PolicyViolation(
+            "tls.peer_certificate", expected="a certificate with evidence", actual="none"
+        )
+    # AttestedTLSStream has no public way to set the result of an attestation it did not
+    # run itself; cert mode stores it where the ``peer_attestation`` property reads it.
+    stream._peer_attestation = checker.verify(certificate)
+
+
+def _cert_checker(
+    policy: Policy | str | os.PathLike[str] | None,
+    *,
+    verify_peer: bool,
+    trust_simulator: bool,
+    verifier: PeerVerifier | None,
+) -> _CertChecker | None:
+    if not isinstance(verify_peer, bool):
+        raise TypeError("verify_peer must be True or False")
+    if verifier is not None:
+        raise ValueError("a verifier is for bound mode; cert mode verifies certificates")
+    if not verify_peer:
+        return None
+    resolved = _resolve_policy(policy)
+    if resolved is None:
+        raise PolicyError(
+            "verifying a peer needs a policy (or verify_peer=False to accept any peer)",
+            location="policy",
+        )
+    return _CertChecker(resolved, trust_simulator=trust_simulator)
+
+
+def _cert_key(key_type: KeyType) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(f"cert mode supports ec-p256, ec-p384 and ed25519 keys, not {key_type}")
+
+
+def evidence_identity(
+    attester: LocalAttester | None, key_type: KeyType = "ec-p256"
+) -> tuple[IdentityKey, x509.Certificate]:
+    """A fresh key and an evidence certificate for it from ``attester`` (cert mode).
+
+    The attester's SNP evidence for REPORT_DATA = SHA-256(claims) || zeros goes into the
+    interoperable RA-TLS extension and its endorsement chain into id-pe-cmw, with the
+    profile's validity (:func:`~ratls._evidence_cert.default_validity`).
+
+    Args:
+        attester: an SNP attester (``sim``, ``snp`` or an object whose ``evidence``
+            returns bound-mode SNP evidence); None gives a plain ephemeral identity.
+        key_type: ``ec-p256``, ``ec-p384`` or ``ed25519``.
+
+    Returns:
+        The key and the signed certificate.
+
+    Raises:
+        ValueError: an RSA key type, or an attester whose evidence is not SNP-only.
+        AttesterError: the attester could not produce evidence.
+    """
+    if attester is None:
+        return generate_ephemeral_identity(key_type)
+    media_type = getattr(attester, "media_type", None)
+    if media_type != SNP_MEDIA_TYPE:
+        raise ValueError(
+            f"cert mode carries SNP evidence; attester {attester!r} produces {media_type} "
+            "(use mode='bound' for vTPM evidence)"
+        )
+    key = _cert_key(key_type)
+
+    def snp(report_data: bytes) -> tuple[bytes, SnpEndorsements | None]:
+        evidence = parse_snp_evidence(attester.evidence(report_data))
+        return evidence.snp_report, evidence.endorsements()
+
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = AttestedCertificateBuilder().private_key(key).snp_evidence(snp).sign(now=now)
+    return key, certificate
+
+
+@final
+class _ServerIdentity:
+    """A cert-mode server's context, remade with a new evidence certificate when stale."""
+
+    def __init__(
+        self,
+        make: Callable[[], tuple[IdentityKey, x509.Certificate]] | None,
+        fixed: tuple[IdentityKey, x509.Certificate] | None,
+        configure: Callable[[IdentityKey, x509.Certificate], SSL.Context],
+        renewal: float,
+    ) -> None:
+        self._make = make
+        self._configure = configure
+        self._renewal = renewal
+        self._lock = trio.Lock()
+        self._made = 0.0
+        self._context = configure(*fixed) if fixed is not None else None
+
+    async def context(self) -> SSL.Context:
+        """The current context; a new certificate is made first if the last one is stale."""
+        if self._make is None:
+            assert self._context is not None  # noqa: S101 - fixed identities are configured
+            return self._context
+        async with self._lock:
+            if self._context is None or trio.current_time() - self._made >= self._renewal:
+                identity = await trio.to_thread.run_sync(self._make)
+                self._context = self._configure(*identity)
+                self._made = trio.current_time()
+            return self._context
+
+
 async def open_attested_stream(
     host: str,
     port: int,
@@ -181,6 +431,7 @@ async def open_attested_stream(
     connect_timeout: float = CONNECT_TIMEOUT,
     product: ProductLine | None = None,
     attester_options: dict[str, Any] | None = None,
+    mode: Mode = "bound",
 ) -> AttestedTLSStream[trio.SocketStream]:
     """Connect to an attested server; return the stream once both sides are verified.
 
@@ -206,14 +457,20 @@ async def open_attested_stream(
         product: product line for version-2 SNP reports, which do not name it.
         attester_options: keyword options for :func:`~ratls._attesters_registry.make_attester`
             when ``attester`` is a name.
+        mode: ``"bound"`` (post-handshake exchange) or ``"cert"`` (evidence in the
+            certificates, verified inside the handshake; ``identity`` may then be an
+            evidence certificate of the caller's and ``verifier`` is not used).
 
     Returns:
         The stream; ``peer_attestation`` holds the server's
-        :class:`~ratls.AttestationResult` (None when ``verify_peer`` is False).
+        :class:`~ratls.AttestationResult` (None when ``verify_peer`` is False; with
+        ``replayable=True`` in cert mode).
 
     Raises:
         PolicyError: ``verify_peer`` without a policy, or an invalid policy file.
-        ValueError: ``verifier`` given with ``verify_peer=False``.
+        ValueError: ``verifier`` given with ``verify_peer=False`` or in cert mode, an
+            unknown mode, or (cert mode) a key type or attester that cannot make an
+            evidence certificate.
         AttesterUnavailable: the named attester cannot run here.
         OSError: the TCP connection could not be opened.
         trio.TooSlowError: connecting or the handshake took too long.
@@ -225,8 +482,24 @@ async def open_attested_stream(
 
     On failure the connection is closed.  Cancellation closes it as well.
     """
+    _check_mode(mode)
     own, owned = _resolve_attester(attester, attester_options)
     try:
+        if mode == "cert":
+            return await _open_cert_stream(
+                host,
+                port,
+                own,
+                policy,
+                verify_peer=verify_peer,
+                verifier=verifier,
+                trust_simulator=trust_simulator,
+                key_type=key_type,
+                identity=identity,
+                server_hostname=server_hostname,
+                handshake_timeout=handshake_timeout,
+                connect_timeout=connect_timeout,
+            )
         config = _config(
             own,
             policy,
@@ -256,8 +529,88 @@ async def open_attested_stream(
         _close_owned(own, owned)
 
 
+async def _open_cert_stream(
+    host: str,
+    port: int,
+    attester: LocalAttester | None,
+    policy: Policy | str | os.PathLike[str] | None,
+    *,
+    verify_peer: bool,
+    verifier: PeerVerifier | None,
+    trust_simulator: bool,
+    key_type: KeyType,
+    identity: tuple[IdentityKey, x509.Certificate] | None,
+    server_hostname: str | None,
+    handshake_timeout: float,
+    connect_timeout: float,
+) -> AttestedTLSStream[trio.SocketStream]:
+    checker = _cert_checker(
+        policy, verify_peer=verify_peer, trust_simulator=trust_simulator, verifier=verifier
+    )
+    if identity is None:
+        # A client certificate per connection: its evidence is as fresh as it can be.
+        identity = await trio.to_thread.run_sync(evidence_identity, attester, key_type)
+    context = make_client_context(*identity)
+    if checker is not None:
+        context.set_verify(SSL.VERIFY_PEER, checker.callback)
+    with trio.fail_after(connect_timeout):
+        transport = await trio.open_tcp_stream(host, port)
+    stream = AttestedTLSStream(
+        transport, context, server_side=False, server_hostname=server_hostname
+    )
+    try:
+        with trio.fail_after(handshake_timeout):
+            await _cert_handshake(stream, checker)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
+
+
 def _default_failure_report(exc: BaseException, peer: object) -> None:
     logger.warning("attested connection from %s refused: %s", peer, exc)
+
+
+async def _cert_server(
+    attester: LocalAttester | None,
+    policy: Policy | str | os.PathLike[str] | None,
+    *,
+    verify_peer: bool,
+    verifier: PeerVerifier | None,
+    trust_simulator: bool,
+    key_type: KeyType,
+    identity: tuple[IdentityKey, x509.Certificate] | None,
+    renewal: float,
+) -> tuple[
+    Callable[[trio.SocketStream], Awaitable[AttestedTLSStream[Any]]],
+    Callable[[AttestedTLSStream[Any]], Awaitable[None]],
+]:
+    """Set up a cert-mode server (its first certificate now).
+
+    Returns:
+        The stream factory and the handshake function for each connection.
+    """
+    checker = _cert_checker(
+        policy, verify_peer=verify_peer, trust_simulator=trust_simulator, verifier=verifier
+    )
+    if renewal <= 0:
+        raise ValueError("cert_renewal must be positive")
+
+    def configure(key: IdentityKey, certificate: x509.Certificate) -> SSL.Context:
+        context = make_server_context(key, certificate, require_client_certificate=verify_peer)
+        if checker is not None:
+            context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, checker.callback)
+        return context
+
+    make = None if identity is not None else partial(evidence_identity, attester, key_type)
+    identities = _ServerIdentity(make, identity, configure, renewal)
+    await identities.context()  # fail at start-up, not on the first connection
+
+    async def make_stream(transport: trio.SocketStream) -> AttestedTLSStream[Any]:
+        context = await identities.context()
+        return AttestedTLSStream(transport, context, server_side=True)
+
+    return make_stream, partial(_cert_handshake, checker=checker)
 
 
 def _peer_name(transport: trio.SocketStream) -> object:
@@ -293,6 +646,8 @@ async def serve_attested(
     attester_options: dict[str, Any] | None = None,
     on_handshake_error: Callable[[BaseException, object], object] | None = None,
     handler_nursery: trio.Nursery | None = None,
+    mode: Mode = "bound",
+    cert_renewal: float = CERT_RENEWAL,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept attested TLS connections forever; call ``handler`` for each verified one.
@@ -324,32 +679,68 @@ async def serve_attested(
         on_handshake_error: called with the error and the peer address when a
             connection fails before the handler (logged as a warning by default).
         handler_nursery: where connection tasks run (a new nursery by default).
+        mode: ``"bound"`` or ``"cert"``.  In cert mode the server presents an evidence
+            certificate made from ``attester`` when it starts and again every
+            ``cert_renewal`` seconds (or ``identity``, never renewed), and verifies
+            clients' evidence certificates inside the handshake.
+        cert_renewal: seconds between evidence certificates in cert mode.
         task_status: receives the listeners once listening (``nursery.start``).
 
     Raises:
         PolicyError: ``verify_peer`` without a policy, or an invalid policy file.
+        ValueError: an unknown mode; in cert mode a verifier, an RSA key type or an
+            attester that cannot make an evidence certificate.
         AttesterUnavailable: the named attester cannot run here.
         OSError: the port could not be bound.
     """
+    _check_mode(mode)
     own, owned = _resolve_attester(attester, attester_options)
     try:
-        config = _config(
-            own,
-            policy,
-            verify_peer=verify_peer,
-            trust_simulator=trust_simulator,
-            product=product,
-            verifier=verifier,
-        )
-        key, cert = _identity(identity, key_type)
-        context = make_server_context(key, cert, require_client_certificate=verify_peer)
+        make_stream: Callable[[trio.SocketStream], Awaitable[AttestedTLSStream[Any]]]
+        handshake: Callable[[AttestedTLSStream[Any]], Awaitable[None]]
+        if mode == "cert":
+            make_stream, handshake = await _cert_server(
+                own,
+                policy,
+                verify_peer=verify_peer,
+                verifier=verifier,
+                trust_simulator=trust_simulator,
+                key_type=key_type,
+                identity=identity,
+                renewal=cert_renewal,
+            )
+        else:
+            config = _config(
+                own,
+                policy,
+                verify_peer=verify_peer,
+                trust_simulator=trust_simulator,
+                product=product,
+                verifier=verifier,
+            )
+            key, cert = _identity(identity, key_type)
+            context = make_server_context(key, cert, require_client_certificate=verify_peer)
+
+            async def make_stream(transport: trio.SocketStream) -> AttestedTLSStream[Any]:
+                await trio.lowlevel.checkpoint()
+                return AttestedTLSStream(transport, context, server_side=True, attestation=config)
+
+            async def handshake(stream: AttestedTLSStream[Any]) -> None:
+                await stream.do_handshake()
+
         report = on_handshake_error if on_handshake_error is not None else _default_failure_report
 
         async def serve_one(transport: trio.SocketStream) -> None:
-            stream = AttestedTLSStream(transport, context, server_side=True, attestation=config)
             try:
                 with trio.fail_after(handshake_timeout):
-                    await stream.do_handshake()
+                    stream = await make_stream(transport)
+            except (RatlsError, trio.TooSlowError) as exc:
+                await trio.aclose_forcefully(transport)
+                report(exc, _peer_name(transport))
+                return
+            try:
+                with trio.fail_after(handshake_timeout):
+                    await handshake(stream)
             except (RatlsError, trio.BrokenResourceError, trio.TooSlowError) as exc:
                 await trio.aclose_forcefully(stream)
                 report(exc, _peer_name(transport))

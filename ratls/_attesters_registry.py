@@ -14,7 +14,8 @@ name            evidence
 ``sim+vtpm``    simulated SVSM confidential VM: SNP report + swtpm vTPM quote
 ``snp``         this SEV-SNP guest's report (configfs-tsm or /dev/sev-guest)
 ``snp+vtpm``    this guest's SVSM vTPM (configfs-tsm SVSM attestation + /dev/tpmrm0)
-``azure``       Azure confidential VM vTPM (HCL report + quote); not produced here yet
+``azure``       Azure confidential VM vTPM: the paravisor's HCL report (NV 0x01400001) and a
+                quote by its AK (persistent handle 0x81000003); needs ``certs``
 ``none``        this side does not attest (the peer must agree to that explicitly)
 ==============  ===========================================================================
 
@@ -145,6 +146,7 @@ def _snp_vtpm(
 
 def _azure(
     *,
+    certs: tuple[bytes, bytes, bytes] | None = None,
     tpm_device: str = _TPM_DEVICE,
     **_: Any,  # noqa: ANN401 - options meant for other attesters are ignored
 ) -> LocalAttester:
@@ -153,11 +155,21 @@ def _azure(
             f"attester 'azure': no vTPM here ({tpm_device} missing); Azure confidential VMs "
             "expose their paravisor's vTPM there"
         )
-    raise AttesterUnavailable(
-        "attester 'azure': ratls verifies Azure vTPM evidence but does not produce it yet "
-        "(reading the HCL report from NV 0x01400001 and the VCEK chain from the host is "
-        "not implemented)"
-    )
+    if certs is None:
+        raise AttesterUnavailable(
+            "attester 'azure': pass certs= (DER VCEK, ASK, ARK): the vTPM holds the HCL "
+            "report but not the VCEK chain, which Azure serves from its instance metadata "
+            "service"
+        )
+    from .attesters import AzureVtpmAttester
+
+    source = AzureVtpmAttester(certs=certs, tpm_device=tpm_device)
+    try:
+        source.hcl_report()  # fail at start-up when this is not an Azure CVM
+    except BaseException:
+        source.close()
+        raise
+    return VtpmBoundAttester(source)
 
 
 _FACTORIES: dict[str, AttesterFactory] = {
@@ -212,7 +224,8 @@ def make_attester(name: str, **options: Any) -> LocalAttester | None:  # noqa: A
             and ``sim_dir`` (a directory to keep the simulator's identity in, so that
             separate processes share one simulated machine) for the simulators;
             ``certs`` (DER VCEK, ASK, ARK) for real guests whose host supplies no
-            certificate table.
+            certificate table (always for ``azure``); ``tpm_device`` for the vTPM
+            attesters.
 
     Returns:
         The attester, or None for ``"none"``.  Some attesters own resources (the

@@ -8,7 +8,10 @@ every connection back (forever); otherwise it serves one verified connection lik
 
 Both sides attest with ``--attester`` (``snp`` by default; ``sim`` for the simulator,
 ``none`` to not attest) and appraise the peer against ``--policy FILE``; accepting a peer
-without evidence takes ``--no-verify-peer``.  Exit codes are those of :mod:`ratls.cli`: 0
+without evidence takes ``--no-verify-peer``.  ``--mode bound`` (the default) runs the
+exporter-bound exchange after the handshake; ``--mode cert`` puts the evidence in the
+certificates (interoperable RA-TLS), so that ``ratls serve --mode cert --no-verify-peer``
+answers any TLS client, ``openssl s_client`` included.  Exit codes are those of :mod:`ratls.cli`: 0
 success, 1 the peer's evidence failed a check (``FAIL: claim: expected ..., got ...``),
 2 anything else (no policy, attester unavailable, peer unreachable, peer refused us).
 """
@@ -79,6 +82,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT, metavar="SECONDS"
     )
+    parser.add_argument(
+        "--mode",
+        choices=("bound", "cert"),
+        default="bound",
+        help="bound: evidence bound to the connection after the handshake (ratls peers); "
+        "cert: evidence in the certificates (interoperable RA-TLS: any TLS client can "
+        "connect with --no-verify-peer on the server, and read the evidence extension)",
+    )
 
 
 def add_commands(verbs: Any) -> None:  # noqa: ANN401 - argparse's subparsers action is private
@@ -131,6 +142,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "key_type": args.key_type,
         "handshake_timeout": args.handshake_timeout,
         "attester_options": attester_options,
+        "mode": args.mode,
     }
 
 
@@ -307,10 +319,14 @@ def connect(args: argparse.Namespace) -> int:
 
     Raises:
         RatlsError: attestation failed either way, no policy, attester unavailable.
-        CliError: the peer is unreachable or the connection broke.
+        CliError: the peer is unreachable, the connection broke, or the options do not
+            fit the mode.
     """
-    with _flattened():
-        return trio.run(_connect, args, sys.stdin.buffer, sys.stdout.buffer)
+    try:
+        with _flattened():
+            return trio.run(_connect, args, sys.stdin.buffer, sys.stdout.buffer)
+    except ValueError as exc:  # e.g. --mode cert with an RSA key or a vTPM attester
+        raise CliError(str(exc)) from exc
 
 
 async def _serve(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO) -> int:
@@ -375,13 +391,15 @@ def serve(args: argparse.Namespace) -> int:
 
     Raises:
         RatlsError: no policy, attester unavailable.
-        CliError: the port cannot be bound.
+        CliError: the port cannot be bound, or the options do not fit the mode.
     """
     try:
         with _flattened():
             return trio.run(_serve, args, sys.stdin.buffer, sys.stdout.buffer)
     except KeyboardInterrupt:
         return EXIT_OK
+    except ValueError as exc:  # e.g. --mode cert with an RSA key or a vTPM attester
+        raise CliError(str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -885,3 +885,22 @@ async def test_clients_share_an_ephemeral_identity_until_renewal(
     assert first == second
     assert renewed != first
     assert chosen == own[1]
+
+
+# --------------------------------------------------------------------------- modes
+
+
+async def test_unknown_mode_refused_before_listening() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        await serve_attested(echo, 0, attester="sim", policy=POLICY, mode="tls")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mode"):
+        await open_attested_stream("127.0.0.1", 1, attester="sim", policy=POLICY, mode="")  # type: ignore[arg-type]
+
+
+async def test_bound_is_the_default_mode() -> None:
+    async with running_server(echo) as (host, port):
+        stream = await open_attested_stream(host, port, attester="sim", policy=POLICY)
+        result = stream.peer_attestation
+        await stream.aclose()
+    assert isinstance(result, AttestationResult)
+    assert result.replayable is False

@@ -340,3 +340,46 @@ def test_serve_exec_runs_a_command_per_connection(sim_dir: Path, policy: Path) -
 def test_echo_and_exec_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--port", "1", "--echo", "--exec", "cat"]) == cli.EXIT_BAD_INPUT
     assert "not allowed with" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- cert mode
+
+
+CERT = ("--mode", "cert")
+
+
+def test_cert_mode_mutual_echo(sim_dir: Path, policy: Path) -> None:
+    with server(sim_dir, "--echo", *SIM, *CERT, "--policy", str(policy)) as (srv, port, _):
+        done = run_connect(sim_dir, port, *SIM, *CERT, "--policy", str(policy), stdin=b"cert\n")
+        _, server_err = stop(srv)
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert done.stdout == b"cert\n"
+    assert "server attested: snp Genoa VCEK anchor=simulator" in err
+    assert '"replayable": true' in err
+    assert "client attested: snp Genoa" in server_err
+    assert '"replayable": true' in server_err
+
+
+def test_cert_mode_wrong_measurement_fails(sim_dir: Path, policy: Path, tmp_path: Path) -> None:
+    other = _policy(tmp_path, "other.toml", bytes(48))
+    with server(sim_dir, "--echo", *SIM, *CERT, "--no-verify-peer") as (_, port, _):
+        done = run_connect(sim_dir, port, *SIM, *CERT, "--policy", str(other), stdin=b"x\n")
+    assert done.returncode == cli.EXIT_VERIFICATION_FAILED
+    assert "FAIL: snp.measurement" in done.stderr.decode()
+    assert done.stdout == b""
+
+
+def test_cert_mode_refuses_rsa_keys(policy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["connect", "127.0.0.1", "1", *SIM, *CERT, "--key-type", "rsa-3072"]
+    assert main([*argv, "--policy", str(policy)]) == cli.EXIT_BAD_INPUT
+    assert "ec-p256" in capsys.readouterr().err
+
+
+def test_mode_option() -> None:
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="verb"))
+    assert parser.parse_args(["connect", "h", "1"]).mode == "bound"
+    assert parser.parse_args(["serve", "--port", "1", "--mode", "cert"]).mode == "cert"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--port", "1", "--mode", "other"])

@@ -2,10 +2,15 @@
 
 :class:`SnpGuestAttester` asks the Linux kernel of an SEV-SNP guest for signed
 attestation reports, through configfs-tsm or /dev/sev-guest.
+:class:`AzureVtpmAttester` reads an Azure confidential VM's HCL report from its vTPM and
+quotes with the paravisor's attestation key.
 """
 
 from __future__ import annotations
 
+from ._azure import AZURE_AK_HANDLE as AZURE_AK_HANDLE
+from ._azure import AZURE_PCR_SELECTION as AZURE_PCR_SELECTION
+from ._azure import AzureVtpmAttester as AzureVtpmAttester
 from ._snp_guest import DEFAULT_SEV_GUEST_DEVICE as DEFAULT_SEV_GUEST_DEVICE
 from ._snp_guest import DEFAULT_TSM_REPORT_ROOT as DEFAULT_TSM_REPORT_ROOT
 from ._snp_guest import SNP_GET_EXT_REPORT as SNP_GET_EXT_REPORT
@@ -21,11 +26,14 @@ from ._snp_guest import SvsmServiceRequest as SvsmServiceRequest
 from ._snp_guest import TsmFilesystem as TsmFilesystem
 
 __all__ = [
+    "AZURE_AK_HANDLE",
+    "AZURE_PCR_SELECTION",
     "DEFAULT_SEV_GUEST_DEVICE",
     "DEFAULT_TSM_REPORT_ROOT",
     "SNP_GET_EXT_REPORT",
     "SNP_GET_REPORT",
     "SVSM_VTPM_SERVICE_GUID",
+    "AzureVtpmAttester",
     "GuestInterface",
     "GuestReport",
     "GuestRequestIoctl",
