@@ -678,7 +678,8 @@ def test_exports_and_final_classes() -> None:
     from ratls import _snp_certtable, _snp_report
     from ratls.attesters import _snp_guest
 
-    assert sorted(ratls.attesters.__all__) == sorted(_snp_guest.__all__)
+    # ratls.attesters re-exports the SNP guest interface (and other attesters, e.g. Azure's).
+    assert set(_snp_guest.__all__) <= set(ratls.attesters.__all__)
     for module in (_snp_report, _snp_certtable, _snp_guest):
         for name in module.__all__:
             obj = getattr(module, name)
