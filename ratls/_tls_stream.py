@@ -127,6 +127,17 @@ __all__ = ["STARTING_RECEIVE_SIZE", "AttestedTLSStream"]
 # (a TPM command).  Every step is one message in one direction, so the exchange never
 # needs both sides to send at once.
 #
+# Bulk data (what a relay's throughput depends on).  ``recv`` returns at most one
+# record, so ``_read`` keeps calling it while complete records are waiting in the
+# incoming BIO: one receive_some hands over everything one transport read brought, up to
+# max_bytes (256 KiB when the caller gives none).  Only the first recv of a call may
+# block the call (WantReadError -> _retry reads the transport); anything that stops the
+# loop later is met again, unchanged, by the next call.  On the way out, pyOpenSSL's
+# partial-write mode makes each SSL_write take one record, so ``_write`` writes a whole
+# chunk (up to four records) before _retry drains the BIO: one transport send per chunk,
+# not per record.  Contexts get SSL_MODE_RELEASE_BUFFERS, so an idle connection holds no
+# record buffers.
+#
 # TLS 1.3 servers send NewSessionTicket messages right after the handshake.  If those
 # bytes were sent immediately, a server whose client is not reading (on a transport
 # without buffering) would block inside do_handshake.  As trio does, we hold them back
@@ -141,9 +152,22 @@ T_Stream = TypeVar("T_Stream", bound=trio.abc.Stream)
 # one full TLS record.
 STARTING_RECEIVE_SIZE: Final = 16384
 
+# Largest plaintext in one TLS record (RFC 8446 5.1).  One recv() returns at most one
+# record, and pyOpenSSL allocates (and zeroes) a buffer of the size asked for, so reads
+# never ask for more than this per call.
+_RECORD_SIZE: Final = 16384
+
+# What receive_some() returns at most when the caller gives no max_bytes: all the
+# plaintext a 64 KiB transport read can carry, and then some.
+_DEFAULT_RECEIVE_MAX: Final = 256 * 1024
+
 # Largest plaintext handed to one SSL_write: four records.  Bigger sends are split so
 # that a retried call (same call, same data) never re-copies a huge buffer.
 _MAX_WRITE: Final = 4 * 16384
+
+# Ciphertext taken out of the outgoing BIO per bio_read: one _MAX_WRITE worth of
+# records with their headers and AEAD tags (RFC 8446 5.2: at most 256 bytes each).
+_OUTGOING_READ: Final = _MAX_WRITE + 4 * 256
 
 _TLS13: Final = "TLSv1.3"
 
@@ -216,6 +240,13 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         self.transport_stream: T_Stream = transport_stream
         self.server_side = server_side
         self._attestation = attestation
+        # An idle connection then holds no 16 KiB+ read and write buffers (OpenSSL
+        # frees them whenever they are empty): most of what an idle TLS connection
+        # costs.  The mode is copied into each new Connection.  pyOpenSSL refuses to
+        # change a context that already made a Connection; by then the first stream
+        # over it has set the mode (or its maker chose otherwise), so that is fine.
+        with contextlib.suppress(ValueError):
+            ssl_context.set_mode(SSL.MODE_RELEASE_BUFFERS)
         self._conn = SSL.Connection(ssl_context, None)
         self._cert_errors = PeerCertificateErrors()
         self._conn.set_app_data(self._cert_errors)
@@ -326,12 +357,21 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             self._state = _State.BROKEN
 
     def _drain_outgoing(self) -> bytes:
-        chunks: list[bytes] = []
+        # One bio_read usually takes everything: a full _MAX_WRITE of plaintext is four
+        # records of at most _RECORD_SIZE + 256 bytes each.  A memory BIO hands out all
+        # it holds up to the size asked, so a short read means it is empty now.
+        try:
+            first = self._conn.bio_read(_OUTGOING_READ)
+        except SSL.WantReadError:
+            return b""
+        if len(first) < _OUTGOING_READ:
+            return first
+        chunks = [first]
         while True:
             try:
-                chunks.append(self._conn.bio_read(65536))
+                chunks.append(self._conn.bio_read(_OUTGOING_READ))
             except SSL.WantReadError:
-                return b"".join(chunks)
+                return b"".join(chunks) if len(chunks) > 1 else first
 
     def _tls_failure(self, exc: SSL.Error) -> BaseException:
         if self._cert_errors:
@@ -402,21 +442,62 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 return result
 
     def _read(self, max_bytes: int) -> bytes:
+        # The first recv() may raise WantReadError (nothing decrypted yet: _retry reads
+        # the transport and calls again).  Once it has returned data, every further
+        # complete record already in the incoming BIO is decrypted too, up to
+        # max_bytes: one call then hands the caller what one transport read brought
+        # (four records for a 64 KiB read) instead of one record per call.  Anything
+        # that stops the loop after the first record (no complete record left, the
+        # peer's close_notify, a TLS error) is left for the next call to meet again:
+        # OpenSSL reports it again then, since the record that caused it stays put.
         try:
-            return self._conn.recv(max_bytes)
+            first = self._conn.recv(min(max_bytes, _RECORD_SIZE))
         except SSL.ZeroReturnError:
             return b""
+        room = max_bytes - len(first)
+        if room <= 0:
+            return first
+        chunks = [first]
+        recv = self._conn.recv
+        while room > 0:
+            try:
+                chunk = recv(min(room, _RECORD_SIZE))
+            except SSL.Error:
+                break
+            chunks.append(chunk)
+            room -= len(chunk)
+        return b"".join(chunks) if len(chunks) > 1 else first
 
     def _shutdown_once(self) -> None:
         # Send close_notify without waiting for the peer's (allowed by RFC 8446 6.1).
         with contextlib.suppress(SSL.WantReadError):
             self._conn.shutdown()
 
+    def _write(self, view: memoryview) -> int:
+        # pyOpenSSL contexts set SSL_MODE_ENABLE_PARTIAL_WRITE, so one SSL_write
+        # encrypts at most one record.  Writing the whole chunk here, before _retry
+        # drains the outgoing BIO, sends up to four records with one transport send
+        # instead of one send per record.  Only the first SSL_write may raise
+        # WantReadError (then _retry repeats this call with the same data); a later one
+        # ends the loop early and the caller retries from where it stopped, with the
+        # same bytes in front (OpenSSL accepts a longer buffer on a retry).
+        written = self._conn.send(view)
+        size = len(view)
+        while written < size:
+            try:
+                written += self._conn.send(view[written:])
+            except SSL.WantReadError:
+                break
+        return written
+
     async def _send_plaintext(self, data: bytes | bytearray | memoryview) -> None:
+        # pyOpenSSL takes any buffer and SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER is set, so a
+        # retried send may pass a new view of the same bytes: slices of the caller's
+        # buffer go to SSL_write without a copy (the caller may not change it while
+        # send_all runs, see trio.abc.SendStream).
         view = memoryview(data).cast("B")
         while view:
-            chunk = bytes(view[:_MAX_WRITE])
-            written = await self._retry(partial(self._conn.send, chunk))
+            written = await self._retry(partial(self._write, view[:_MAX_WRITE]))
             view = view[written:]
 
     # ------------------------------------------------------------------ handshake
@@ -629,8 +710,11 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         """Receive and decrypt some data, after the handshake and attestation.
 
         See :meth:`trio.abc.ReceiveStream.receive_some`: returns ``b""`` only when the
-        peer closed the TLS stream with close_notify.  A transport EOF without it raises
-        BrokenResourceError (a possible truncation attack).
+        peer closed the TLS stream with close_notify.  One call returns every record
+        that has already arrived, up to ``max_bytes`` (256 KiB when None), so a relay
+        moves one transport read's worth per call, not one 16 KiB record.  A transport
+        EOF without close_notify raises BrokenResourceError (a possible truncation
+        attack).
 
         Raises:
             ValueError: ``max_bytes`` is less than 1.
@@ -654,7 +738,7 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 del self._app_buffer[:limit]
                 return chunk
             if max_bytes is None:
-                max_bytes = self._estimated_receive_size
+                max_bytes = _DEFAULT_RECEIVE_MAX
             return await self._retry(partial(self._read, max_bytes))
 
     async def wait_send_all_might_not_block(self) -> None:

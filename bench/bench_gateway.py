@@ -1,0 +1,535 @@
+"""Two-hop tunnels compared: raw TCP relays, stunnel, and the ratls gateways.  No asserts.
+
+Each topology carries the same traffic along the same path::
+
+    driver ──TCP──▶ hop A ══ link ══▶ hop B ──TCP──▶ backend
+
+* **raw**: two plain trio relays (64 KiB reads), no TLS: the floor for a Python relay;
+* **stunnel**: Debian's stunnel4 as client and server, mutual TLS 1.3 with a throw-away
+  P-256 PKI made in a temporary directory (chain verified both ways);
+* **ratls**: ``ratls-gateway run`` as ingress (port mapping) and egress, both with the
+  simulated SEV-SNP attester and the example policy that trusts the simulator: every
+  tunnel is a mutually attested TLS 1.3 connection with fresh evidence both ways.
+
+Hop A, hop B and the backend are separate processes; the driver is this process.  For
+each topology, in rounds that alternate between topologies (so drift hits all alike):
+
+* **setup latency**: connect, send one byte, get it echoed by the backend; the first
+  tunnel after start ("cold": for ratls the AMD chain is not yet remembered) and the
+  median of later ones ("warm");
+* **tunnels per second**: that same exchange, ``--conc`` at once, ``--tunnels`` in all;
+* **memory per idle tunnel**: VmRSS of both hops before and after ``--idle`` tunnels
+  are open and idle, per tunnel (kernel socket buffers not included); after closing
+  them the bench waits until both hops are idle again;
+* **throughput**: ``--mib`` MiB from the driver to the backend, timed at the backend
+  from the first byte to EOF; **CPU per GB** is user+system time of both hops from
+  /proc over that transfer.
+
+Every figure is also printed as a ratio to stunnel's in the same round; the summary is
+the median over rounds (ratios: median of per-round ratios).
+
+Usage: .venv/bin/python bench/bench_gateway.py [--mib 256 | --gib] [--rounds 3]
+       [--tunnels 200] [--conc 8] [--idle 300] [--only raw,stunnel,ratls]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import resource
+import shutil
+import socket
+import socketserver
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+__all__ = ["main"]
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
+RELAY_CHUNK = 65536
+SOURCE_CHUNK = 1 << 20
+SINK_CHUNK = 256 * 1024
+TICK = os.sysconf("SC_CLK_TCK")
+TOPOLOGIES = ("raw", "stunnel", "ratls")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process in KiB from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_port(port: int, deadline: float) -> None:
+    """Wait until something accepts TCP connections on ``port``."""
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def echo_once(port: int) -> float:
+    """Connect, send one byte, wait for its echo; seconds from connect to echo."""
+    start = time.perf_counter()
+    with socket.create_connection((HOST, port), timeout=30) as s:
+        s.sendall(b"Ex")
+        if s.recv(1) != b"x":
+            raise RuntimeError("no echo through the tunnel")
+        elapsed = time.perf_counter() - start
+    return elapsed
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def run_relay(listen: int, target: int) -> None:
+    """A plain trio relay: what one hop costs in Python with no TLS (role ``relay``)."""
+    import trio
+
+    async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await src.receive_some(RELAY_CHUNK):
+                await dst.send_all(data)
+            await dst.send_eof()
+
+    async def handle(client: trio.SocketStream) -> None:
+        try:
+            server = await trio.open_tcp_stream(HOST, target)
+        except OSError:
+            await client.aclose()
+            return
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(pump, client, server)
+            nursery.start_soon(pump, server, client)
+
+    async def serve() -> None:
+        await trio.serve_tcp(handle, listen, host=HOST, backlog=1024)
+
+    trio.run(serve)
+
+
+class _Backend(socketserver.BaseRequestHandler):
+    """First byte ``E``: echo until EOF.  ``S``: sink until EOF, reply ``bytes seconds``."""
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        mode = sock.recv(1)
+        if mode == b"E":
+            while data := sock.recv(65536):
+                sock.sendall(data)
+        elif mode == b"S":
+            buf = bytearray(SINK_CHUNK)
+            total = sock.recv_into(buf)
+            start = time.perf_counter()
+            while n := sock.recv_into(buf):
+                total += n
+            elapsed = time.perf_counter() - start
+            sock.sendall(f"{total} {elapsed:.6f}".encode())
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+
+def run_backend(port: int) -> None:
+    """The backend process (role ``backend``): echo or sink per connection."""
+    threading.stack_size(256 * 1024)
+    with _Server((HOST, port), _Backend) as server:
+        server.serve_forever()
+
+
+def spawn(
+    argv: list[str], *, stderr: int | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child process with stdin and stdout discarded."""
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and stunnel
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, cwd=cwd
+    )
+
+
+def self_argv(*args: str) -> list[str]:
+    """This script run again in a child role."""
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+# --------------------------------------------------------------------------- topologies
+
+
+@dataclass
+class Topology:
+    """A running two-hop path: the entry port and the two hop processes."""
+
+    name: str
+    entry: int
+    hops: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in self.hops:
+            proc.terminate()
+        for proc in self.hops:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def make_pki(directory: Path) -> None:
+    """A P-256 CA with a server and a client leaf (PEM files in ``directory``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("bench CA"))
+        .issuer_name(name("bench CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for role, usage in (
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name(f"{role}.bench.test"))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{role}.bench.test")]), False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        (directory / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (directory / f"{role}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+
+def start_raw(backend: int, _work: Path) -> Topology:
+    a, b = free_port(), free_port()
+    topo = Topology("raw", a)
+    topo.hops.append(
+        spawn(self_argv("--role", "relay", "--listen", str(b), "--target", str(backend)))
+    )
+    topo.hops.append(spawn(self_argv("--role", "relay", "--listen", str(a), "--target", str(b))))
+    deadline = time.monotonic() + 20
+    wait_port(b, deadline)
+    wait_port(a, deadline)
+    return topo
+
+
+def start_stunnel(backend: int, work: Path) -> Topology:
+    a, b = free_port(), free_port()
+    common = "foreground = yes\npid =\ndebug = 3\nsslVersionMin = TLSv1.3\n"
+    server = (
+        f"{common}[server]\naccept = {HOST}:{b}\nconnect = {HOST}:{backend}\n"
+        f"cert = {work / 'server.pem'}\nkey = {work / 'server.key'}\n"
+        f"CAfile = {work / 'ca.pem'}\nverifyChain = yes\nrequireCert = yes\n"
+    )
+    client = (
+        f"{common}[client]\nclient = yes\naccept = {HOST}:{a}\nconnect = {HOST}:{b}\n"
+        f"cert = {work / 'client.pem'}\nkey = {work / 'client.key'}\n"
+        f"CAfile = {work / 'ca.pem'}\nverifyChain = yes\ncheckHost = server.bench.test\n"
+    )
+    (work / "stunnel-server.conf").write_text(server)
+    (work / "stunnel-client.conf").write_text(client)
+    binary = shutil.which("stunnel4") or shutil.which("stunnel") or "stunnel4"
+    topo = Topology("stunnel", a)
+    for conf in ("stunnel-server.conf", "stunnel-client.conf"):
+        topo.hops.append(spawn([binary, str(work / conf)], stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 20
+    wait_port(b, deadline)
+    wait_port(a, deadline)
+    return topo
+
+
+def start_ratls(backend: int, work: Path) -> Topology:
+    a, b = free_port(), free_port()
+    admin_a, admin_b = free_port(), free_port()
+    policy = REPO / "examples" / "policy.toml"
+    att = f'[attestation]\nattester = "sim"\npolicy = "{policy}"\nproduct = "Genoa"\n'
+    limits = "[limits]\nmax_tunnels = 20000\n"
+    egress = (
+        f'{att}{limits}[admin]\nlisten = "{HOST}:{admin_b}"\n'
+        f'[[egress.listener]]\nname = "main"\nlisten = "{HOST}:{b}"\nroutes = ["sink"]\n'
+        f'allow = ["{HOST}:{backend}"]\n'
+        f'[[egress.route]]\nname = "sink"\nbackend = "{HOST}:{backend}"\n'
+    )
+    ingress = (
+        f'{att}{limits}[admin]\nlisten = "{HOST}:{admin_a}"\n'
+        f'[[ingress.mapping]]\nname = "sink"\nlisten = "{HOST}:{a}"\n'
+        f'egress = "{HOST}:{b}"\ntarget = "sink"\n'
+    )
+    (work / "egress.toml").write_text(egress)
+    (work / "ingress.toml").write_text(ingress)
+    topo = Topology("ratls", a)
+    for conf in ("egress.toml", "ingress.toml"):
+        argv = [sys.executable, "-m", "gateway.cli", "run", str(work / conf)]
+        topo.hops.append(
+            spawn([*argv, "--log-level", "warning"], stderr=subprocess.DEVNULL, cwd=work)
+        )
+    deadline = time.monotonic() + 60
+    for port in (admin_b, admin_a):
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in topo.hops):
+                topo.stop()
+                raise RuntimeError("the ratls gateways did not become ready")
+            time.sleep(0.05)
+    return topo
+
+
+STARTERS: dict[str, Callable[[int, Path], Topology]] = {
+    "raw": start_raw,
+    "stunnel": start_stunnel,
+    "ratls": start_ratls,
+}
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def throughput(topo: Topology, size: int) -> tuple[float, float]:
+    """MB/s at the backend and hop CPU seconds per GB for ``size`` bytes."""
+    block = os.urandom(SOURCE_CHUNK)
+    cpu0 = sum(cpu_seconds(p.pid) for p in topo.hops)
+    with socket.create_connection((HOST, topo.entry), timeout=120) as s:
+        s.sendall(b"S")
+        left = size
+        view = memoryview(block)
+        while left > 0:
+            n = min(left, SOURCE_CHUNK)
+            s.sendall(view[:n])
+            left -= n
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while data := s.recv(100):
+            reply += data
+    cpu1 = sum(cpu_seconds(p.pid) for p in topo.hops)
+    got, seconds = reply.split()
+    if int(got) != size:
+        raise RuntimeError(f"{topo.name}: the backend got {int(got)} of {size} bytes")
+    return size / float(seconds) / 1e6, (cpu1 - cpu0) / (size / 1e9)
+
+
+def setup_latency(topo: Topology, count: int) -> tuple[float, float]:
+    """(first tunnel, median of ``count`` later tunnels) setup-to-echo seconds."""
+    cold = echo_once(topo.entry)
+    warm = [echo_once(topo.entry) for _ in range(count)]
+    return cold, statistics.median(warm)
+
+
+def tunnel_rate(topo: Topology, total: int, conc: int) -> float:
+    """Tunnels per second, each: connect, echo one byte, close; ``conc`` at once."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(conc) as pool:
+        list(pool.map(lambda _: echo_once(topo.entry), range(total)))
+    return total / (time.perf_counter() - start)
+
+
+def idle_memory(topo: Topology, count: int) -> float:
+    """KiB of hop RSS (both hops) per idle tunnel, ``count`` tunnels held open."""
+    before = sum(rss_kib(p.pid) for p in topo.hops)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection((HOST, topo.entry), timeout=30)
+            held.append(s)
+            s.sendall(b"Ex")
+            if s.recv(1) != b"x":
+                raise RuntimeError("no echo through the tunnel")
+        time.sleep(0.5)
+        after = sum(rss_kib(p.pid) for p in topo.hops)
+    finally:
+        for s in held:
+            s.close()
+    # Let the hops finish tearing the tunnels down before anything else is measured.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        busy = sum(cpu_seconds(p.pid) for p in topo.hops)
+        time.sleep(0.2)
+        if sum(cpu_seconds(p.pid) for p in topo.hops) - busy < 0.02:
+            break
+    return (after - before) / count
+
+
+@contextlib.contextmanager
+def backend_process() -> Iterator[int]:
+    port = free_port()
+    proc = spawn(self_argv("--role", "backend", "--listen", str(port)))
+    try:
+        wait_port(port, time.monotonic() + 20)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def fmt(value: float, ref: float | None) -> str:
+    ratio = f"{value / ref:6.2f}x" if ref else "     - "
+    return f"{value:10.2f}  ({ratio})"
+
+
+METRICS = (
+    ("MB/s", "mbps"),
+    ("hop CPU s/GB", "cpu"),
+    ("setup cold ms", "cold"),
+    ("setup warm ms", "warm"),
+    ("tunnels/s", "rate"),
+    ("KiB/idle tunnel", "mem"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison and print it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", choices=["driver", "relay", "backend"], default="driver")
+    parser.add_argument("--listen", type=int)
+    parser.add_argument("--target", type=int)
+    parser.add_argument("--mib", type=int, default=256)
+    parser.add_argument("--gib", action="store_true", help="move 1 GiB per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency", type=int, default=30, help="warm setups timed per round")
+    parser.add_argument("--tunnels", type=int, default=200)
+    parser.add_argument("--conc", type=int, default=8)
+    parser.add_argument("--idle", type=int, default=300)
+    parser.add_argument("--only", default=",".join(TOPOLOGIES))
+    args = parser.parse_args(argv)
+    if args.role == "relay":
+        run_relay(args.listen, args.target)
+        return 0
+    if args.role == "backend":
+        run_backend(args.listen)
+        return 0
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    size = (1 << 30) if args.gib else args.mib << 20
+    names = [n for n in TOPOLOGIES if n in args.only.split(",")]
+    print(
+        f"bench_gateway: {os.cpu_count()} CPUs, {size / (1 << 20):.0f} MiB per transfer, "
+        f"{args.rounds} rounds, {args.tunnels} tunnels ({args.conc} at once), "
+        f"{args.idle} idle tunnels, {args.latency} warm setups"
+    )
+    results: dict[str, dict[str, list[float]]] = {n: {k: [] for _, k in METRICS} for n in names}
+    ratios: dict[str, dict[str, list[float]]] = {n: {k: [] for _, k in METRICS} for n in names}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp, backend_process() as port:
+        work = Path(tmp)
+        make_pki(work)
+        for rnd in range(args.rounds):
+            order = names[rnd % len(names) :] + names[: rnd % len(names)]
+            this: dict[str, dict[str, float]] = {}
+            for name in order:
+                topo = STARTERS[name](port, work)
+                try:
+                    cold, warm = setup_latency(topo, args.latency)
+                    rate = tunnel_rate(topo, args.tunnels, args.conc)
+                    mem = idle_memory(topo, args.idle)
+                    mbps, cpu = throughput(topo, size)
+                finally:
+                    topo.stop()
+                this[name] = {
+                    "mbps": mbps,
+                    "cpu": cpu,
+                    "cold": cold * 1e3,
+                    "warm": warm * 1e3,
+                    "rate": rate,
+                    "mem": mem,
+                }
+            print(f"\nround {rnd + 1} (order {', '.join(order)})")
+            print(f"  {'':8s}" + "".join(f"{label:>22s}" for label, _ in METRICS))
+            ref = this.get("stunnel")
+            for name in names:
+                row = this[name]
+                cells = []
+                for _, key in METRICS:
+                    base = ref[key] if ref else None
+                    cells.append(f"{fmt(row[key], base):>22s}")
+                    results[name][key].append(row[key])
+                    if base:
+                        ratios[name][key].append(row[key] / base)
+                print(f"  {name:8s}" + "".join(cells))
+    print(f"\nsummary: median of {args.rounds} rounds (ratio to stunnel: median per-round ratio)")
+    print(f"  {'':8s}" + "".join(f"{label:>22s}" for label, _ in METRICS))
+    for name in names:
+        cells = []
+        for _, key in METRICS:
+            value = statistics.median(results[name][key])
+            ratio = (
+                f"{statistics.median(ratios[name][key]):6.2f}x" if ratios[name][key] else "  -    "
+            )
+            cells.append(f"{value:10.2f}  ({ratio})".rjust(22))
+        print(f"  {name:8s}" + "".join(cells))
+    print(f"\n(wall time {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
