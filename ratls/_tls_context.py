@@ -245,6 +245,8 @@ def _base_context(
     options |= getattr(SSL, "OP_NO_RENEGOTIATION", 0)
     context.set_options(options)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    # Idle connections give their record buffers back (gateways hold many idle tunnels).
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.use_privatekey(private_key)
     context.use_certificate(certificate)
     context.check_privatekey()
