@@ -1,3 +1,25 @@
 """Shared pytest configuration."""
 
 from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+#: Real components the tests use.  Tests skip with a reason where one is missing on a
+#: developer's machine; in CI (``CI`` set, as .ci/run runs) a missing one is an error, so a
+#: green CI never hides a skipped vTPM or interop test.
+REQUIRED_IN_CI = ("swtpm", "swtpm_setup", "tpm2_makecredential", "tpm2_checkquote", "openssl")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to run in CI without the real components the tests need."""
+    if not os.environ.get("CI"):
+        return
+    missing = [tool for tool in REQUIRED_IN_CI if shutil.which(tool) is None]
+    if missing:
+        raise pytest.UsageError(
+            f"CI needs {', '.join(missing)} (Debian packages swtpm, swtpm-tools, tpm2-tools, "
+            "openssl): .ci/setup installs them"
+        )
