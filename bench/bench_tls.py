@@ -5,9 +5,13 @@ memory BIOs, ``AttestedTLSStream``), so the ratios isolate what attestation adds
 
 * **handshakes per second**, sequential and with ``--in-flight`` connections at once:
   mutual TLS 1.3 with attestation off (fixed certificates) against mutual attested TLS
-  through the public API (``serve_attested`` / ``open_attested_stream``: a fresh client
-  key per connection, simulated SEV-SNP evidence made fresh for each side of each
-  connection, verified and appraised on both sides);
+  through the public API (``serve_attested`` / ``open_attested_stream``), in three
+  variants: ``bound`` mode with simulated SEV-SNP evidence made fresh for each side of
+  each connection; ``cert`` mode (a fresh client key and evidence certificate per
+  connection, the server's certificate renewed on its timer); and ``bound`` mode with
+  simulated SNP + vTPM evidence (``svsm`` profile: a fresh VMPL-0 report, a swtpm quote
+  and a credential activation per side and connection; each side has its own swtpm;
+  skipped without swtpm).  Evidence is verified and appraised on both sides;
 * **throughput** of one established stream, plain against attested (after the exchange an
   attested stream is a plain TLS stream, so this should be ~1.0);
 * the cost split: producing and verifying one side's evidence (both sides of every
@@ -15,12 +19,13 @@ memory BIOs, ``AttestedTLSStream``), so the ratios isolate what attestation adds
 * optionally (``--openssl``) ``openssl s_time`` against ``openssl s_server``, mutual TLS
   1.3, as a reference from outside Python measured in the same run.
 
-Usage: .venv/bin/python bench/bench_tls.py [--seconds 3] [--in-flight 20] [--mib 64] [--openssl]
+Usage: .venv/bin/python bench/bench_tls.py [--seconds 3] [--in-flight 100] [--mib 64] [--openssl]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import re
 import shutil
@@ -36,7 +41,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 
 from ratls._api import open_attested_stream, serve_attested
-from ratls._bound import BoundVerifier, SimulatedSnpAttester
+from ratls._bound import BoundVerifier, SimulatedSnpAttester, SimulatedVtpmAttester
 from ratls._policy import Policy, SnpPolicy, TrustPolicy
 from ratls._snp_report import ProductLine
 from ratls._tls_context import (
@@ -50,12 +55,17 @@ from ratls.sim import simulated_amd_sp
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from ratls._api import Mode
+    from ratls._exchange import LocalAttester
+
 POLICY = Policy(
     snp=SnpPolicy(
         measurements=frozenset({hashlib.sha384(b"ratls simulated guest launch").digest()})
     ),
     trust=TrustPolicy(simulated_hardware=True),
 )
+# SNP + vTPM peers: the same measurement; the simulated vTPM's PCRs are not pinned here.
+VTPM_POLICY = POLICY
 CHUNK = 65536
 
 
@@ -100,9 +110,13 @@ def plain_client() -> Callable[[int], Awaitable[AttestedTLSStream[Any]]]:
     return connect
 
 
-def attested_client(attester: SimulatedSnpAttester) -> Callable[[int], Awaitable[Any]]:
+def attested_client(
+    attester: LocalAttester, *, mode: Mode = "bound", policy: Policy = POLICY
+) -> Callable[[int], Awaitable[Any]]:
     async def connect(port: int) -> AttestedTLSStream[Any]:
-        return await open_attested_stream("127.0.0.1", port, attester=attester, policy=POLICY)
+        return await open_attested_stream(
+            "127.0.0.1", port, attester=attester, policy=policy, mode=mode
+        )
 
     return connect
 
@@ -229,30 +243,61 @@ def free_port() -> int:
     return port
 
 
+async def start_attested_server(
+    nursery: trio.Nursery, attester: LocalAttester, *, mode: Mode = "bound", policy: Policy
+) -> int:
+    listeners = await nursery.start(
+        partial(serve_attested, server_handler, 0, attester=attester, policy=policy, mode=mode)
+    )
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
 async def main(args: argparse.Namespace) -> None:
     sp = simulated_amd_sp(ProductLine.GENOA)  # made once, before any timing
     attester = SimulatedSnpAttester(sp)
     plain_connect = plain_client()
     attested_connect = attested_client(attester)
+    with contextlib.ExitStack() as vms:
+        variants: list[tuple[str, Callable[[int], Awaitable[Any]], LocalAttester, Mode, Policy]]
+        variants = [
+            ("bound, SNP", attested_connect, attester, "bound", POLICY),
+            ("cert, SNP", attested_client(attester, mode="cert"), attester, "cert", POLICY),
+        ]
+        if shutil.which("swtpm") and shutil.which("swtpm_setup"):
+            client_vm = vms.enter_context(SimulatedVtpmAttester(sp))
+            server_vm = vms.enter_context(SimulatedVtpmAttester(sp))
+            vtpm_connect = attested_client(client_vm, policy=VTPM_POLICY)
+            variants.append(("bound, SNP+vTPM", vtpm_connect, server_vm, "bound", VTPM_POLICY))
+        await run_all(args, plain_connect, variants)
+
+
+async def run_all(
+    args: argparse.Namespace,
+    plain_connect: Callable[[int], Awaitable[Any]],
+    variants: list[tuple[str, Callable[[int], Awaitable[Any]], LocalAttester, Mode, Policy]],
+) -> None:
+    attester = variants[0][2]
+    attested_connect = variants[0][1]
     async with trio.open_nursery() as nursery:
         box: list[int] = []
         await nursery.start(plain_server, box)
         plain_port = box[0]
-        listeners = await nursery.start(
-            partial(serve_attested, server_handler, 0, attester=attester, policy=POLICY)
-        )
-        attested_port = listeners[0].socket.getsockname()[1]
-        await one_connection(plain_connect, plain_port)  # warm up
-        await one_connection(attested_connect, attested_port)
+        ports = []
+        for _, connect, server_attester, mode, policy in variants:
+            port = await start_attested_server(nursery, server_attester, mode=mode, policy=policy)
+            await one_connection(connect, port)  # warm up: boots the VMs, remembers chains
+            ports.append(port)
+        attested_port = ports[0]
+        await one_connection(plain_connect, plain_port)
 
-        print(f"loopback, {args.seconds:g} s per figure, simulated SEV-SNP evidence")
+        print(f"loopback, {args.seconds:g} s per figure, simulated evidence made per connection")
         for in_flight in (1, args.in_flight):
             plain = await handshake_rate(plain_connect, plain_port, args.seconds, in_flight)
-            attested = await handshake_rate(
-                attested_connect, attested_port, args.seconds, in_flight
-            )
             show(f"plain mutual TLS 1.3 handshakes, {in_flight} in flight", plain, "/s")
-            show(f"attested handshakes (bound mode), {in_flight} in flight", attested, "/s", plain)
+            for (label, connect, _, _, _), port in zip(variants, ports, strict=True):
+                rate = await handshake_rate(connect, port, args.seconds, in_flight)
+                show(f"attested ({label}), {in_flight} in flight", rate, "/s", plain)
 
         plain_mb = await throughput(plain_connect, plain_port, args.mib)
         attested_mb = await throughput(attested_connect, attested_port, args.mib)
@@ -274,6 +319,10 @@ async def main(args: argparse.Namespace) -> None:
             count += 1
         show(label, (time.perf_counter() - start) / count * 1e3, "ms")
 
+    await openssl_reference(args)
+
+
+async def openssl_reference(args: argparse.Namespace) -> None:
     if args.openssl:
         rate = await trio.to_thread.run_sync(openssl_rate, args.seconds)
         if rate is None:
@@ -285,7 +334,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--in-flight", type=int, default=20)
+    parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--openssl", action="store_true")
     trio.run(main, parser.parse_args())

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import hashlib
 import hmac
 import re
@@ -391,6 +392,16 @@ def load_amd_certificate(data: bytes) -> x509.Certificate:
     Raises:
         EvidenceFormatError: the bytes are not exactly one well-formed certificate, or the
             installed cryptography refuses serial-number-0 certificates.
+    """
+    return _load_amd_certificate(bytes(data))
+
+
+@functools.lru_cache(maxsize=128)
+def _load_amd_certificate(data: bytes) -> x509.Certificate:
+    """load_amd_certificate, remembered per exact bytes (failures are not remembered).
+
+    Every connection from a peer carries the same three endorsement certificates; parsing
+    them once spares the parse and the warnings filter on each verification.
     """
     stripped = data.strip()
     if stripped.startswith(b"-----BEGIN"):

@@ -93,6 +93,7 @@ __all__ = [
     "Mode",
     "connect_attested",
     "evidence_identity",
+    "forget_shared_verifiers",
     "open_attested_stream",
     "serve_attested",
     "serve_attested_blocking",
@@ -183,10 +184,44 @@ def _config(
         if verifier is not None:
             raise ValueError("a verifier was given but verify_peer is False")
     elif verifier is None:
-        verifier = make_verifier(
-            _resolve_policy(policy), trust_simulator=trust_simulator, product=product
-        )
+        verifier = _shared_verifier(_resolve_policy(policy), trust_simulator, product)
     return make_attestation_config(attester, verifier)
+
+
+_VerifierKey = tuple[str, bool, "ProductLine | None"]
+_verifiers: collections.OrderedDict[_VerifierKey, PeerVerifier] = collections.OrderedDict()
+_verifiers_lock = threading.Lock()
+_VERIFIERS_KEPT: Final = 16
+
+
+def forget_shared_verifiers() -> None:
+    """Drop the verifiers connections share (and what they remember); for tests."""
+    with _verifiers_lock:
+        _verifiers.clear()
+
+
+def _shared_verifier(
+    policy: Policy | None, trust_simulator: bool, product: ProductLine | None
+) -> PeerVerifier:
+    """One verifier per (policy, options), so connections share what it remembers.
+
+    A verifier remembers passed credential activations per (EK, AK); connections opened
+    one by one with the same policy would otherwise each make a new verifier and prove
+    the same vTPM's AK again and again.
+    """
+    if policy is None:
+        return make_verifier(policy, trust_simulator=trust_simulator, product=product)
+    key = (policy.digest(), trust_simulator, product)
+    with _verifiers_lock:
+        verifier = _verifiers.get(key)
+        if verifier is None:
+            verifier = make_verifier(policy, trust_simulator=trust_simulator, product=product)
+            _verifiers[key] = verifier
+            while len(_verifiers) > _VERIFIERS_KEPT:
+                _verifiers.popitem(last=False)
+        else:
+            _verifiers.move_to_end(key)
+        return verifier
 
 
 def _identity(

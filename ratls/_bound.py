@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, final
@@ -66,7 +68,9 @@ from ._vtpm_evidence import (
     MAX_VTPM_EVIDENCE_SIZE,
     ActivationChallenge,
     ActivationProof,
+    VtpmEvidence,
     VtpmProfile,
+    activation_names,
     begin_activation,
     finish_activation,
     parse_vtpm_evidence,
@@ -86,6 +90,8 @@ if TYPE_CHECKING:
     from .sim._svsm import SimulatedSvsm, VtpmAttester
 
 __all__ = [
+    "ACTIVATION_MEMORY_SIZE",
+    "ACTIVATION_TTL",
     "MAX_SNP_EVIDENCE_SIZE",
     "SNP_EVIDENCE_VERSION",
     "SNP_MEDIA_TYPE",
@@ -115,6 +121,11 @@ SNP_EVIDENCE_VERSION: Final = 1
 # certificate table adds a 72-byte GUID table.  32 KiB refuses anything that is clearly
 # not that before the decoder allocates for it, and stays far under the exchange's limit.
 MAX_SNP_EVIDENCE_SIZE: Final = 0x8000
+
+#: Default seconds a verifier remembers a passed credential activation (per EK and AK).
+ACTIVATION_TTL: Final = 3600.0
+#: How many (EK, AK) proofs one verifier remembers; the oldest is forgotten first.
+ACTIVATION_MEMORY_SIZE: Final = 256
 
 _STRUCTURE: Final = "SNP evidence"
 _MAX_CERT_SIZE: Final = 0x2000  # AMD certificates are 1-2 KiB
@@ -679,6 +690,11 @@ class BoundVerifier:
         accept: which evidence kinds to accept: ``"snp"`` and/or ``"snp+vtpm"``.
         product: product line for version-2 reports, which do not name it.
         clock: returns the current time (UTC); the system clock by default.
+        activation_ttl: seconds to remember a passed credential activation for its
+            (EK, AK) pair; 0 challenges every time.  While remembered, evidence from the
+            same EK and AK needs no CHALLENGE/RESPONSE round: the AK is a fixedTPM key,
+            so a quote it signs can only come from the TPM that answered before, and the
+            fresh SNP report still binds that EK to this VM and this connection.
 
     Raises:
         PolicyError: no policy was given.
@@ -693,6 +709,7 @@ class BoundVerifier:
         accept: Iterable[str] = ("snp", "snp+vtpm"),
         product: ProductLine | None = None,
         clock: Callable[[], datetime] | None = None,
+        activation_ttl: float = ACTIVATION_TTL,
     ) -> None:
         if not isinstance(policy, Policy):
             raise PolicyError(
@@ -708,6 +725,11 @@ class BoundVerifier:
         self._kinds = kinds
         self._product = product
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
+        self._activation_ttl = activation_ttl
+        self._proofs: OrderedDict[tuple[bytes, bytes], tuple[ActivationProof, float]] = (
+            OrderedDict()
+        )
+        self._proofs_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -749,7 +771,35 @@ class BoundVerifier:
         bundle = parse_vtpm_evidence(evidence)
         if bundle.profile is VtpmProfile.AZURE:
             return None
+        if self._remembered_proof(bundle) is not None:
+            return None
         return BoundActivation(challenge=begin_activation(bundle))
+
+    def _remembered_proof(self, bundle: VtpmEvidence) -> ActivationProof | None:
+        """A proof this verifier checked earlier for the bundle's EK and AK, if still fresh."""
+        if self._activation_ttl <= 0:
+            return None
+        key = activation_names(bundle)
+        now = time.monotonic()
+        with self._proofs_lock:
+            entry = self._proofs.get(key)
+            if entry is None:
+                return None
+            proof, remembered_at = entry
+            if now - remembered_at > self._activation_ttl:
+                del self._proofs[key]
+                return None
+            self._proofs.move_to_end(key)
+            return proof
+
+    def _remember_proof(self, proof: ActivationProof) -> None:
+        if self._activation_ttl <= 0:
+            return
+        with self._proofs_lock:
+            self._proofs[proof.ek_name, proof.ak_name] = (proof, time.monotonic())
+            self._proofs.move_to_end((proof.ek_name, proof.ak_name))
+            while len(self._proofs) > ACTIVATION_MEMORY_SIZE:
+                self._proofs.popitem(last=False)
 
     def verify(
         self,
@@ -784,6 +834,8 @@ class BoundVerifier:
         binder = _check_binder(binder)
         at = self._clock()
         profile = _profile_of(evidence)
+        proof: ActivationProof | None = None
+        fresh_proof = False
         if profile == SNP_PROFILE:
             if activation is not None or response is not None:
                 raise BindingMismatch(
@@ -805,7 +857,6 @@ class BoundVerifier:
         else:
             self._require("snp+vtpm")
             bundle = parse_vtpm_evidence(evidence)
-            proof: ActivationProof | None = None
             if (activation is None) != (response is None):
                 raise BindingMismatch(
                     "tpm.ak.activation",
@@ -820,6 +871,9 @@ class BoundVerifier:
                 if not isinstance(activation, ActivationChallenge):
                     raise TypeError("activation must come from activation_challenge()")
                 proof = finish_activation(activation, bytes(response))
+                fresh_proof = True
+            elif bundle.profile is not VtpmProfile.AZURE:
+                proof = self._remembered_proof(bundle)
             result = verify_vtpm_attestation(
                 bundle,
                 policy=self._policy,
@@ -832,6 +886,9 @@ class BoundVerifier:
             )
         if not result.appraised:  # pragma: no cover - a policy is always passed above
             raise PolicyViolation("policy", expected="appraised evidence", actual="not appraised")
+        if fresh_proof and proof is not None:
+            # Remembered only now that the whole chain verified and passed the policy.
+            self._remember_proof(proof)
         return result
 
     def _require(self, kind: str) -> None:

@@ -16,6 +16,7 @@ Nothing here does I/O: certificates and the verification time are passed in.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import threading
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Final, final
 from cryptography.hazmat.primitives import hashes
 
 from ._amd_certs import (
+    AmdKeyExtensions,
     AmdTrustAnchors,
     KeyKind,
     VerifiedAmdChain,
@@ -188,7 +190,7 @@ def verify_snp_report(
         SignatureMismatch: the report signature does not verify.
         EvidenceVerificationError: TCB, chip ID or key kind disagree with the certificate.
     """
-    extensions = parse_amd_key_extensions(endorsements.leaf)
+    extensions = _leaf_extensions(endorsements.leaf)
     named_product = product_from_name(extensions.product_name)
     if product is not None and product is not named_product:
         raise CertificateChainError(
@@ -227,6 +229,12 @@ CHAIN_CACHE_SIZE: Final = 64
 _ChainKey = tuple[bytes, bytes, bytes, ProductLine, KeyKind, AmdTrustAnchors]
 _chain_cache: OrderedDict[_ChainKey, tuple[VerifiedAmdChain, datetime, datetime]] = OrderedDict()
 _chain_cache_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=CHAIN_CACHE_SIZE)
+def _leaf_extensions(leaf: x509.Certificate) -> AmdKeyExtensions:
+    """parse_amd_key_extensions, remembered per certificate (errors are not remembered)."""
+    return parse_amd_key_extensions(leaf)
 
 
 def _verified_chain(

@@ -18,6 +18,7 @@ tests and for links where something else provides trust.
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import TYPE_CHECKING, Final, Literal
 
 from cryptography import x509
@@ -178,7 +179,7 @@ def check_peer_certificate(
             detail="the peer certificate must be self-issued",
         )
     try:
-        certificate.verify_directly_issued_by(certificate)
+        _check_self_signature(certificate)
     except InvalidSignature as exc:
         raise SignatureMismatch(
             "tls.peer_certificate.signature", expected="valid self-signature", actual="invalid"
@@ -187,6 +188,17 @@ def check_peer_certificate(
         raise CertificateChainError(
             "tls.peer_certificate.signature", expected="a checkable self-signature", actual=str(exc)
         ) from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _check_self_signature(certificate: x509.Certificate) -> None:
+    """verify_directly_issued_by on itself, remembered per certificate (DER) when it passes.
+
+    OpenSSL runs the verify callback twice per handshake, and ephemeral identities are
+    reused for many connections, so the same signature would be checked over and over.
+    Exceptions are not remembered: a bad signature is checked (and refused) every time.
+    """
+    certificate.verify_directly_issued_by(certificate)
 
 
 class PeerCertificateErrors(list[Exception]):

@@ -146,6 +146,43 @@ __all__ = ["STARTING_RECEIVE_SIZE", "AttestedTLSStream"]
 _T = TypeVar("_T")
 T_Stream = TypeVar("T_Stream", bound=trio.abc.Stream)
 
+
+@final
+class _BackgroundCall(Generic[_T]):
+    """A blocking call started in a worker thread now and awaited later.
+
+    Unlike ``trio.to_thread.run_sync`` it needs no task of its own, so a stream can start
+    work it will need a little later (its own evidence) and go on with something else
+    (judging the peer's).  If nobody awaits the result, the thread finishes and its
+    result is dropped.
+    """
+
+    def __init__(self, fn: Callable[[], _T]) -> None:
+        self._done = trio.Event()
+        self._value: _T | None = None
+        self._error: Exception | None = None
+        token = trio.lowlevel.current_trio_token()
+
+        def run() -> None:
+            try:
+                self._value = fn()
+            except Exception as exc:  # handed to the awaiting task by wait()
+                self._error = exc
+
+        def deliver(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._done.set)
+
+        trio.lowlevel.start_thread_soon(run, deliver)
+
+    async def wait(self) -> _T:
+        """The call's result (or its exception), once the thread has finished."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set when no error was recorded
+
+
 # Size of the first recv() when the caller gives no max_bytes.  Later calls use the
 # largest ciphertext chunk the transport has returned so far (ciphertext is slightly
 # larger than the plaintext it carries, so this errs on the generous side).  16 KiB is
@@ -650,8 +687,20 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             result = await appraise(first)
             await self._send_plaintext(machine.send(Verdict.ok()))
         else:
+            # Our evidence does not depend on the server's: make it (in a worker thread)
+            # while we judge the server's, and send it only once the server is accepted.
+            early: _BackgroundCall[Evidence | NoEvidence] | None = None
+            if config.run_in_thread and config.attester is not None and own_binder is not None:
+                early = _BackgroundCall(partial(local_evidence_event, config, own_binder))
             result = await appraise(await self._receive_evidence(machine))
-            own_event = await produce()
+            if early is None:
+                own_event = await produce()
+            else:
+                try:
+                    own_event = await early.wait()
+                except Exception as exc:
+                    await self._refuse(machine, exc)
+                    raise
             await self._send_plaintext(machine.send(own_event) + machine.send(Verdict.ok()))
             last = await self._next_exchange_event(machine)
             if isinstance(last, Challenge):

@@ -8,6 +8,7 @@ failed claim.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from typing import TYPE_CHECKING
 
@@ -39,8 +40,7 @@ def trust_anchors(*, trust_simulator: bool, presented_root: x509.Certificate) ->
         CertificateChainError: the presented root is a simulator root but simulated hardware
             is not trusted (a clearer message than "root not pinned").
     """
-    anchors = AmdTrustAnchors.default()
-    if is_simulated_root(presented_root):
+    if _is_simulated_root(presented_root):
         if not trust_simulator:
             raise CertificateChainError(
                 "snp.trust_anchor",
@@ -49,8 +49,18 @@ def trust_anchors(*, trust_simulator: bool, presented_root: x509.Certificate) ->
                 detail="simulated hardware is trusted only when the policy says "
                 "[trust] simulated_hardware = true (or --trust-simulator)",
             )
-        anchors = anchors.with_simulator_root(presented_root)
-    return anchors
+        return _with_simulator_root(presented_root)
+    return AmdTrustAnchors.default()
+
+
+# Both are pure functions of one certificate (hashed and compared by its DER), asked for
+# on every verification with the same few roots.  Exceptions are not remembered.
+_is_simulated_root = functools.lru_cache(maxsize=64)(is_simulated_root)
+
+
+@functools.lru_cache(maxsize=64)
+def _with_simulator_root(root: x509.Certificate) -> AmdTrustAnchors:
+    return AmdTrustAnchors.default().with_simulator_root(root)
 
 
 def verify_snp_attestation(

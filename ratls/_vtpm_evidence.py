@@ -112,6 +112,7 @@ __all__ = [
     "VerifiedVtpmEvidence",
     "VtpmEvidence",
     "VtpmProfile",
+    "activation_names",
     "begin_activation",
     "expected_report_data",
     "finish_activation",
@@ -537,6 +538,18 @@ def _ek_of(evidence: VtpmEvidence) -> TpmtPublic:
         actual=evidence.profile.value,
         detail="azure binds the AK in the report itself",
     )
+
+
+def activation_names(evidence: VtpmEvidence) -> tuple[bytes, bytes]:
+    """The (EK name, AK name) pair a credential activation for this bundle would prove.
+
+    A verifier that remembers proofs keys them by this pair.
+
+    Raises:
+        EvidenceFormatError: the EK or AK public area is malformed.
+        EvidenceVerificationError: the profile carries no EK (azure).
+    """
+    return _ek_of(evidence).name(), parse_tpm2b_public(evidence.ak_public).name()
 
 
 def begin_activation(

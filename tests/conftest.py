@@ -23,3 +23,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"CI needs {', '.join(missing)} (Debian packages swtpm, swtpm-tools, tpm2-tools, "
             "openssl): .ci/setup installs them"
         )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_shared_verifiers() -> None:
+    """Each test starts with no verifier shared by earlier connections.
+
+    ``open_attested_stream`` shares one verifier per policy, and a verifier remembers the
+    credential activations it has seen; a test that expects a challenge must not find the
+    vTPM already proven by an earlier test.
+    """
+    from ratls import _api
+
+    _api.forget_shared_verifiers()

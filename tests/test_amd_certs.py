@@ -32,6 +32,7 @@ from ratls._amd_certs import (
     TrustedArk,
     VerifiedAmdChain,
     _der_oid_value,
+    _load_amd_certificate,
     amd_certificate_serial,
     amd_pss_algorithm_identifier,
     der_integer,
@@ -108,6 +109,12 @@ REAL_MILAN_HW_ID = bytes.fromhex(
 
 def _real(product: ProductLine, name: str) -> x509.Certificate:
     return load_amd_certificate((CERTS / product.value.lower() / f"{name}.pem").read_bytes())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_certificate_memo() -> None:
+    """Several tests replace cryptography's loaders; a remembered certificate would skip them."""
+    _load_amd_certificate.cache_clear()
 
 
 def _der(cert: x509.Certificate) -> bytes:

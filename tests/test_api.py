@@ -23,6 +23,7 @@ from ratls._api import (
     HANDSHAKE_TIMEOUT,
     AttestedSocket,
     connect_attested,
+    forget_shared_verifiers,
     open_attested_stream,
     serve_attested,
     serve_attested_blocking,
@@ -638,6 +639,7 @@ async def test_response_for_another_challenge_refused(cvm: SimulatedVtpmAttester
         assert isinstance(result, AttestationResult)
         assert result.ak_binding == "activated"
         await stream.aclose()
+    forget_shared_verifiers()  # else the proven AK is remembered and not challenged again
     error = await refused_by_client(attester, expect=BindingMismatch)
     assert isinstance(error, BindingMismatch)
 

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -819,3 +820,94 @@ def test_respond_refuses_malformed_challenge(vtpm_bundle: VtpmEvidence) -> None:
     attester = VtpmBoundAttester(cast("Any", FakeVtpmSource(vtpm_bundle)))
     with pytest.raises(EvidenceFormatError):
         attester.respond(b"not a credential")
+
+
+# --------------------------------------------------------------------------- remembered activation
+
+
+def _activated(verifier: BoundVerifier, attester: SimulatedVtpmAttester) -> AttestationResult:
+    """One connection's worth: evidence, challenge, response, verification."""
+    binder = os.urandom(64)
+    data = attester.evidence(binder)
+    activation = verifier.activation_challenge(data)
+    assert activation is not None
+    response = attester.respond(activation.challenge_bytes())
+    return verifier.verify(data, binder, activation=activation, response=response)
+
+
+@needs_swtpm
+def test_passed_activation_is_remembered_per_ek_and_ak(
+    vtpm_attester: SimulatedVtpmAttester,
+) -> None:
+    verifier = BoundVerifier(sim_policy())
+    assert _activated(verifier, vtpm_attester).ak_binding == "activated"
+    # The same vTPM again: no challenge, and the AK still counts as activated.
+    binder = os.urandom(64)
+    data = vtpm_attester.evidence(binder)
+    assert verifier.activation_challenge(data) is None
+    assert verifier.verify(data, binder).ak_binding == "activated"
+    # Another verifier knows nothing of it.
+    fresh = BoundVerifier(sim_policy())
+    assert fresh.activation_challenge(data) is not None
+    with pytest.raises(PolicyViolation, match="unproven"):
+        fresh.verify(data, binder)
+
+
+@needs_swtpm
+def test_remembered_activation_does_not_cover_another_vtpm(
+    sp: SimulatedAmdSp, vtpm_attester: SimulatedVtpmAttester
+) -> None:
+    verifier = BoundVerifier(sim_policy())
+    _activated(verifier, vtpm_attester)
+    with SimulatedVtpmAttester(sp) as other:
+        binder = os.urandom(64)
+        data = other.evidence(binder)
+        assert verifier.activation_challenge(data) is not None
+        with pytest.raises(PolicyViolation, match="unproven"):
+            verifier.verify(data, binder)
+
+
+@needs_swtpm
+def test_activation_memory_off_and_expiry(
+    vtpm_attester: SimulatedVtpmAttester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    never = BoundVerifier(sim_policy(), activation_ttl=0)
+    _activated(never, vtpm_attester)
+    assert never.activation_challenge(vtpm_attester.evidence(os.urandom(64))) is not None
+
+    verifier = BoundVerifier(sim_policy(), activation_ttl=60)
+    _activated(verifier, vtpm_attester)
+    data = vtpm_attester.evidence(os.urandom(64))
+    assert verifier.activation_challenge(data) is None
+    later = time.monotonic() + 61
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert verifier.activation_challenge(data) is not None
+
+
+@needs_swtpm
+def test_failed_verification_remembers_nothing(vtpm_attester: SimulatedVtpmAttester) -> None:
+    # The activation itself succeeds, but the evidence fails the policy: not remembered.
+    strict = dataclasses.replace(
+        sim_policy(), snp=dataclasses.replace(sim_policy().snp, measurements=frozenset({bytes(48)}))
+    )
+    verifier = BoundVerifier(strict)
+    binder = os.urandom(64)
+    data = vtpm_attester.evidence(binder)
+    activation = verifier.activation_challenge(data)
+    assert activation is not None
+    response = vtpm_attester.respond(activation.challenge_bytes())
+    with pytest.raises(MeasurementMismatch):
+        verifier.verify(data, binder, activation=activation, response=response)
+    assert verifier.activation_challenge(vtpm_attester.evidence(os.urandom(64))) is not None
+
+
+@needs_swtpm
+def test_wrong_response_is_not_remembered(vtpm_attester: SimulatedVtpmAttester) -> None:
+    verifier = BoundVerifier(sim_policy())
+    binder = os.urandom(64)
+    data = vtpm_attester.evidence(binder)
+    activation = verifier.activation_challenge(data)
+    assert activation is not None
+    with pytest.raises(BindingMismatch):
+        verifier.verify(data, binder, activation=activation, response=bytes(32))
+    assert verifier.activation_challenge(vtpm_attester.evidence(os.urandom(64))) is not None

@@ -583,6 +583,25 @@ async def test_client_refuses_server_before_showing_its_evidence() -> None:
     assert client_attester.binders == []  # never produced evidence for this server
 
 
+async def test_client_evidence_made_early_is_never_sent_to_a_refused_server() -> None:
+    # With threads the client makes its evidence while it judges the server's; the
+    # server must still never receive it when the client refuses.
+    server_verifier = HmacVerifier()
+    client, server = wrap(
+        trio.testing.memory_stream_pair(),
+        client=AttestationConfig(
+            attester=HmacAttester(), verifier=MeasurementVerifier(), run_in_thread=True
+        ),
+        server=AttestationConfig(
+            attester=HmacAttester(), verifier=server_verifier, run_in_thread=False
+        ),
+    )
+    client_error, server_error = await outcomes(client, server)
+    assert isinstance(client_error, MeasurementMismatch)
+    assert isinstance(server_error, AttestationRefused)
+    assert server_verifier.seen == []
+
+
 async def test_missing_evidence_refused() -> None:
     client, server = wrap(
         trio.testing.memory_stream_pair(),
@@ -612,10 +631,13 @@ async def test_unaccepted_media_type_refused() -> None:
     assert isinstance(server_error, AttestationRefused)
 
 
+@pytest.mark.parametrize("threads", [False, True])
 @pytest.mark.parametrize("side", ["client", "server"])
-async def test_attester_failure(side: str) -> None:
+async def test_attester_failure(side: str, threads: bool) -> None:
+    # With threads the client starts its evidence while it judges the server's; a
+    # failure found then must still refuse with the reason, after that judgement.
     failing = AttestationConfig(
-        attester=FailingAttester(), verifier=HmacVerifier(), run_in_thread=False
+        attester=FailingAttester(), verifier=HmacVerifier(), run_in_thread=threads
     )
     configs = {"client": mutual(), "server": mutual(), side: failing}
     client, server = wrap(trio.testing.memory_stream_pair(), **configs)  # type: ignore[arg-type]
