@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Final, final
 
+from ratls._caches import verification_cache_stats
+
 __all__ = [
     "LATENCY_BUCKETS",
     "Counter",
@@ -89,6 +91,13 @@ class Counter(_Metric):
     def get(self, **labels: str) -> float:
         """The current value of one series (0 if never set)."""
         return self.values.get(self._key(labels), 0.0)
+
+    def set_total(self, total: float, **labels: str) -> None:
+        """Mirror a total counted elsewhere (it may not go down)."""
+        key = self._key(labels)
+        if total < self.values.get(key, 0.0):
+            raise ValueError("a counter only goes up")
+        self.values[key] = total
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
@@ -238,6 +247,30 @@ class GatewayMetrics:
             ("side", "outcome"),
         )
 
+        self.verify_cache_hits = r.counter(
+            "ratls_gateway_verify_cache_hits_total",
+            "Verification work answered from a memo of this process, by memo.",
+            ("cache",),
+        )
+        self.verify_cache_misses = r.counter(
+            "ratls_gateway_verify_cache_misses_total",
+            "Verification work done in full (remembered only if it passed), by memo.",
+            ("cache",),
+        )
+        self.verify_cache_hit_ratio = r.gauge(
+            "ratls_gateway_verify_cache_hit_ratio",
+            "hits / (hits + misses) of each verification memo since start.",
+            ("cache",),
+        )
+
+    def refresh_verification_caches(self) -> None:
+        """Copy ratls's verification-memo counts into the cache metrics."""
+        for name, stats in verification_cache_stats().items():
+            self.verify_cache_hits.set_total(stats.hits, cache=name)
+            self.verify_cache_misses.set_total(stats.misses, cache=name)
+            self.verify_cache_hit_ratio.set(stats.hit_ratio, cache=name)
+
     def render(self) -> str:
         """Prometheus text for every gateway metric."""
+        self.refresh_verification_caches()
         return self.registry.render()

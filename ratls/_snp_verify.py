@@ -67,6 +67,7 @@ __all__ = [
     "SnpEndorsements",
     "VerifiedSnpReport",
     "appraise_snp_report",
+    "chain_cache_counts",
     "product_from_name",
     "verify_snp_report",
 ]
@@ -229,6 +230,13 @@ CHAIN_CACHE_SIZE: Final = 64
 _ChainKey = tuple[bytes, bytes, bytes, ProductLine, KeyKind, AmdTrustAnchors]
 _chain_cache: OrderedDict[_ChainKey, tuple[VerifiedAmdChain, datetime, datetime]] = OrderedDict()
 _chain_cache_lock = threading.Lock()
+_chain_cache_counts = [0, 0]  # hits, misses (under _chain_cache_lock)
+
+
+def chain_cache_counts() -> tuple[int, int, int]:
+    """(hits, misses, entries) of the verified-chain memo since the process started."""
+    with _chain_cache_lock:
+        return _chain_cache_counts[0], _chain_cache_counts[1], len(_chain_cache)
 
 
 @functools.lru_cache(maxsize=CHAIN_CACHE_SIZE)
@@ -263,7 +271,9 @@ def _verified_chain(
         hit = _chain_cache.get(key) if at.tzinfo is not None else None
         if hit is not None and hit[1] <= at <= hit[2]:
             _chain_cache.move_to_end(key)
+            _chain_cache_counts[0] += 1
             return hit[0]
+        _chain_cache_counts[1] += 1
     chain = verify_amd_chain(
         leaf=endorsements.leaf,
         intermediate=endorsements.intermediate,
