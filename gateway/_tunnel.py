@@ -41,6 +41,7 @@ from ratls._errors import (
     RatlsError,
     RemoteProtocolError,
 )
+from ratls._tls_stream import acquire_for_io
 
 from ._attestation import check_media_type, reattest_binder
 from ._link import (
@@ -172,9 +173,14 @@ class LinkChannel:
             trio.BrokenResourceError: the stream failed.
             trio.ClosedResourceError: the stream was closed.
         """
-        async with self._send_lock:
+        # The stream's send_all is the schedule point; a free lock adds none (a relay
+        # sends one DATA frame per chunk, so a needless run-loop round per chunk counts).
+        await acquire_for_io(self._send_lock)
+        try:
             data = self.conn.send(event)
             await self.stream.send_all(data)
+        finally:
+            self._send_lock.release()
 
     async def receive(self) -> LinkEvent | LinkClosed:
         """The peer's next event; :class:`LinkClosed` when the stream ended or broke.
@@ -305,6 +311,11 @@ class Tunnel:
         self._send_error: Error | None = None
         self._last_activity = trio.current_time()
         self._half_closed = trio.Event()
+        # Both ends finished: our EOF frame has left (not merely been queued: the link
+        # machine counts it as sent before the bytes go out) and the peer's EOF has been
+        # passed on locally.  Only then may the tunnel's tasks be cancelled.
+        self._eof_sent = False
+        self._eof_delivered = False
         self._evidence: tuple[bytes, trio.Event, list[EvidenceFrame]] | None = None
         self._reattest_now = trio.Event()
         self._last_answer: float | None = None
@@ -348,7 +359,7 @@ class Tunnel:
             self._on_bytes(direction, n)
 
     def _check_done(self) -> None:
-        if self._channel.conn.state is LinkState.DONE and self._scope is not None:
+        if self._eof_sent and self._eof_delivered and self._scope is not None:
             self._scope.cancel()
 
     # ----------------------------------------------------------------- run
@@ -399,6 +410,7 @@ class Tunnel:
         except _SEND_ERRORS as exc:
             self._link_lost(f"sending EOF: {type(exc).__name__}")
             return
+        self._eof_sent = True
         self._half_closed.set()
         self._check_done()
 
@@ -436,6 +448,7 @@ class Tunnel:
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._local_reset(exc)
                     return
+                self._eof_delivered = True
                 self._half_closed.set()
                 self._check_done()
                 return
