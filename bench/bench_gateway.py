@@ -5,6 +5,9 @@ Each topology carries the same traffic along the same path::
     driver ──TCP──▶ hop A ══ link ══▶ hop B ──TCP──▶ backend
 
 * **raw**: two plain trio relays (64 KiB reads), no TLS: the floor for a Python relay;
+* **tls**: two bare TLS relays over ratls's ``AttestedTLSStream`` (mutual TLS 1.3,
+  64 KiB reads, no attestation, no link protocol): the gateway's data path without the
+  gateway, i.e. how much the tunnel machinery itself costs;
 * **stunnel**: Debian's stunnel4 as client and server, mutual TLS 1.3 with a throw-away
   P-256 PKI made in a temporary directory (chain verified both ways);
 * **ratls**: ``ratls-gateway run`` as ingress (port mapping) and egress, both with the
@@ -29,7 +32,7 @@ Every figure is also printed as a ratio to stunnel's in the same round; the summ
 the median over rounds (ratios: median of per-round ratios).
 
 Usage: .venv/bin/python bench/bench_gateway.py [--mib 256 | --gib] [--rounds 3]
-       [--tunnels 200] [--conc 8] [--idle 300] [--only raw,stunnel,ratls]
+       [--tunnels 200] [--conc 8] [--idle 300] [--only raw,tls,stunnel,ratls]
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ RELAY_CHUNK = 65536
 SOURCE_CHUNK = 1 << 20
 SINK_CHUNK = 256 * 1024
 TICK = os.sysconf("SC_CLK_TCK")
-TOPOLOGIES = ("raw", "stunnel", "ratls")
+TOPOLOGIES = ("raw", "tls", "stunnel", "ratls")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -144,6 +147,62 @@ def run_relay(listen: int, target: int) -> None:
     trio.run(serve)
 
 
+def run_tls_relay(listen: int, target: int, *, server_side: bool) -> None:
+    """A bare TLS relay over ratls's stream (roles ``tls-in`` and ``tls-out``).
+
+    Mutual TLS 1.3 between the hops (fresh self-signed P-256 identities, each side's
+    certificate checked as ratls checks peers), no attestation and no link protocol:
+    what the gateway's data path costs without the gateway.  ``tls-in`` accepts plain
+    TCP and connects with TLS; ``tls-out`` accepts TLS and connects plain TCP.
+    """
+    import trio
+
+    from ratls._tls_context import (
+        generate_ephemeral_identity,
+        make_client_context,
+        make_server_context,
+    )
+    from ratls._tls_stream import AttestedTLSStream
+
+    key, cert = generate_ephemeral_identity()
+    if server_side:
+        context = make_server_context(key, cert, attested=False)
+    else:
+        context = make_client_context(key, cert, attested=False)
+
+    async def pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await src.receive_some(RELAY_CHUNK):
+                await dst.send_all(data)
+            if isinstance(dst, trio.SocketStream):
+                await dst.send_eof()
+            else:
+                await dst.aclose()
+
+    async def handle(accepted: trio.SocketStream) -> None:
+        try:
+            onward = await trio.open_tcp_stream(HOST, target)
+        except OSError:
+            await accepted.aclose()
+            return
+        outer: trio.abc.Stream
+        inner: trio.abc.Stream
+        if server_side:
+            outer = AttestedTLSStream(accepted, context, server_side=True)
+            inner = onward
+        else:
+            outer = accepted
+            inner = AttestedTLSStream(onward, context, server_side=False)
+        async with outer, inner, trio.open_nursery() as nursery:
+            nursery.start_soon(pump, outer, inner)
+            nursery.start_soon(pump, inner, outer)
+
+    async def serve() -> None:
+        await trio.serve_tcp(handle, listen, host=HOST, backlog=1024)
+
+    trio.run(serve)
+
+
 class _Backend(socketserver.BaseRequestHandler):
     """First byte ``E``: echo until EOF.  ``S``: sink until EOF, reply ``bytes seconds``."""
 
@@ -153,6 +212,20 @@ class _Backend(socketserver.BaseRequestHandler):
         if mode == b"E":
             while data := sock.recv(65536):
                 sock.sendall(data)
+        elif mode == b"N":
+            # Sized sink, for relays that cannot pass a half-close on (the bare TLS relay):
+            # an 8-byte length, that many bytes, then the same reply as "S".
+            header = b""
+            while len(header) < 8 and (part := sock.recv(8 - len(header))):
+                header += part
+            left = int.from_bytes(header, "big")
+            buf = bytearray(SINK_CHUNK)
+            total = sock.recv_into(buf, min(left, SINK_CHUNK))
+            start = time.perf_counter()
+            while total < left and (n := sock.recv_into(buf, min(left - total, SINK_CHUNK))):
+                total += n
+            elapsed = time.perf_counter() - start
+            sock.sendall(f"{total} {elapsed:.6f}\n".encode())
         elif mode == b"S":
             buf = bytearray(SINK_CHUNK)
             total = sock.recv_into(buf)
@@ -280,6 +353,19 @@ def start_raw(backend: int, _work: Path) -> Topology:
     return topo
 
 
+def start_tls(backend: int, _work: Path) -> Topology:
+    a, b = free_port(), free_port()
+    topo = Topology("tls", a)
+    topo.hops.append(
+        spawn(self_argv("--role", "tls-out", "--listen", str(b), "--target", str(backend)))
+    )
+    topo.hops.append(spawn(self_argv("--role", "tls-in", "--listen", str(a), "--target", str(b))))
+    deadline = time.monotonic() + 20
+    wait_port(b, deadline)
+    wait_port(a, deadline)
+    return topo
+
+
 def start_stunnel(backend: int, work: Path) -> Topology:
     a, b = free_port(), free_port()
     common = "foreground = yes\npid =\ndebug = 3\nsslVersionMin = TLSv1.3\n"
@@ -348,6 +434,7 @@ def start_ratls(backend: int, work: Path) -> Topology:
 
 STARTERS: dict[str, Callable[[int, Path], Topology]] = {
     "raw": start_raw,
+    "tls": start_tls,
     "stunnel": start_stunnel,
     "ratls": start_ratls,
 }
@@ -360,17 +447,19 @@ def throughput(topo: Topology, size: int) -> tuple[float, float]:
     """MB/s at the backend and hop CPU seconds per GB for ``size`` bytes."""
     block = os.urandom(SOURCE_CHUNK)
     cpu0 = sum(cpu_seconds(p.pid) for p in topo.hops)
+    sized = topo.name == "tls"  # it has no half-close to carry the driver's EOF
     with socket.create_connection((HOST, topo.entry), timeout=120) as s:
-        s.sendall(b"S")
+        s.sendall(b"N" + size.to_bytes(8, "big") if sized else b"S")
         left = size
         view = memoryview(block)
         while left > 0:
             n = min(left, SOURCE_CHUNK)
             s.sendall(view[:n])
             left -= n
-        s.shutdown(socket.SHUT_WR)
+        if not sized:
+            s.shutdown(socket.SHUT_WR)
         reply = b""
-        while data := s.recv(100):
+        while not (sized and reply.endswith(b"\n")) and (data := s.recv(100)):
             reply += data
     cpu1 = sum(cpu_seconds(p.pid) for p in topo.hops)
     got, seconds = reply.split()
@@ -450,7 +539,9 @@ METRICS = (
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=["driver", "relay", "backend"], default="driver")
+    parser.add_argument(
+        "--role", choices=["driver", "relay", "tls-in", "tls-out", "backend"], default="driver"
+    )
     parser.add_argument("--listen", type=int)
     parser.add_argument("--target", type=int)
     parser.add_argument("--mib", type=int, default=256)
@@ -464,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "relay":
         run_relay(args.listen, args.target)
+        return 0
+    if args.role in ("tls-in", "tls-out"):
+        run_tls_relay(args.listen, args.target, server_side=args.role == "tls-out")
         return 0
     if args.role == "backend":
         run_backend(args.listen)

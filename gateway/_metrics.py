@@ -69,6 +69,10 @@ class _Metric:
     labelnames: tuple[str, ...] = ()
 
     def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
+        # Tunnels count bytes per chunk: labels given in the declared order (the usual
+        # case) cost one tuple comparison; any other order is checked and reordered.
+        if tuple(labels) == self.labelnames:
+            return tuple(map(str, labels.values()))
         if set(labels) != set(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
         return tuple(str(labels[n]) for n in self.labelnames)

@@ -52,7 +52,8 @@ from ._exchange import (
 from ._tls_context import PeerCertificateErrors
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
+    from types import TracebackType
 
     from cryptography import x509
 
@@ -234,7 +235,11 @@ class _State(enum.Enum):
 
 
 class _ConflictDetector:
-    """Raise BusyResourceError when two tasks enter the same operation at once."""
+    """Raise BusyResourceError when two tasks enter the same operation at once.
+
+    ``with detector.guard():`` holds it for the block.  A plain object with ``__enter__``
+    and ``__exit__`` (not a generator context manager): a relay enters it once per chunk.
+    """
 
     __slots__ = ("_held", "_message")
 
@@ -242,15 +247,21 @@ class _ConflictDetector:
         self._message = message
         self._held = False
 
-    @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
+    def guard(self) -> _ConflictDetector:
+        return self
+
+    def __enter__(self) -> None:
         if self._held:
             raise trio.BusyResourceError(self._message)
         self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._held = False
 
 
 def _refusal_reason(exc: BaseException) -> str:
