@@ -326,25 +326,25 @@ class _CertChecker:
         return False
 
 
-async def _cert_handshake(
-    stream: AttestedTLSStream[trio.SocketStream], checker: _CertChecker | None
-) -> None:
-    """Run a cert-mode handshake; record the peer certificate's result on the stream.
+def _peer_result(
+    checker: _CertChecker | None,
+) -> Callable[[x509.Certificate | None], object] | None:
+    """The stream's certificate_attestation hook for cert mode (None: peer not verified).
 
-    The evidence was verified inside the handshake by the checker's callback; this
+    The evidence was verified inside the handshake by the checker's callback; the hook
     collects that result (reused, not recomputed) for ``stream.peer_attestation``.
     """
-    await stream.do_handshake()
     if checker is None:
-        return
-    certificate = stream.peer_certificate
-    if certificate is None:
-        raise PolicyViolation(
-            "tls.peer_certificate", expected="a certificate with evidence", actual="none"
-        )
-    # AttestedTLSStream has no public way to set the result of an attestation it did not
-    # run itself; cert mode stores it where the ``peer_attestation`` property reads it.
-    stream._peer_attestation = checker.verify(certificate)
+        return None
+
+    def result(certificate: x509.Certificate | None) -> object:
+        if certificate is None:
+            raise PolicyViolation(
+                "tls.peer_certificate", expected="a certificate with evidence", actual="none"
+            )
+        return checker.verify(certificate)
+
+    return result
 
 
 def _cert_checker(
@@ -591,11 +591,15 @@ async def _open_cert_stream(
     with trio.fail_after(connect_timeout):
         transport = await trio.open_tcp_stream(host, port)
     stream = AttestedTLSStream(
-        transport, context, server_side=False, server_hostname=server_hostname
+        transport,
+        context,
+        server_side=False,
+        server_hostname=server_hostname,
+        certificate_attestation=_peer_result(checker),
     )
     try:
         with trio.fail_after(handshake_timeout):
-            await _cert_handshake(stream, checker)
+            await stream.do_handshake()
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
@@ -641,11 +645,18 @@ async def _cert_server(
     identities = _ServerIdentity(make, identity, configure, renewal)
     await identities.context()  # fail at start-up, not on the first connection
 
+    peer_result = _peer_result(checker)
+
     async def make_stream(transport: trio.SocketStream) -> AttestedTLSStream[Any]:
         context = await identities.context()
-        return AttestedTLSStream(transport, context, server_side=True)
+        return AttestedTLSStream(
+            transport, context, server_side=True, certificate_attestation=peer_result
+        )
 
-    return make_stream, partial(_cert_handshake, checker=checker)
+    async def handshake(stream: AttestedTLSStream[Any]) -> None:
+        await stream.do_handshake()
+
+    return make_stream, handshake
 
 
 def _peer_name(transport: trio.SocketStream) -> object:

@@ -288,6 +288,10 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         attestation: what this side proves and demands; None for plain TLS (then TLS 1.2
             is allowed and no exchange takes place).
         server_hostname: SNI name to send (client side only); trust does not depend on it.
+        certificate_attestation: for evidence carried in certificates (cert mode): called
+            with the peer's certificate (None if it sent none) once the TLS handshake is
+            done; what it returns becomes :attr:`peer_attestation`, and if it raises, the
+            handshake fails with that error.  Not together with ``attestation``.
 
     Attributes:
         transport_stream: the underlying stream.
@@ -302,10 +306,14 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         server_side: bool,
         attestation: AttestationConfig | None = None,
         server_hostname: str | None = None,
+        certificate_attestation: Callable[[x509.Certificate | None], object] | None = None,
     ) -> None:
+        if attestation is not None and certificate_attestation is not None:
+            raise ValueError("attestation and certificate_attestation exclude each other")
         self.transport_stream: T_Stream = transport_stream
         self.server_side = server_side
         self._attestation = attestation
+        self._certificate_attestation = certificate_attestation
         # An idle connection then holds no 16 KiB+ read and write buffers (OpenSSL
         # frees them whenever they are empty): most of what an idle TLS connection
         # costs.  The mode is copied into each new Connection.  pyOpenSSL refuses to
@@ -599,6 +607,8 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             if version != _TLS13:
                 raise PolicyViolation("tls.version", expected=_TLS13, actual=version)
             self._peer_attestation = await self._attest(config)
+        elif self._certificate_attestation is not None:
+            self._peer_attestation = self._certificate_attestation(self._peer_certificate)
         self._handshake_ok = True
 
     async def _call(self, config: AttestationConfig, fn: Callable[[], _T]) -> _T:

@@ -1551,3 +1551,52 @@ async def test_verifier_with_unusable_state_refuses() -> None:
     assert isinstance(client_error, LocalProtocolError)
     assert isinstance(server_error, AttestationRefused)
     assert "challenge_bytes" in server_error.reason
+
+
+# --------------------------------------------------------------------------- certificate hook
+
+
+async def test_certificate_attestation_hook_sets_peer_attestation() -> None:
+    cctx, sctx = contexts(attested=False, tls="1.3", require_client_certificate=True)
+    seen: list[object] = []
+
+    def judge(certificate: object) -> object:
+        seen.append(certificate)
+        return ("judged", certificate)
+
+    left, right = trio.testing.memory_stream_pair()
+    client = AttestedTLSStream(left, cctx, server_side=False, certificate_attestation=judge)
+    server = AttestedTLSStream(right, sctx, server_side=True, certificate_attestation=judge)
+    await handshake_both(client, server)
+    assert client.peer_attestation == ("judged", client.peer_certificate)
+    assert server.peer_attestation == ("judged", server.peer_certificate)
+    assert len(seen) == 2
+    assert all(certificate is not None for certificate in seen)
+
+
+async def test_certificate_attestation_hook_refusal_fails_the_handshake() -> None:
+    cctx, sctx = contexts(attested=False, tls="1.3", require_client_certificate=True)
+
+    def refuse(certificate: object) -> object:
+        raise MeasurementMismatch("snp.measurement", expected="a", actual="b")
+
+    left, right = trio.testing.memory_stream_pair()
+    client = AttestedTLSStream(left, cctx, server_side=False, certificate_attestation=refuse)
+    server = AttestedTLSStream(right, sctx, server_side=True)
+    client_error, _ = await outcomes(client, server)
+    assert isinstance(client_error, MeasurementMismatch)
+    with pytest.raises(trio.BrokenResourceError):
+        await client.send_all(b"x")
+
+
+def test_certificate_attestation_and_exchange_exclude_each_other() -> None:
+    cctx, _ = contexts(attested=True, tls="1.3", require_client_certificate=True)
+    left, _right = trio.testing.memory_stream_pair()
+    with pytest.raises(ValueError, match="exclude each other"):
+        AttestedTLSStream(
+            left,
+            cctx,
+            server_side=False,
+            attestation=mutual(),
+            certificate_attestation=lambda certificate: certificate,
+        )
