@@ -324,9 +324,12 @@ class SimulatedSnpAttester:
 
     Attributes:
         media_type: :data:`SNP_MEDIA_TYPE`.
+        blocking: False: it only computes (an ECDSA signature), so the stream calls it
+            in the event loop.
     """
 
     media_type: Final = SNP_MEDIA_TYPE
+    blocking: Final = False
 
     def __init__(
         self,
@@ -696,10 +699,16 @@ class BoundVerifier:
             so a quote it signs can only come from the TPM that answered before, and the
             fresh SNP report still binds that EK to this VM and this connection.
 
+    Attributes:
+        blocking: False: verification only computes (signatures, the policy, and for
+            activation an RSA or ECC encryption), so the stream calls it in the event loop.
+
     Raises:
         PolicyError: no policy was given.
         ValueError: ``accept`` is empty or names an unknown kind.
     """
+
+    blocking: Final = False
 
     def __init__(
         self,

@@ -784,8 +784,10 @@ class LocalAttester(Protocol):
     """Produces this side's evidence for a binder (implemented by ratls attesters).
 
     ``evidence`` may block (TPM commands, an ioctl, a KDS fetch); the trio stream calls
-    it in a worker thread.  It raises :class:`~ratls.AttesterError` when it cannot
-    produce evidence.
+    it in a worker thread.  An attester that only computes (a simulator) may say so with
+    a class attribute ``blocking = False``; it is then called in the event loop, which
+    spares two thread hand-offs per connection.  It raises :class:`~ratls.AttesterError`
+    when it cannot produce evidence.
     """
 
     def evidence(self, binder: bytes) -> bytes:
@@ -801,6 +803,7 @@ class PeerVerifier(Protocol):
     :class:`~ratls._result.AttestationResult`), which becomes the stream's
     ``peer_attestation``, or raises a :class:`~ratls.RatlsError` naming what is wrong.
     It must never return a falsy "failed" value; the return value is not inspected.
+    Like attesters, a verifier that only computes may declare ``blocking = False``.
     """
 
     def verify(self, evidence: bytes, binder: bytes) -> object:
@@ -876,7 +879,9 @@ class AttestationConfig:
         media_type: media type of the evidence our attester produces.
         accepted_media_types: media types we hand to the verifier; others are refused.
         run_in_thread: call the attester and verifier in a worker thread (the default;
-            turn it off only for fast in-memory implementations, e.g. in tests).
+            turn it off only for implementations that never block, e.g. simulators;
+            :func:`~ratls._attesters_registry.make_attestation_config` decides from
+            their ``blocking`` attributes).
     """
 
     attester: LocalAttester | None = None

@@ -708,7 +708,19 @@ def test_make_attestation_config(sp: SimulatedAmdSp) -> None:
     config = make_attestation_config(SimulatedSnpAttester(sp), verifier)
     assert config.media_type == SNP_MEDIA_TYPE
     assert config.accepted_media_types == frozenset({SNP_MEDIA_TYPE})
-    assert config.run_in_thread
+    # Both only compute: called in the event loop unless the caller asks for threads.
+    assert not config.run_in_thread
+    assert make_attestation_config(
+        SimulatedSnpAttester(sp), verifier, run_in_thread=True
+    ).run_in_thread
+
+    class Unknown:  # says nothing about blocking: assumed to block
+        def evidence(self, binder: bytes) -> bytes:
+            return binder
+
+    assert make_attestation_config(Unknown(), verifier).run_in_thread
+    assert make_attestation_config(None, verifier).run_in_thread is False
+    assert make_attestation_config(SimulatedVtpmAttester(sp), verifier).run_in_thread
     bare = make_attestation_config(None, None, run_in_thread=False)
     assert bare.media_type == DEFAULT_MEDIA_TYPE
     assert bare.accepted_media_types == frozenset({SNP_MEDIA_TYPE, VTPM_MEDIA_TYPE})
