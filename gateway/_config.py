@@ -385,17 +385,20 @@ class MappingRule:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpConnectRule:
-    """An HTTP CONNECT proxy; the target comes from each request.
+    """An HTTP proxy (CONNECT and absolute-form http://); the target comes from each request.
 
     Attributes:
         name: a label for logs and metrics.
         listen: where proxy clients connect.
         egress: the egress gateway's attested listener.
+        attestation_headers: add the egress's verified attestation summary
+            (``X-Ratls-Peer-*``) to responses of absolute-form requests.
     """
 
     name: str
     listen: Endpoint
     egress: Endpoint
+    attestation_headers: bool = False
 
 
 @final
@@ -772,12 +775,17 @@ def _ingress(
     proxies: list[HttpConnectRule] = []
     for i, t in enumerate(c.array(ingress, "http_connect", "ingress.http_connect")):
         where = f"ingress.http_connect[{i}]"
-        c.unknown(t, {"name", "listen", "egress"}, where)
+        c.unknown(t, {"name", "listen", "egress", "attestation_headers"}, where)
         name = c.name(t, where, f"http-connect-{i}")
         listen = c.endpoint(t, "listen", where, listen=True)
         egress = c.endpoint(t, "egress", where, listen=False)
+        headers = c.boolean(t, "attestation_headers", where)
         if listen and egress:
-            proxies.append(HttpConnectRule(name=name, listen=listen, egress=egress))
+            proxies.append(
+                HttpConnectRule(
+                    name=name, listen=listen, egress=egress, attestation_headers=headers
+                )
+            )
     socks: list[Socks5Rule] = []
     for i, t in enumerate(c.array(ingress, "socks5", "ingress.socks5")):
         where = f"ingress.socks5[{i}]"

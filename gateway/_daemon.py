@@ -36,7 +36,8 @@ from ._admin import serve_admin
 from ._attestation import close_attestation, make_identity, resolve_attestation
 from ._config import ConfigError, ConfigProblem, GatewayConfig
 from ._egress import serve_egress
-from ._ingress import serve_http_connect, serve_mapping, serve_socks5
+from ._http_proxy import serve_http_proxy
+from ._ingress import serve_mapping, serve_socks5
 from ._runtime import Runtime, log_event
 
 if TYPE_CHECKING:
@@ -255,7 +256,7 @@ async def _serve(
                     )
                 for h in config.http_connect:
                     gateway.listeners[f"http-connect:{h.name}"] = await accept.start(
-                        partial(serve_http_connect, runtime, h, handler_nursery=tunnels)
+                        partial(serve_http_proxy, runtime, h, handler_nursery=tunnels)
                     )
                 for s in config.socks5:
                     gateway.listeners[f"socks5:{s.name}"] = await accept.start(

@@ -20,8 +20,10 @@ limit-reached, shutting-down              503
 rate-limited                              429
 ========================================  =====
 
-Absolute-form proxying (``GET http://...``) is not offered: the gateway carries bytes,
-it does not speak HTTP on the client's behalf.
+The same table applies to absolute-form requests (``GET http://host/path``), which the
+listener in :mod:`gateway._http_proxy` serves next to CONNECT; this module's
+:func:`parse_connect_request` on its own answers them with 405, for a CONNECT-only
+listener.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ __all__ = [
 MAX_REQUEST_HEAD: Final = 8192
 
 _REQUEST_LINE: Final = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)")
-_HEADER_LINE: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[^\r\n]*")
+# One character class per part, so matching is linear (optional blanks followed by a
+# class that also holds blanks would backtrack quadratically on a line of blanks).
+_HEADER_NAME: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE: Final = re.compile(rb"[^\r\n]*")
 
 _REASONS: Final = {
     200: "Connection established",
@@ -124,9 +129,9 @@ def parse_connect_request(head: bytes) -> ConnectRequest:
         raise HttpRequestError(405, "this proxy only accepts CONNECT")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
-        if not _HEADER_LINE.fullmatch(line):
+        name, colon, value = line.partition(b":")
+        if not colon or not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
             raise HttpRequestError(400, "malformed header line")
-        name, _, value = line.partition(b":")
         try:
             headers.append((name.decode("ascii").lower(), value.strip().decode("latin-1")))
         except UnicodeDecodeError:  # pragma: no cover - the regex admits ASCII names only
