@@ -953,6 +953,11 @@ class LinkConnection:
     def _advance(self, event: LinkEvent, direction: str) -> None:
         frame_type = _frame_type_of(event)
         state = self._state
+        if state is _L.DONE and frame_type is FrameType.ERROR and direction != _SEND:
+            # Both EOFs were exchanged, but the peer could not deliver our last bytes (or
+            # its ERROR crossed our EOF): it may still say so, and the tunnel fails.
+            self._state = _L.CLOSED
+            return
         if state not in _LIVE:
             self._fail(direction, frame_type)
         if frame_type is FrameType.ERROR:

@@ -139,6 +139,28 @@ async def close_link(stream: trio.abc.Stream, *, graceful: bool) -> None:
     await trio.aclose_forcefully(stream)
 
 
+# Linux TCP_INFO tcpi_state values (include/net/tcp_states.h).
+_TCP_CLOSE: Final = 7
+
+
+def _reset_not_closed(stream: trio.abc.Stream) -> bool:
+    """Whether an end of file just read from ``stream`` was really a connection reset.
+
+    Linux hands a reset socket's error to one call only; if another task's send took it,
+    the next read returns an empty string as if the peer had closed cleanly.  A socket
+    that received a FIN is in CLOSE_WAIT; one that was reset is in CLOSE.  (A socket that
+    sent its own FIN first also ends in CLOSE, so callers ask only while we have not
+    closed our side.)  On other systems, or for other streams, this answers False.
+    """
+    if not isinstance(stream, trio.SocketStream) or not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        info = stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except OSError:
+        return False
+    return bool(info) and info[0] == _TCP_CLOSE
+
+
 @final
 class LinkChannel:
     """A :class:`~gateway._link.LinkConnection` driven over an attested stream.
@@ -195,7 +217,10 @@ class LinkChannel:
             try:
                 data = await self.stream.receive_some(self._receive_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+                # The peer gateway vanished (or our stream was closed): the link is lost,
+                # even if that cut a frame short.  Only a clean TLS close in the middle of
+                # a frame is the peer breaking the protocol.
+                return LinkClosed()
             self.conn.receive_data(data)
 
 
@@ -402,6 +427,9 @@ class Tunnel:
                 self._local_reset(exc)
                 return
             if not data:
+                if not self._eof_delivered and _reset_not_closed(self._local):
+                    self._local_reset(ConnectionResetError("reset by peer (read as end of file)"))
+                    return
                 break
             if not await self._send_data(data):
                 return
@@ -451,7 +479,9 @@ class Tunnel:
                 self._eof_delivered = True
                 self._half_closed.set()
                 self._check_done()
-                return
+                # Keep reading: while we still send, the peer may re-attest us, answer
+                # our re-attestation, or report (ERROR) that it could not deliver our bytes.
+                continue
             elif isinstance(event, Error):
                 label = f"peer-{reason_name(event.code)}"
                 self._abort(label, event.reason, code=event.code, tell_peer=False)

@@ -553,10 +553,14 @@ async def test_reattestation_while_the_backend_thinks(
         )
         await wait_for(lambda: len(tunnel_lines(caplog)) == 1)
         metrics = proxy.ingress.runtime.metrics
-        assert metrics.reattest_total.get(side="ingress", outcome="ok") == 1
+        passed = metrics.reattest_total.get(side="ingress", outcome="ok")
+        assert metrics.reattest_total.get(side="ingress", outcome="failed") == 0
     assert response.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nX-Ratls-Peer-Profile: test-hmac\r\n" in response
-    assert tunnel_lines(caplog)[0]["reattestations"] == 1
+    # Re-attested while the backend thought (at least once in 61 s with a 60 s age), and
+    # every re-attestation passed, also after the request side of the tunnel had ended.
+    assert passed >= 1
+    assert tunnel_lines(caplog)[0]["reattestations"] == passed
 
 
 @pytest.mark.parametrize("how", ["reset", "half-close"])

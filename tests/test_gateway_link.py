@@ -488,14 +488,30 @@ def test_peer_cannot_stack_reattest_requests() -> None:
         egress.next_event()
 
 
-def test_nothing_after_done_or_closed() -> None:
+def test_only_a_peer_error_after_done_then_nothing() -> None:
     ingress, egress = _pair()
     _open(ingress, egress)
     _deliver(ingress, egress, Eof())
     _deliver(egress, ingress, Eof())
+    assert _state(ingress) is LinkState.DONE
     with pytest.raises(LocalProtocolError):
         ingress.send(Error(code=1))
+    with pytest.raises(LocalProtocolError):
+        ingress.send(Data(data=b"late"))
+    # The peer may still report that it could not deliver our last bytes (its ERROR may
+    # also have crossed our EOF): the tunnel then ends as failed.
     ingress.receive_data(encode_frame(Error(code=1)))
+    assert isinstance(ingress.next_event(), Error)
+    assert _state(ingress) is LinkState.CLOSED
+    ingress.receive_data(encode_frame(Error(code=1)))
+    with pytest.raises(UnexpectedLinkFrame):
+        ingress.next_event()
+    # Anything but ERROR after DONE is a protocol error.
+    ingress, egress = _pair()
+    _open(ingress, egress)
+    _deliver(ingress, egress, Eof())
+    _deliver(egress, ingress, Eof())
+    ingress.receive_data(encode_frame(Data(data=b"late")))
     with pytest.raises(UnexpectedLinkFrame):
         ingress.next_event()
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
+import struct
 from typing import Literal
 
 import trio
@@ -117,3 +120,37 @@ async def _run_pair_with_deadline(
 ) -> tuple[bytes, bytes, TunnelOutcome, TunnelOutcome]:
     with trio.fail_after(10):  # a lost EOF shows as a hang; fail instead
         return await _run_pair(up, down, buffer_size)
+
+
+async def test_reset_read_as_end_of_file_is_recognised() -> None:
+    # Linux gives a reset socket's error to one call only; the next read returns b"" as
+    # if the peer had closed cleanly.  The tunnel must still treat it as a reset.
+    from gateway._tunnel import _reset_not_closed
+
+    async def pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        ours = await trio.open_tcp_stream("127.0.0.1", port)
+        theirs = await listener.accept()
+        await listener.aclose()
+        return ours, theirs
+
+    ours, theirs = await pair()
+    theirs.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await theirs.aclose()  # RST
+    await trio.sleep(0.05)
+    with contextlib.suppress(trio.BrokenResourceError):
+        await ours.send_all(b"x" * 100000)  # takes the error
+    assert await ours.receive_some() == b""
+    assert _reset_not_closed(ours)
+    await ours.aclose()
+
+    ours, theirs = await pair()
+    await theirs.send_eof()  # a clean FIN
+    assert await ours.receive_some() == b""
+    assert not _reset_not_closed(ours)
+    await ours.aclose()
+    await theirs.aclose()
+    # Not a TCP socket: never a reset by this test.
+    left, _right = trio.testing.memory_stream_pair()
+    assert not _reset_not_closed(left)
