@@ -30,10 +30,7 @@ from ratls._tls_stream import AttestedTLSStream
 
 from ._attestation import peer_summary
 from ._http_connect import (
-    MAX_REQUEST_HEAD,
-    HttpRequestError,
     build_response,
-    parse_connect_request,
     status_for,
 )
 from ._link import (
@@ -71,7 +68,7 @@ from ._tunnel import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from ._config import Endpoint, HttpConnectRule, MappingRule, Socks5Rule
+    from ._config import Endpoint, MappingRule, Socks5Rule
     from ._runtime import Runtime, TunnelRecord
 
     Handler = Callable[
@@ -82,7 +79,6 @@ __all__ = [
     "IngressFailure",
     "OpenedLink",
     "open_link",
-    "serve_http_connect",
     "serve_mapping",
     "serve_socks5",
 ]
@@ -368,14 +364,14 @@ async def _handle(
 async def _refuse_client(mode: str, raw: trio.SocketStream, result: str) -> None:
     """Refuse before any work (limits, drain): a short answer where the protocol has one."""
     if mode == "http-connect":
-        with (
-            trio.move_on_after(1.0),
-            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-        ):
-            await raw.send_all(
+        # Answer, half-close and drain what the client already sent, so that closing
+        # with unread input does not reset the connection before the answer is read.
+        with trio.move_on_after(1.0 + _LINGER_TIME):
+            await _answer_and_close(
+                raw,
                 build_response(
                     status_for(result, None), reason_code=result, detail="try again later"
-                )
+                ),
             )
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await raw.aclose()
@@ -446,68 +442,6 @@ async def serve_mapping(
 
 
 # --------------------------------------------------------------------------- HTTP
-
-
-async def serve_http_connect(
-    runtime: Runtime,
-    rule: HttpConnectRule,
-    *,
-    handler_nursery: trio.Nursery | None = None,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
-    """Serve one HTTP CONNECT proxy forever.
-
-    Raises:
-        OSError: the listen address cannot be bound.
-    """
-
-    async def handler(
-        runtime: Runtime,
-        raw: trio.SocketStream,
-        client: str,
-        record: TunnelRecord,
-        fields: dict[str, Any],
-    ) -> None:
-        reader = StreamReader(raw, limit=MAX_REQUEST_HEAD)
-        try:
-            with trio.fail_after(runtime.config.timeouts.proxy_request):
-                head = await reader.read_until(b"\r\n\r\n")
-                request = parse_connect_request(head)
-        except trio.TooSlowError:
-            fields.update(result="request-timeout")
-            await _answer_and_close(raw, build_response(408, detail="request head too slow"))
-            return
-        except HttpRequestError as exc:
-            fields.update(result="bad-request", detail=str(exc))
-            await _answer_and_close(raw, build_response(exc.status, detail=str(exc)))
-            return
-        except RemoteProtocolError as exc:  # truncated or too large
-            fields.update(result="bad-request", detail=str(exc))
-            await _answer_and_close(raw, build_response(431, detail="request head too large"))
-            return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            fields.update(result="client-reset")
-            return
-        record.target = str(request.target)
-        opened = await open_link(runtime, rule.egress, request.target, client)
-        if isinstance(opened, IngressFailure):
-            fields.update(result=opened.result, detail=opened.detail)
-            status = status_for(opened.result, opened.code)
-            await _answer_and_close(
-                raw, build_response(status, reason_code=opened.result, detail=opened.detail)
-            )
-            return
-        if not await _send_quietly(raw, build_response(200)):
-            await close_link(opened.channel.stream, graceful=True)
-            fields.update(result="client-reset")
-            return
-        await _run_tunnel(
-            runtime, rule.name, opened, raw, record, fields, initial_data=reader.leftover()
-        )
-
-    await _serve(
-        runtime, rule.listen, "http-connect", rule.name, handler, handler_nursery, task_status
-    )
 
 
 # After an error answer, how long and how much unread request we swallow before closing.
