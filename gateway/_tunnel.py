@@ -601,8 +601,8 @@ class Tunnel:
             tell_peer=True,
         )
 
-    async def _call(self, config: AttestationConfig, fn: Callable[[], _T]) -> _T:
-        if config.run_in_thread:
+    async def _call(self, in_thread: bool, fn: Callable[[], _T]) -> _T:
+        if in_thread:
             return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
         await trio.lowlevel.checkpoint()
         return fn()
@@ -641,7 +641,7 @@ class Tunnel:
             try:
                 check_media_type(att.config, frame.media_type)
                 result = await self._call(
-                    att.config, partial(verifier.verify, frame.evidence, binder)
+                    att.config.verifier_in_thread, partial(verifier.verify, frame.evidence, binder)
                 )
             except RatlsError as exc:
                 self._reattest_failed(started, refusal_text(exc))
@@ -678,7 +678,9 @@ class Tunnel:
         self._last_answer = trio.current_time()
         binder = reattest_binder(self._channel.stream, att.own_certificate, nonce)
         try:
-            evidence = await self._call(att.config, partial(attester.evidence, binder))
+            evidence = await self._call(
+                att.config.run_in_thread, partial(attester.evidence, binder)
+            )
         except RatlsError as exc:
             self._abort(
                 "attestation-failed",

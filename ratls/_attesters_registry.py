@@ -282,21 +282,20 @@ def make_attestation_config(
     Args:
         attester: ours, or None when this side does not attest.
         verifier: the peer's, or None when the peer need not attest.
-        run_in_thread: call them in a worker thread.  None (the default) decides from
-            their ``blocking`` attributes: a thread unless both say ``blocking = False``
-            (an object without the attribute is assumed to block).  Running pure
-            computation in the event loop is faster: a worker thread costs two hand-offs
-            and, while it runs Python code, holds the interpreter lock the event loop
-            needs.
+        run_in_thread: call them in a worker thread.  None (the default) decides for
+            each from its ``blocking`` attribute: a thread unless it says
+            ``blocking = False`` (an object without the attribute is assumed to block).
+            Running pure computation in the event loop is faster: a worker thread costs
+            two hand-offs and, while it runs Python code, holds the interpreter lock the
+            event loop needs.  An explicit True or False applies to both.
 
     Returns:
         The configuration.
     """
+    verify_in_thread: bool | None = None
     if run_in_thread is None:
-        run_in_thread = any(
-            part is not None and getattr(part, "blocking", True) is not False
-            for part in (attester, verifier)
-        )
+        run_in_thread = _blocks(attester)
+        verify_in_thread = _blocks(verifier)
     media_type = getattr(attester, "media_type", DEFAULT_MEDIA_TYPE)
     accepted = getattr(verifier, "media_types", frozenset({SNP_MEDIA_TYPE, VTPM_MEDIA_TYPE}))
     return AttestationConfig(
@@ -305,4 +304,10 @@ def make_attestation_config(
         media_type=str(media_type),
         accepted_media_types=frozenset(accepted),
         run_in_thread=run_in_thread,
+        verify_in_thread=verify_in_thread,
     )
+
+
+def _blocks(part: object) -> bool:
+    """Whether an attester or verifier must be called in a worker thread."""
+    return part is not None and getattr(part, "blocking", True) is not False

@@ -878,6 +878,9 @@ class AttestationConfig:
             attest (we accept NONE and do not look at evidence we are sent).
         media_type: media type of the evidence our attester produces.
         accepted_media_types: media types we hand to the verifier; others are refused.
+        verify_in_thread: call the verifier in a worker thread; None (the default)
+            follows ``run_in_thread``.  A verifier that only computes can run in the
+            event loop while a blocking attester (a TPM) keeps its thread.
         run_in_thread: call the attester and verifier in a worker thread (the default;
             turn it off only for implementations that never block, e.g. simulators;
             :func:`~ratls._attesters_registry.make_attestation_config` decides from
@@ -889,6 +892,13 @@ class AttestationConfig:
     media_type: str = DEFAULT_MEDIA_TYPE
     accepted_media_types: frozenset[str] = frozenset({DEFAULT_MEDIA_TYPE})
     run_in_thread: bool = True
+    verify_in_thread: bool | None = None
+
+    @property
+    def verifier_in_thread(self) -> bool:
+        """Whether the verifier is called in a worker thread (``verify_in_thread``, or
+        ``run_in_thread`` when that is None)."""
+        return self.run_in_thread if self.verify_in_thread is None else self.verify_in_thread
 
     def __post_init__(self) -> None:
         if not self.media_type or len(self.media_type) > MAX_MEDIA_TYPE_LENGTH:

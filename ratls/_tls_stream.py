@@ -611,8 +611,8 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             self._peer_attestation = self._certificate_attestation(self._peer_certificate)
         self._handshake_ok = True
 
-    async def _call(self, config: AttestationConfig, fn: Callable[[], _T]) -> _T:
-        if config.run_in_thread:
+    async def _call(self, in_thread: bool, fn: Callable[[], _T]) -> _T:
+        if in_thread:
             return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
         await trio.lowlevel.checkpoint()
         return fn()
@@ -679,10 +679,11 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         peer = self._peer_certificate
         peer_binder = compute_binder(peer, exporter) if peer is not None else None
 
-        async def guarded(fn: Callable[[], _T]) -> _T:
+        async def guarded(fn: Callable[[], _T], *, verifier: bool = False) -> _T:
             # Run our attester or verifier; if it fails, tell the peer why and stop.
+            in_thread = config.verifier_in_thread if verifier else config.run_in_thread
             try:
-                return await self._call(config, fn)
+                return await self._call(in_thread, fn)
             except Exception as exc:
                 await self._refuse(machine, exc)
                 raise
@@ -701,9 +702,13 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
 
         async def appraise(event: Evidence | NoEvidence) -> object:
             # Challenge the peer's evidence if our verifier asks to, then judge it.
-            pending = await guarded(partial(peer_activation_challenge, config, event, peer_binder))
+            pending = await guarded(
+                partial(peer_activation_challenge, config, event, peer_binder), verifier=True
+            )
             if pending is None:
-                return await guarded(partial(appraise_peer_evidence, config, event, peer_binder))
+                return await guarded(
+                    partial(appraise_peer_evidence, config, event, peer_binder), verifier=True
+                )
             state, challenge = pending
             await self._send_plaintext(machine.send(challenge))
             response = await self._receive_response(machine)
@@ -715,7 +720,8 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                     peer_binder,
                     activation=state,
                     response=response,
-                )
+                ),
+                verifier=True,
             )
 
         if self.server_side:

@@ -720,7 +720,12 @@ def test_make_attestation_config(sp: SimulatedAmdSp) -> None:
 
     assert make_attestation_config(Unknown(), verifier).run_in_thread
     assert make_attestation_config(None, verifier).run_in_thread is False
-    assert make_attestation_config(SimulatedVtpmAttester(sp), verifier).run_in_thread
+    vtpm = make_attestation_config(SimulatedVtpmAttester(sp), verifier)
+    assert vtpm.run_in_thread  # the swtpm is I/O: its thread stays
+    assert not vtpm.verifier_in_thread  # verification only computes
+    forced = make_attestation_config(SimulatedVtpmAttester(sp), verifier, run_in_thread=True)
+    assert forced.run_in_thread
+    assert forced.verifier_in_thread  # an explicit choice applies to both
     bare = make_attestation_config(None, None, run_in_thread=False)
     assert bare.media_type == DEFAULT_MEDIA_TYPE
     assert bare.accepted_media_types == frozenset({SNP_MEDIA_TYPE, VTPM_MEDIA_TYPE})
