@@ -172,27 +172,44 @@ class _BackgroundCall(Generic[_T]):
 
     Unlike ``trio.to_thread.run_sync`` it needs no task of its own, so a stream can start
     work it will need a little later (its own evidence) and go on with something else
-    (judging the peer's).  If nobody awaits the result, the thread finishes and its
-    result is dropped.
+    (judging the peer's).  It counts against trio's default thread limiter like any
+    ``to_thread`` call, so many connections at once cannot start unbounded threads.  If
+    nobody awaits the result, the thread finishes and its result is dropped.
     """
 
-    def __init__(self, fn: Callable[[], _T]) -> None:
+    def __init__(self) -> None:
         self._done = trio.Event()
         self._value: _T | None = None
         self._error: Exception | None = None
+
+    @classmethod
+    async def start(cls, fn: Callable[[], _T]) -> _BackgroundCall[_T]:
+        """Start ``fn`` in a worker thread (waiting for a free thread slot first)."""
+        call: _BackgroundCall[_T] = cls()
+        limiter = trio.to_thread.current_default_thread_limiter()
+        await limiter.acquire_on_behalf_of(call)
         token = trio.lowlevel.current_trio_token()
 
         def run() -> None:
             try:
-                self._value = fn()
+                call._value = fn()
             except Exception as exc:  # handed to the awaiting task by wait()
-                self._error = exc
+                call._error = exc
 
-        def deliver(_: object) -> None:
+        def finished() -> None:  # in the trio thread
+            limiter.release_on_behalf_of(call)
+            call._done.set()
+
+        def deliver(_: object) -> None:  # in the worker thread
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(self._done.set)
+                token.run_sync_soon(finished)
 
-        trio.lowlevel.start_thread_soon(run, deliver)
+        try:
+            trio.lowlevel.start_thread_soon(run, deliver)
+        except BaseException:
+            limiter.release_on_behalf_of(call)
+            raise
+        return call
 
     async def wait(self) -> _T:
         """The call's result (or its exception), once the thread has finished."""
@@ -742,7 +759,9 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             # while we judge the server's, and send it only once the server is accepted.
             early: _BackgroundCall[Evidence | NoEvidence] | None = None
             if config.run_in_thread and config.attester is not None and own_binder is not None:
-                early = _BackgroundCall(partial(local_evidence_event, config, own_binder))
+                early = await _BackgroundCall.start(
+                    partial(local_evidence_event, config, own_binder)
+                )
             result = await appraise(await self._receive_evidence(machine))
             if early is None:
                 own_event = await produce()
