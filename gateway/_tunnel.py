@@ -538,6 +538,12 @@ class Tunnel:
                     waiter[2].append(event)
                     waiter[1].set()
             elif isinstance(event, LinkClosed):
+                if self._eof_delivered and self._channel.conn.state is LinkState.DONE:
+                    # The peer closed after both EOFs, so ours reached it, even if our
+                    # pump has not yet resumed from sending it: the tunnel is complete.
+                    self._eof_sent = True
+                    self._check_done()
+                    return
                 self._link_lost("the link stream ended before EOF in both directions")
                 return
             else:  # OPEN/OPENED/REFUSED: the link machine already refused them here
