@@ -138,7 +138,7 @@ def _snp_vtpm(
             "to run on the simulator"
         )
     from .attesters import SnpGuestAttester
-    from .sim._svsm import GuestVtpmAttester
+    from .attesters._svsm_vtpm import GuestVtpmAttester
 
     source = GuestVtpmAttester(snp=SnpGuestAttester(tsm_root=tsm_root), certs=certs)
     return VtpmBoundAttester(source)

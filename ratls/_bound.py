@@ -86,8 +86,9 @@ if TYPE_CHECKING:
     from ._tpm_credential import Credential
     from ._tpm_structs import TpmAlgId
     from .attesters import SnpGuestAttester
+    from .attesters._svsm_vtpm import VtpmAttester
     from .sim import SimulatedAmdSp
-    from .sim._svsm import SimulatedSvsm, VtpmAttester
+    from .sim._svsm import SimulatedSvsm
 
 __all__ = [
     "ACTIVATION_MEMORY_SIZE",

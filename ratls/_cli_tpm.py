@@ -545,7 +545,7 @@ def vtpm_attest(args: argparse.Namespace) -> int:
     if not args.sim:
         raise CliError(
             "only --sim is available from the command line; on a real guest use "
-            "ratls.sim.GuestVtpmAttester from Python"
+            "ratls.attesters.GuestVtpmAttester from Python"
         )
     from ._cli_snp import default_sim_dir
     from ._snp_report import ProductLine

@@ -61,11 +61,11 @@ from ratls._vtpm_evidence import (
     verify_vtpm_attestation,
     verify_vtpm_evidence,
 )
+from ratls.attesters import GuestVtpmAttester
 from ratls.attesters._snp_guest import SVSM_VTPM_SERVICE_GUID, SnpGuestAttester
 from ratls.sim import simulated_amd_sp
 from ratls.sim._svsm import (
     SVSM_ATTEST_SINGLE_SERVICE,
-    GuestVtpmAttester,
     SimulatedSvsm,
     SvsmAttestation,
 )

@@ -2,6 +2,7 @@
 
 :class:`SnpGuestAttester` asks the Linux kernel of an SEV-SNP guest for signed
 attestation reports, through configfs-tsm or /dev/sev-guest.
+:class:`GuestVtpmAttester` gathers SNP + vTPM evidence where the SVSM runs the vTPM.
 :class:`AzureVtpmAttester` reads an Azure confidential VM's HCL report from its vTPM and
 quotes with the paravisor's attestation key.
 """
@@ -24,6 +25,7 @@ from ._snp_guest import LinuxTsmFilesystem as LinuxTsmFilesystem
 from ._snp_guest import SnpGuestAttester as SnpGuestAttester
 from ._snp_guest import SvsmServiceRequest as SvsmServiceRequest
 from ._snp_guest import TsmFilesystem as TsmFilesystem
+from ._svsm_vtpm import GuestVtpmAttester as GuestVtpmAttester
 
 __all__ = [
     "AZURE_AK_HANDLE",
@@ -37,6 +39,7 @@ __all__ = [
     "GuestInterface",
     "GuestReport",
     "GuestRequestIoctl",
+    "GuestVtpmAttester",
     "IoctlFunction",
     "LinuxTsmFilesystem",
     "SnpGuestAttester",

@@ -1,4 +1,4 @@
-"""A simulated confidential VM with an SVSM-run vTPM, and the same attester on real hardware.
+"""A simulated confidential VM with an SVSM-run vTPM.
 
 :class:`SimulatedSvsm` plays the parts a real SEV-SNP machine with an SVSM plays:
 
@@ -19,11 +19,8 @@
 :meth:`SimulatedSvsm.collect_evidence` assembles a :class:`~ratls._vtpm_evidence.VtpmEvidence`
 from all of that, and :meth:`SimulatedSvsm.activate` answers :func:`begin_activation`.
 
-:class:`GuestVtpmAttester` offers the same two methods on a real guest: the report comes from
-configfs-tsm with ``service_provider=svsm`` (or NV 0x01C00002 for ``svsm-paper``) through
-:class:`~ratls.attesters.SnpGuestAttester`, and the TPM is ``/dev/tpmrm0`` through
-:class:`~ratls._tpm_device.Tpm`.  Both are injectable, which is how it is tested without
-hardware.
+:class:`~ratls.attesters.GuestVtpmAttester` offers the same two methods on a real guest
+(configfs-tsm and ``/dev/tpmrm0``); both follow :class:`~ratls.attesters._svsm_vtpm.VtpmAttester`.
 
 Everything here blocks (TPM commands, process start-up); from trio, use
 ``trio.to_thread.run_sync``.
@@ -35,25 +32,26 @@ import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, final
+from typing import TYPE_CHECKING, Final, final
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .._errors import AttesterError
 from .._tpm_device import (
-    EK_PERSISTENT_HANDLE,
     NV_INDEX_RSA2048_EK_CERT,
-    DeviceTransport,
     Tpm,
 )
 from .._tpm_structs import TpmAlgId
 from .._vtpm_evidence import VtpmEvidence, VtpmProfile
-from ..attesters._snp_guest import SVSM_VTPM_SERVICE_GUID, SnpGuestAttester, SvsmServiceRequest
+from ..attesters._snp_guest import SVSM_VTPM_SERVICE_GUID
+from ..attesters._svsm_vtpm import DEFAULT_PCR_SELECTION as DEFAULT_PCR_SELECTION
+from ..attesters._svsm_vtpm import VtpmAttester as VtpmAttester
+from ..attesters._svsm_vtpm import quote_and_pcrs
 from ._swtpm import Swtpm, VtpmIdentity, activate_credential, manufacture_vtpm, store_report_in_nv
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Iterable, Mapping
     from types import TracebackType
 
     from .._snp_report import SnpReport
@@ -65,7 +63,6 @@ __all__ = [
     "DEFAULT_PCR_SELECTION",
     "SVSM_ATTEST_SINGLE_SERVICE",
     "SVSM_VTPM_MANIFEST_VERSION",
-    "GuestVtpmAttester",
     "SimulatedSvsm",
     "SvsmAttestation",
     "VtpmAttester",
@@ -75,11 +72,6 @@ __all__ = [
 SVSM_ATTEST_SINGLE_SERVICE: Final = (1 << 32) | 1
 #: The only vTPM service manifest version the SVSM specification defines.
 SVSM_VTPM_MANIFEST_VERSION: Final = 0
-#: PCRs quoted unless the caller chooses: the SHA-256 bank, PCRs 0-7 (firmware, boot
-#: loader and Secure Boot state, where an SVSM guest's boot is measured).
-DEFAULT_PCR_SELECTION: Final[Mapping[TpmAlgId, tuple[int, ...]]] = {
-    TpmAlgId.SHA256: tuple(range(8)),
-}
 _NONCE_SIZE: Final = 64
 
 
@@ -104,38 +96,6 @@ class SvsmAttestation:
             f"SvsmAttestation(report=<{len(self.report)} bytes>, "
             f"manifest=<{len(self.manifest)} bytes>, certs={certs})"
         )
-
-
-class VtpmAttester(Protocol):
-    """What produces SNP + vTPM evidence: the simulator and the real guest alike."""
-
-    def collect_evidence(
-        self,
-        *,
-        binder: bytes,
-        nonce: bytes | None = None,
-        selection: Mapping[TpmAlgId, Iterable[int]] = DEFAULT_PCR_SELECTION,
-        activation_proof: bytes | None = None,
-    ) -> VtpmEvidence:
-        """Gather a bundle whose quote carries ``binder`` as qualifying data."""
-        ...
-
-    def activate(self, credential: Credential) -> bytes:
-        """Answer a credential challenge with the vTPM (TPM2_ActivateCredential)."""
-        ...
-
-
-def _quote_and_pcrs(
-    tpm: Tpm,
-    identity: VtpmIdentity,
-    binder: bytes,
-    selection: Mapping[TpmAlgId, Iterable[int]],
-) -> tuple[Attestation, dict[TpmAlgId, dict[int, bytes]]]:
-    """Quote, then read the quoted PCRs (nothing extends them in between in this process)."""
-    chosen = {TpmAlgId(bank): tuple(sorted(set(pcrs))) for bank, pcrs in selection.items()}
-    attestation = tpm.quote(identity.ak_handle, binder, chosen)
-    values = tpm.pcr_read(chosen)
-    return attestation, values
 
 
 def _certs_der(sp: SimulatedAmdSp) -> tuple[bytes, bytes, bytes]:
@@ -355,7 +315,7 @@ class SimulatedSvsm:
             TpmCommandError: the TPM refused (e.g. a binder longer than 64 bytes).
             AttesterError: the VM is not running, or on transport errors.
         """
-        return _quote_and_pcrs(self.tpm, self.identity, binder, selection)
+        return quote_and_pcrs(self.tpm, self.identity, binder, selection)
 
     def extend_pcr(self, index: int, data: bytes, bank: TpmAlgId = TpmAlgId.SHA256) -> None:
         """Measure ``data`` into a PCR (extend it with H(data)), as boot software does.
@@ -449,145 +409,5 @@ class SimulatedSvsm:
             profile=VtpmProfile.SVSM_PAPER,
             snp_report=self.read_nv_report(),
             ek_public=identity.ek_public,
-            **common,
-        )
-
-
-# --------------------------------------------------------------------------------------
-# The real guest
-# --------------------------------------------------------------------------------------
-
-
-@final
-class GuestVtpmAttester:
-    """SNP + vTPM evidence on a real SEV-SNP guest with an SVSM vTPM.
-
-    The EK is recreated from the TCG template (the same key, since the vTPM's seed does
-    not change while the VM runs) and an AK is created under it, on first use.
-
-    Args:
-        profile: ``svsm`` (configfs-tsm SVSM service attestation) or ``svsm-paper``
-            (the report in NV 0x01C00002).
-        snp: the kernel interface for reports (tests inject a simulated kernel).
-        tpm: the TPM (``/dev/tpmrm0`` by default; tests inject swtpm).
-        tpm_factory: how to open the default TPM.
-        certs: DER VCEK|VLEK, ASK|ASVK, ARK to send when the host supplies no
-            certificate table.
-        endorsement_auth: the endorsement hierarchy's auth value.
-
-    Raises:
-        ValueError: for the azure profile (read the HCL report with tpm2-tools instead).
-    """
-
-    def __init__(
-        self,
-        *,
-        profile: VtpmProfile = VtpmProfile.SVSM,
-        snp: SnpGuestAttester | None = None,
-        tpm: Tpm | None = None,
-        tpm_factory: Callable[[], Tpm] | None = None,
-        certs: tuple[bytes, bytes, bytes] | None = None,
-        endorsement_auth: bytes = b"",
-    ) -> None:
-        if profile is VtpmProfile.AZURE:
-            raise ValueError("the azure profile has no attester here")
-        self._profile = VtpmProfile(profile)
-        self._snp = snp if snp is not None else SnpGuestAttester()
-        self._tpm = tpm
-        self._tpm_factory = tpm_factory or (lambda: Tpm(DeviceTransport()))
-        self._certs = certs
-        self._endorsement_auth = endorsement_auth
-        self._identity: VtpmIdentity | None = None
-
-    def __repr__(self) -> str:
-        return f"GuestVtpmAttester(profile={self._profile.value}, tpm={self._tpm!r})"
-
-    def _ready(self) -> tuple[Tpm, VtpmIdentity]:
-        if self._tpm is None:
-            self._tpm = self._tpm_factory()
-        if self._identity is None:
-            self._identity = manufacture_vtpm(self._tpm, endorsement_auth=self._endorsement_auth)
-        return self._tpm, self._identity
-
-    def activate(self, credential: Credential) -> bytes:
-        """Answer a credential challenge (TPM2_ActivateCredential).
-
-        Raises:
-            AttesterError: the TPM refused or is unavailable.
-        """
-        tpm, identity = self._ready()
-        return activate_credential(
-            tpm,
-            identity,
-            credential.id_object,
-            credential.encrypted_secret,
-            endorsement_auth=self._endorsement_auth,
-        )
-
-    def _endorsements(self, table: bytes | None) -> dict[str, object]:
-        if table is not None:
-            return {"cert_table": table}
-        if self._certs is None:
-            raise AttesterError(
-                "the host supplied no certificate table; pass certs= (VCEK, ASK, ARK from "
-                "AMD's KDS)"
-            )
-        return {"certs": self._certs}
-
-    def collect_evidence(
-        self,
-        *,
-        binder: bytes,
-        nonce: bytes | None = None,
-        selection: Mapping[TpmAlgId, Iterable[int]] = DEFAULT_PCR_SELECTION,
-        activation_proof: bytes | None = None,
-    ) -> VtpmEvidence:
-        """Gather a bundle from the kernel and the TPM.
-
-        Args:
-            binder: the quote's qualifying data.
-            nonce: svsm: the 64-byte nonce for the SVSM (random by default).
-            selection: the PCRs to quote.
-            activation_proof: a secret recovered by :meth:`activate`, to carry along.
-
-        Returns:
-            The bundle.
-
-        Raises:
-            AttesterUnavailable: no configfs-tsm with SVSM support, or no TPM.
-            AttesterError: the kernel, SVSM or TPM refused, or the SVSM's manifest is not
-                this TPM's EK.
-        """
-        tpm, identity = self._ready()
-        attestation, values = _quote_and_pcrs(tpm, identity, binder, selection)
-        common: dict[str, object] = {
-            "ak_public": identity.ak_public,
-            "quote_attest": attestation.attest[2:],
-            "quote_signature": attestation.signature,
-            "activation_proof": activation_proof,
-        }
-        if self._profile is VtpmProfile.SVSM:
-            chosen = nonce if nonce is not None else os.urandom(_NONCE_SIZE)
-            guest = self._snp.get_report(
-                chosen, svsm=SvsmServiceRequest(service_guid=SVSM_VTPM_SERVICE_GUID)
-            )
-            if guest.manifest != identity.ek_tpmt_public:
-                raise AttesterError("the SVSM's vTPM manifest is not this TPM's EK")
-            return VtpmEvidence.with_pcr_mapping(
-                pcrs=values,
-                profile=VtpmProfile.SVSM,
-                snp_report=guest.report,
-                svsm_nonce=chosen,
-                svsm_manifest=guest.manifest,
-                **self._endorsements(guest.certs),
-                **common,
-            )
-        ek = tpm.read_public(EK_PERSISTENT_HANDLE).public
-        return VtpmEvidence.with_pcr_mapping(
-            pcrs=values,
-            profile=VtpmProfile.SVSM_PAPER,
-            snp_report=tpm.nv_read(NV_INDEX_RSA2048_EK_CERT),
-            ek_public=ek,
-            **self._endorsements(None),
             **common,
         )
