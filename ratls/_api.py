@@ -40,6 +40,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, final
 
@@ -137,10 +138,10 @@ Mode = Literal["bound", "cert"]
 # a new report (tens of milliseconds on hardware) is needed only once a minute.
 CERT_RENEWAL: Final = 60.0
 
-# How long a verified peer certificate's result is reused for the same certificate: the
-# verify callback runs more than once per handshake, and the stream asks for the result
-# right after it.  Short enough that the evidence age checked is the current one.
-_CERT_RESULT_REUSE: Final = 1.0
+# Verified peer certificates whose results are kept (cert mode).  A result is reused for
+# the same certificate (by DER) only while the evidence in it would still pass: before the
+# certificate's notAfter and before its notBefore plus the policy's maximum evidence age.
+# Failures are never kept.
 _CERT_RESULT_CACHE_SIZE: Final = 128
 
 # X.509 verification codes the cert-mode callback accepts (as in _tls_context): success,
@@ -195,9 +196,10 @@ _VERIFIERS_KEPT: Final = 16
 
 
 def forget_shared_verifiers() -> None:
-    """Drop the verifiers connections share (and what they remember); for tests."""
+    """Drop the verifiers and certificate checkers connections share; for tests."""
     with _verifiers_lock:
         _verifiers.clear()
+        _cert_checkers.clear()
 
 
 def _shared_verifier(
@@ -270,29 +272,39 @@ class _CertChecker:
         self._policy = policy
         self._trust_simulator = trust_simulator
         self._lock = threading.Lock()
-        self._results: collections.OrderedDict[bytes, tuple[float, AttestationResult]] = (
-            collections.OrderedDict()
-        )
+        self._results: collections.OrderedDict[
+            bytes, tuple[datetime.datetime, AttestationResult]
+        ] = collections.OrderedDict()
 
     def verify(self, certificate: x509.Certificate) -> AttestationResult:
-        """Check the certificate and verify its evidence now (or reuse a moment-old result).
+        """Check the certificate and verify its evidence, or reuse a result still valid.
+
+        A passed result is kept for this exact certificate until its evidence would fail
+        again: the certificate's notAfter, or its notBefore plus the policy's maximum
+        evidence age, whichever comes first.  (Cert-mode evidence is replayable by
+        design; the age bound is what limits it, and a reused result honours it.)
 
         Raises:
             RatlsError: the certificate or its evidence failed (the subclass says why).
         """
         der = certificate.public_bytes(serialization.Encoding.DER)
-        now = time.monotonic()
+        at = datetime.datetime.now(datetime.UTC)
         with self._lock:
             cached = self._results.get(der)
-            if cached is not None and now - cached[0] < _CERT_RESULT_REUSE:
+            if cached is not None and at <= cached[0]:
+                self._results.move_to_end(der)
                 return cached[1]
-        at = datetime.datetime.now(datetime.UTC)
         check_peer_certificate(certificate, now=at)
         result = verify_evidence_certificate(
             certificate, policy=self._policy, at=at, trust_simulator=self._trust_simulator
         )
+        valid_until = min(
+            certificate.not_valid_after_utc,
+            certificate.not_valid_before_utc
+            + datetime.timedelta(seconds=self._policy.max_evidence_age_seconds),
+        )
         with self._lock:
-            self._results[der] = (now, result)
+            self._results[der] = (valid_until, result)
             self._results.move_to_end(der)
             while len(self._results) > _CERT_RESULT_CACHE_SIZE:
                 self._results.popitem(last=False)
@@ -366,7 +378,22 @@ def _cert_checker(
             "verifying a peer needs a policy (or verify_peer=False to accept any peer)",
             location="policy",
         )
-    return _CertChecker(resolved, trust_simulator=trust_simulator)
+    key = (resolved.digest(), trust_simulator)
+    with _verifiers_lock:
+        checker = _cert_checkers.get(key)
+        if checker is None:
+            checker = _CertChecker(resolved, trust_simulator=trust_simulator)
+            _cert_checkers[key] = checker
+            while len(_cert_checkers) > _VERIFIERS_KEPT:
+                _cert_checkers.popitem(last=False)
+        else:
+            _cert_checkers.move_to_end(key)
+        return checker
+
+
+# Cert-mode checkers shared per (policy, options), like bound-mode verifiers: connections
+# opened one by one then reuse what a checker remembers about the peer's certificate.
+_cert_checkers: collections.OrderedDict[tuple[str, bool], _CertChecker] = collections.OrderedDict()
 
 
 def _cert_key(key_type: KeyType) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
@@ -583,8 +610,7 @@ async def _open_cert_stream(
         policy, verify_peer=verify_peer, trust_simulator=trust_simulator, verifier=verifier
     )
     if identity is None:
-        # A client certificate per connection: its evidence is as fresh as it can be.
-        identity = await trio.to_thread.run_sync(evidence_identity, attester, key_type)
+        identity = await _client_evidence_identity(attester, key_type)
     context = make_client_context(*identity)
     if checker is not None:
         context.set_verify(SSL.VERIFY_PEER, checker.callback)
@@ -604,6 +630,41 @@ async def _open_cert_stream(
         await trio.aclose_forcefully(stream)
         raise
     return stream
+
+
+# Cert-mode client identities per attester object, renewed like a server's: the evidence
+# in a certificate is replayable by design and bounded by the verifier's maximum age, so
+# a fresh certificate per connection would add cost (a key, a report, a signature, and
+# a full verification at the server) without adding freshness the verifier can rely on.
+_client_identities: weakref.WeakKeyDictionary[
+    object, dict[KeyType, tuple[float, tuple[IdentityKey, x509.Certificate]]]
+] = weakref.WeakKeyDictionary()
+_client_identities_lock = threading.Lock()
+
+
+async def _client_evidence_identity(
+    attester: LocalAttester | None, key_type: KeyType
+) -> tuple[IdentityKey, x509.Certificate]:
+    """An evidence certificate for this attester, reused for CERT_RENEWAL seconds."""
+
+    async def make() -> tuple[IdentityKey, x509.Certificate]:
+        if attester is not None and getattr(attester, "blocking", True) is False:
+            await trio.lowlevel.checkpoint()
+            return evidence_identity(attester, key_type)
+        return await trio.to_thread.run_sync(evidence_identity, attester, key_type)
+
+    now = time.monotonic()
+    try:
+        with _client_identities_lock:
+            cached = _client_identities.setdefault(attester, {}).get(key_type)
+    except TypeError:  # None, or an attester that cannot be weakly referenced
+        return await make()
+    if cached is not None and now - cached[0] < CERT_RENEWAL:
+        return cached[1]
+    identity = await make()  # two connections may both renew at once: harmless
+    with _client_identities_lock:
+        _client_identities.setdefault(attester, {})[key_type] = (now, identity)
+    return identity
 
 
 def _default_failure_report(exc: BaseException, peer: object) -> None:

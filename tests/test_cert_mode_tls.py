@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -439,3 +440,57 @@ def test_openssl_s_client_reads_the_evidence(tmp_path: Path) -> None:
     sim = SimulatedAmdSp.load_or_generate(sim_dir, ProductLine.GENOA)
     assert found.cmw is not None
     assert found.cmw.endorsements().root == sim.ark
+
+
+# --------------------------------------------------------------------------- reuse
+
+
+async def test_client_evidence_certificate_is_reused_per_attester(sp: SimulatedAmdSp) -> None:
+    seen: list[x509.Certificate | None] = []
+
+    async def handler(stream: Stream) -> None:
+        seen.append(stream.peer_certificate)
+        await echo(stream)
+
+    first, second = SimulatedSnpAttester(sp), SimulatedSnpAttester(sp)
+    async with cert_server(handler) as port:
+        for attester in (first, first, second):
+            stream = await open_attested_stream(
+                "127.0.0.1", port, attester=attester, policy=POLICY, **CERT_OPTIONS
+            )
+            await stream.send_all(b"x")
+            assert await stream.receive_some() == b"x"
+            await stream.aclose()
+    assert len(seen) == 3
+    assert seen[0] == seen[1]  # the same attester: its certificate is renewed on a timer
+    assert seen[2] != seen[0]  # another attester: its own certificate
+
+
+def test_verified_certificate_result_is_reused_only_while_its_evidence_is_valid(
+    sp: SimulatedAmdSp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ratls import _api
+
+    key, certificate = evidence_identity(SimulatedSnpAttester(sp))
+    checker = _api._CertChecker(POLICY, trust_simulator=False)
+    start = datetime.datetime.now(datetime.UTC)
+    clock = [start]
+
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> Clock:
+            moment = clock[0]
+            return cls.fromtimestamp(moment.timestamp(), tz)
+
+    fake = types.SimpleNamespace(datetime=Clock, UTC=datetime.UTC, timedelta=datetime.timedelta)
+    monkeypatch.setattr(_api, "datetime", fake)
+    result = checker.verify(certificate)
+    clock[0] = start + datetime.timedelta(seconds=POLICY.max_evidence_age_seconds / 2)
+    assert checker.verify(certificate) is result  # remembered, still within the age bound
+    clock[0] = start + datetime.timedelta(seconds=POLICY.max_evidence_age_seconds + 5)
+    with pytest.raises(PolicyViolation) as info:  # judged again, and refused as too old
+        checker.verify(certificate)
+    assert info.value.claim == "cert.evidence_age"
+    with pytest.raises(PolicyViolation):  # and again: nothing passed was served instead
+        checker.verify(certificate)
+    assert key is not None
