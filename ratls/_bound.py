@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,6 +106,7 @@ __all__ = [
     "SimulatedVtpmAttester",
     "SnpEvidence",
     "VtpmBoundAttester",
+    "activation_memory_counts",
     "parse_snp_evidence",
     "quote_qualifying_data",
 ]
@@ -122,6 +124,26 @@ SNP_EVIDENCE_VERSION: Final = 1
 # certificate table adds a 72-byte GUID table.  32 KiB refuses anything that is clearly
 # not that before the decoder allocates for it, and stays far under the exchange's limit.
 MAX_SNP_EVIDENCE_SIZE: Final = 0x8000
+
+# Process-wide counts of remembered-activation lookups (for ratls._caches): a hit spares
+# the challenge round, a miss issues a challenge.
+_activation_counts = [0, 0]
+_activation_counts_lock = threading.Lock()
+_verifiers_alive: weakref.WeakSet[BoundVerifier] = weakref.WeakSet()
+
+
+def _count_activation_lookup(*, hit: bool) -> None:
+    with _activation_counts_lock:
+        _activation_counts[0 if hit else 1] += 1
+
+
+def activation_memory_counts() -> tuple[int, int, int]:
+    """(hits, misses, entries) of the verifiers' remembered activations in this process."""
+    with _activation_counts_lock:
+        hits, misses = _activation_counts
+    entries = sum(len(verifier._proofs) for verifier in list(_verifiers_alive))
+    return hits, misses, entries
+
 
 #: Default seconds a verifier remembers a passed credential activation (per EK and AK).
 ACTIVATION_TTL: Final = 3600.0
@@ -740,6 +762,7 @@ class BoundVerifier:
             OrderedDict()
         )
         self._proofs_lock = threading.Lock()
+        _verifiers_alive.add(self)
 
     def __repr__(self) -> str:
         return (
@@ -782,7 +805,9 @@ class BoundVerifier:
         if bundle.profile is VtpmProfile.AZURE:
             return None
         if self._remembered_proof(bundle) is not None:
+            _count_activation_lookup(hit=True)
             return None
+        _count_activation_lookup(hit=False)
         return BoundActivation(challenge=begin_activation(bundle))
 
     def _remembered_proof(self, bundle: VtpmEvidence) -> ActivationProof | None:

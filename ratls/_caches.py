@@ -3,7 +3,8 @@
 Verification remembers only results that cannot change for the same input, each keyed by
 the exact bytes it judged and never a failure: a verified AMD endorsement chain (kept
 only while the time of use lies inside all three certificates' validity), parsed AMD
-certificates and their extensions, and passed self-signatures of peer TLS certificates.
+certificates and their extensions, passed self-signatures of peer TLS certificates, and
+passed credential activations per (EK, AK).
 Operators watch the hit ratios (the gateway exports them on ``/metrics``); a low one
 means peers keep presenting new endorsements, or the memo is too small for the fleet.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import final
 
 from ._amd_certs import _load_amd_certificate
+from ._bound import ACTIVATION_MEMORY_SIZE, activation_memory_counts
 from ._snp_verify import CHAIN_CACHE_SIZE, _leaf_extensions, chain_cache_counts
 from ._tls_context import _check_self_signature
 
@@ -50,7 +52,9 @@ def verification_cache_stats() -> dict[str, CacheStats]:
     Returns:
         ``amd_chain`` (verified VCEK/VLEK -> ASK/ASVK -> ARK chains), ``amd_certificate``
         (parsed AMD certificates), ``amd_extensions`` (decoded VCEK/VLEK extensions) and
-        ``tls_self_signature`` (peer TLS certificates whose self-signature passed).
+        ``tls_self_signature`` (peer TLS certificates whose self-signature passed) and
+        ``vtpm_activation`` (credential activations remembered per EK and AK, summed over
+        the process's verifiers; its capacity is one verifier's).
     """
     hits, misses, entries = chain_cache_counts()
     stats = {
@@ -58,6 +62,10 @@ def verification_cache_stats() -> dict[str, CacheStats]:
             hits=hits, misses=misses, entries=entries, capacity=CHAIN_CACHE_SIZE
         )
     }
+    hits, misses, entries = activation_memory_counts()
+    stats["vtpm_activation"] = CacheStats(
+        hits=hits, misses=misses, entries=entries, capacity=ACTIVATION_MEMORY_SIZE
+    )
     for name, memo in (
         ("amd_certificate", _load_amd_certificate),
         ("amd_extensions", _leaf_extensions),

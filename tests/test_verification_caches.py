@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import shutil
 
 import pytest
 
 from gateway._metrics import GatewayMetrics
-from ratls._bound import BoundVerifier, SimulatedSnpAttester
+from ratls._bound import BoundVerifier, SimulatedSnpAttester, SimulatedVtpmAttester
 from ratls._caches import CacheStats, verification_cache_stats
 from ratls._errors import CertificateChainError
 from ratls._policy import Policy, SnpPolicy, TrustPolicy
@@ -64,7 +65,13 @@ def test_a_failed_chain_is_never_remembered(sp: SimulatedAmdSp) -> None:
 
 def test_every_memo_is_reported() -> None:
     stats = verification_cache_stats()
-    assert set(stats) == {"amd_chain", "amd_certificate", "amd_extensions", "tls_self_signature"}
+    assert set(stats) == {
+        "amd_chain",
+        "amd_certificate",
+        "amd_extensions",
+        "tls_self_signature",
+        "vtpm_activation",
+    }
     assert all(isinstance(s, CacheStats) and s.capacity > 0 for s in stats.values())
     assert CacheStats(hits=0, misses=0, entries=0, capacity=1).hit_ratio == 0.0
     assert CacheStats(hits=3, misses=1, entries=1, capacity=1).hit_ratio == 0.75
@@ -86,3 +93,20 @@ def test_mirrored_counter_cannot_go_down() -> None:
     metrics.verify_cache_hits.set_total(5, cache="amd_chain")
     with pytest.raises(ValueError, match="only goes up"):
         metrics.verify_cache_hits.set_total(4, cache="amd_chain")
+
+
+@pytest.mark.skipif(shutil.which("swtpm") is None, reason="swtpm not installed")
+def test_remembered_activations_are_counted(sp: SimulatedAmdSp) -> None:
+    verifier = BoundVerifier(POLICY)
+    before = verification_cache_stats()["vtpm_activation"]
+    with SimulatedVtpmAttester(sp) as attester:
+        binder = os.urandom(64)
+        data = attester.evidence(binder)
+        activation = verifier.activation_challenge(data)  # a miss: challenged
+        assert activation is not None
+        response = attester.respond(activation.challenge_bytes())
+        verifier.verify(data, binder, activation=activation, response=response)
+        assert verifier.activation_challenge(attester.evidence(os.urandom(64))) is None  # a hit
+    after = verification_cache_stats()["vtpm_activation"]
+    assert (after.hits - before.hits, after.misses - before.misses) == (1, 1)
+    assert after.entries >= 1
