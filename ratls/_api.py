@@ -42,7 +42,7 @@ import threading
 import time
 import weakref
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, final
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar, cast, final
 
 import trio
 from cryptography.hazmat.primitives import serialization
@@ -189,17 +189,34 @@ def _config(
     return make_attestation_config(attester, verifier)
 
 
-_VerifierKey = tuple[str, bool, "ProductLine | None"]
-_verifiers: collections.OrderedDict[_VerifierKey, PeerVerifier] = collections.OrderedDict()
-_verifiers_lock = threading.Lock()
-_VERIFIERS_KEPT: Final = 16
+_V = TypeVar("_V")
+
+# Verifiers and cert-mode checkers shared per (policy digest, options): connections opened
+# one by one with the same policy then share what a verifier remembers (activations per
+# EK and AK, verdicts on certificates).  The least recently used is dropped past this many.
+_SHARED_KEPT: Final = 16
+_shared: collections.OrderedDict[tuple[object, ...], object] = collections.OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def _shared_instance(key: tuple[object, ...], make: Callable[[], _V]) -> _V:
+    """The process-wide instance for ``key``, made by ``make`` the first time."""
+    with _shared_lock:
+        instance = _shared.get(key)
+        if instance is None:
+            instance = make()
+            _shared[key] = instance
+            while len(_shared) > _SHARED_KEPT:
+                _shared.popitem(last=False)
+        else:
+            _shared.move_to_end(key)
+        return cast("_V", instance)
 
 
 def forget_shared_verifiers() -> None:
     """Drop the verifiers and certificate checkers connections share; for tests."""
-    with _verifiers_lock:
-        _verifiers.clear()
-        _cert_checkers.clear()
+    with _shared_lock:
+        _shared.clear()
 
 
 def _shared_verifier(
@@ -213,17 +230,10 @@ def _shared_verifier(
     """
     if policy is None:
         return make_verifier(policy, trust_simulator=trust_simulator, product=product)
-    key = (policy.digest(), trust_simulator, product)
-    with _verifiers_lock:
-        verifier = _verifiers.get(key)
-        if verifier is None:
-            verifier = make_verifier(policy, trust_simulator=trust_simulator, product=product)
-            _verifiers[key] = verifier
-            while len(_verifiers) > _VERIFIERS_KEPT:
-                _verifiers.popitem(last=False)
-        else:
-            _verifiers.move_to_end(key)
-        return verifier
+    return _shared_instance(
+        ("bound", policy.digest(), trust_simulator, product),
+        partial(make_verifier, policy, trust_simulator=trust_simulator, product=product),
+    )
 
 
 def _identity(
@@ -378,22 +388,10 @@ def _cert_checker(
             "verifying a peer needs a policy (or verify_peer=False to accept any peer)",
             location="policy",
         )
-    key = (resolved.digest(), trust_simulator)
-    with _verifiers_lock:
-        checker = _cert_checkers.get(key)
-        if checker is None:
-            checker = _CertChecker(resolved, trust_simulator=trust_simulator)
-            _cert_checkers[key] = checker
-            while len(_cert_checkers) > _VERIFIERS_KEPT:
-                _cert_checkers.popitem(last=False)
-        else:
-            _cert_checkers.move_to_end(key)
-        return checker
-
-
-# Cert-mode checkers shared per (policy, options), like bound-mode verifiers: connections
-# opened one by one then reuse what a checker remembers about the peer's certificate.
-_cert_checkers: collections.OrderedDict[tuple[str, bool], _CertChecker] = collections.OrderedDict()
+    return _shared_instance(
+        ("cert", resolved.digest(), trust_simulator),
+        partial(_CertChecker, resolved, trust_simulator=trust_simulator),
+    )
 
 
 def _cert_key(key_type: KeyType) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:

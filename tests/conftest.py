@@ -10,7 +10,14 @@ import pytest
 #: Real components the tests use.  Tests skip with a reason where one is missing on a
 #: developer's machine; in CI (``CI`` set, as .ci/run runs) a missing one is an error, so a
 #: green CI never hides a skipped vTPM or interop test.
-REQUIRED_IN_CI = ("swtpm", "swtpm_setup", "tpm2_makecredential", "tpm2_checkquote", "openssl")
+REQUIRED_IN_CI = (
+    "swtpm",
+    "swtpm_setup",
+    "tpm2_makecredential",
+    "tpm2_checkquote",
+    "tpm2_rc_decode",
+    "openssl",
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
