@@ -49,6 +49,7 @@ from ._exchange import (
     local_response_event,
     peer_activation_challenge,
 )
+from ._memory_bios import renew_idle_bios
 from ._tls_context import PeerCertificateErrors
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ __all__ = ["STARTING_RECEIVE_SIZE", "AttestedTLSStream", "acquire_for_io"]
 # partial-write mode makes each SSL_write take one record, so ``_write`` writes a whole
 # chunk (up to four records) before _retry drains the BIO: one transport send per chunk,
 # not per record.  Contexts get SSL_MODE_RELEASE_BUFFERS, so an idle connection holds no
-# record buffers.
+# record buffers, and once the handshake and attestation are done the connection gets
+# new, empty memory BIOs (the old ones keep the capacity of the largest flight forever).
 #
 # TLS 1.3 servers send NewSessionTicket messages right after the handshake.  If those
 # bytes were sent immediately, a server whose client is not reading (on a transport
@@ -626,6 +628,10 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             self._peer_attestation = await self._attest(config)
         elif self._certificate_attestation is not None:
             self._peer_attestation = self._certificate_attestation(self._peer_certificate)
+        # The handshake and the exchange grew both memory BIOs to their largest flight;
+        # an idle connection need not keep that (see ratls._memory_bios).  Nothing else
+        # drives the connection now, and the transport has not ended (that raises above).
+        renew_idle_bios(self._conn)
         self._handshake_ok = True
 
     async def _call(self, in_thread: bool, fn: Callable[[], _T]) -> _T:
