@@ -555,6 +555,42 @@ def test_many_frames_in_one_chunk_and_byte_by_byte() -> None:
     assert egress.next_event() == Data(data=b"zz")
 
 
+@settings(max_examples=100)
+@given(
+    st.lists(st.integers(1, 70000), min_size=1, max_size=8),
+    st.lists(st.integers(1, 150000), min_size=1, max_size=8),
+    st.booleans(),
+)
+def test_data_frames_survive_any_chunking(
+    sizes: list[int], cuts: list[int], read_between: bool
+) -> None:
+    # A relay hands over whatever one TLS read brought: whole frames, several frames,
+    # a frame's end and the next one's start.  Payloads come out whole and in order,
+    # whether or not events are pulled between chunks.
+    ingress, egress = _pair()
+    _open(ingress, egress)
+    payloads = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    wire = b"".join(ingress.send(Data(data=p)) for p in payloads) + ingress.send(Eof())
+    got: list[LinkEvent] = []
+
+    def pull() -> None:
+        while (event := egress.next_event()) is not NEED_DATA:
+            assert isinstance(event, (Data, Eof))
+            got.append(event)
+
+    position, turn = 0, 0
+    while position < len(wire):
+        step = cuts[turn % len(cuts)]
+        egress.receive_data(wire[position : position + step])
+        position += step
+        turn += 1
+        if read_between:
+            pull()
+    pull()
+    assert got == [*(Data(data=p) for p in payloads), Eof()]
+    assert "buffered=0" in repr(egress)
+
+
 # --------------------------------------------------------------------------- values
 
 
