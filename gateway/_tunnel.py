@@ -376,6 +376,9 @@ class Tunnel:
         self._initial = initial_data
         self.outcome = TunnelOutcome()
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._watchdog_running = False
+        self._started = trio.current_time()
         self._aborted = False
         self._send_error: Error | None = None
         self._last_activity = trio.current_time()
@@ -441,13 +444,16 @@ class Tunnel:
         """
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
+            self._nursery = nursery
+            self._started = trio.current_time()
             nursery.start_soon(self._pump_out)
             nursery.start_soon(self._pump_in, nursery)
             s = self._settings
-            if s.idle > 0 or s.half_close > 0:
-                nursery.start_soon(self._watchdog)
-            if s.max_lifetime > 0:
-                nursery.start_soon(self._lifetime)
+            # One timer task for every deadline, and none at all in an idle tunnel that
+            # only has the half-close drain (the default): it starts at the first EOF.
+            # A waiting task costs a few KiB, and a gateway may hold 10,000 tunnels.
+            if s.idle > 0 or s.max_lifetime > 0:
+                self._start_watchdog()
             if self.attestation is not None:
                 nursery.start_soon(self._reattest_loop)
         if self._send_error is not None and self._channel.conn.state in (
@@ -483,7 +489,7 @@ class Tunnel:
             self._link_lost(f"sending EOF: {type(exc).__name__}")
             return
         self._eof_sent = True
-        self._half_closed.set()
+        self._note_half_close()
         self._check_done()
 
     async def _send_data(self, data: bytes) -> bool:
@@ -521,7 +527,7 @@ class Tunnel:
                     self._local_reset(exc)
                     return
                 self._eof_delivered = True
-                self._half_closed.set()
+                self._note_half_close()
                 self._check_done()
                 # Keep reading: while we still send, the peer may re-attest us, answer
                 # our re-attestation, or report (ERROR) that it could not deliver our bytes.
@@ -557,25 +563,53 @@ class Tunnel:
 
     # ----------------------------------------------------------------- timers
 
+    def _note_half_close(self) -> None:
+        self._half_closed.set()
+        if self._settings.half_close > 0:
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        if not self._watchdog_running and self._nursery is not None:
+            self._watchdog_running = True
+            self._nursery.start_soon(self._watchdog)
+
     async def _watchdog(self) -> None:
+        """Abort the tunnel at its first deadline: lifetime, idle, half-close silence."""
         s = self._settings
         while True:
-            deadlines: list[tuple[float, str]] = []
+            deadlines: list[tuple[float, str, str, LinkReason]] = []
+            if s.max_lifetime > 0:
+                deadlines.append(
+                    (
+                        self._started + s.max_lifetime,
+                        "lifetime-exceeded",
+                        f"tunnel older than {s.max_lifetime:g} s",
+                        LinkReason.LIFETIME_EXCEEDED,
+                    )
+                )
             if s.idle > 0:
-                deadlines.append((self._last_activity + s.idle, f"idle for {s.idle:g} s"))
+                deadlines.append(
+                    (
+                        self._last_activity + s.idle,
+                        "idle-timeout",
+                        f"idle for {s.idle:g} s",
+                        LinkReason.IDLE_TIMEOUT,
+                    )
+                )
             if s.half_close > 0 and self._half_closed.is_set():
                 deadlines.append(
                     (
                         self._last_activity + s.half_close,
+                        "idle-timeout",
                         f"half-closed and silent for {s.half_close:g} s",
+                        LinkReason.IDLE_TIMEOUT,
                     )
                 )
-            if not deadlines:
-                await self._half_closed.wait()
-                continue
-            deadline, why = min(deadlines)
+            if not deadlines:  # pragma: no cover - only started with a deadline to watch
+                return
+            deadline, result, why, code = min(deadlines)
             if trio.current_time() >= deadline:
-                self._abort("idle-timeout", why, code=LinkReason.IDLE_TIMEOUT, tell_peer=True)
+                self._abort(result, why, code=code, tell_peer=True)
                 return
             if self._half_closed.is_set() or s.half_close <= 0:
                 await trio.sleep_until(deadline)
@@ -597,15 +631,6 @@ class Tunnel:
         if config is not None:
             self.attestation.config = config
         self._reattest_now.set()
-
-    async def _lifetime(self) -> None:
-        await trio.sleep(self._settings.max_lifetime)
-        self._abort(
-            "lifetime-exceeded",
-            f"tunnel older than {self._settings.max_lifetime:g} s",
-            code=LinkReason.LIFETIME_EXCEEDED,
-            tell_peer=True,
-        )
 
     async def _call(self, in_thread: bool, fn: Callable[[], _T]) -> _T:
         if in_thread:

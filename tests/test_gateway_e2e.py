@@ -844,6 +844,63 @@ async def test_max_lifetime(
     assert tunnel_lines(caplog, "egress")[0]["result"] == "lifetime-exceeded"
 
 
+async def _silent_after_eof(backend: Backend, stream: trio.SocketStream) -> None:
+    """Read the request to its end, then neither answer nor close."""
+    backend.connections += 1
+    backend.received += await receive_all(stream)
+    await trio.sleep_forever()
+
+
+async def test_half_close_drain_timeout(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client finished its request; the backend never answers nor closes.  The
+    # half-close drain (20 s here) ends the tunnel: its timer starts at the EOF.
+    backend = await start_backend(nursery, _silent_after_eof)
+    async with gateway_pair(backend.port, ingress_extra={"timeouts": {"half_close": 20}}) as pair:
+        client = await connect(LOCALHOST, pair.port("mapping:web"))
+        await trio.sleep(100)  # idle before the EOF: no drain deadline yet
+        await client.send_all(b"request")
+        await client.send_eof()
+        start = trio.current_time()
+        with trio.fail_after(60), pytest.raises(trio.BrokenResourceError):
+            await receive_all(client)
+        assert 20 <= trio.current_time() - start < 30
+        await wait_for(lambda: len(tunnel_lines(caplog, "egress")) == 1)
+    line = tunnel_lines(caplog, "ingress")[0]
+    assert line["result"] == "idle-timeout"
+    assert "half-closed and silent for 20 s" in json.dumps(line)
+    assert backend.received == b"request"
+
+
+async def test_lifetime_and_idle_share_one_timer(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Idle 50 s and lifetime 120 s on one tunnel kept busy every 40 s: the lifetime,
+    # not the idle timeout, ends it.
+    backend = await start_backend(nursery)
+    timeouts = {"timeouts": {"idle": 50, "max_lifetime": 120}}
+    async with gateway_pair(backend.port, ingress_extra=timeouts) as pair:
+        client = await connect(LOCALHOST, pair.port("mapping:web"))
+        start = trio.current_time()
+
+        async def busy_until_closed() -> None:
+            while True:
+                await client.send_all(b"tick")
+                assert await receive_exactly(client, 4) == b"tick"
+                await trio.sleep(40)
+
+        with trio.fail_after(300), pytest.raises(trio.BrokenResourceError):
+            await busy_until_closed()
+        assert 120 <= trio.current_time() - start < 130
+        await wait_for(lambda: len(tunnel_lines(caplog, "egress")) == 1)
+    assert tunnel_lines(caplog, "ingress")[0]["result"] == "lifetime-exceeded"
+
+
 # --------------------------------------------------------------------------- attestation
 
 
