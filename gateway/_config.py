@@ -280,8 +280,9 @@ DEFAULT_MAX_LIFETIME: Final = 0.0
 # A tunnel's peer is re-attested when its last verified evidence is this old; one hour
 # keeps a policy change or a compromised peer from living on in old tunnels for long.
 DEFAULT_MAX_ATTESTATION_AGE: Final = 3600.0
-# Concurrent tunnels per process.  An idle tunnel costs ~100 KiB (two TLS objects, two
-# sockets, buffers), so 1024 tunnels are ~100 MiB: safe on a small VM.
+# Concurrent tunnels per process.  An idle tunnel costs a gateway about 60-70 KiB (its
+# TLS connection, two sockets, the tunnel's tasks; see docs/performance.md), so 1024
+# tunnels are well under 100 MiB: safe on a small VM.
 DEFAULT_MAX_TUNNELS: Final = 1024
 # Per-source rate limit: off by default; a token bucket when set.
 DEFAULT_RATE_PER_SOURCE: Final = 0.0
