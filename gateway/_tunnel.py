@@ -447,7 +447,6 @@ class Tunnel:
             self._nursery = nursery
             self._started = trio.current_time()
             nursery.start_soon(self._pump_out)
-            nursery.start_soon(self._pump_in, nursery)
             s = self._settings
             # One timer task for every deadline, and none at all in an idle tunnel that
             # only has the half-close drain (the default): it starts at the first EOF.
@@ -456,6 +455,9 @@ class Tunnel:
                 self._start_watchdog()
             if self.attestation is not None:
                 nursery.start_soon(self._reattest_loop)
+            # The frames from the peer are read in this task (the nursery's cancel scope
+            # covers it as it covers the children): one task fewer per idle tunnel.
+            await self._pump_in(nursery)
         if self._send_error is not None and self._channel.conn.state in (
             LinkState.OPEN,
             LinkState.ERROR,
