@@ -31,6 +31,7 @@ from ratls._exchange import AttestationRefused
 from ratls._tls_stream import AttestedTLSStream
 
 from ._attestation import peer_claims, peer_summary
+from ._direct_socket import direct_if_socket
 from ._link import (
     LINK_VERSION,
     SUPPORTED_VERSIONS,
@@ -234,7 +235,10 @@ async def _serve(
     identity = runtime.identity
     timeouts = runtime.config.timeouts
     stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
-        raw, identity.server_context, server_side=True, attestation=identity.attestation
+        direct_if_socket(raw),
+        identity.server_context,
+        server_side=True,
+        attestation=identity.attestation,
     )
     channel = LinkChannel(stream, LinkRole.EGRESS, buffer_size=runtime.config.limits.buffer_size)
     backend: trio.SocketStream | None = None

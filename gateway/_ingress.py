@@ -29,6 +29,7 @@ from ratls._exchange import AttestationRefused
 from ratls._tls_stream import AttestedTLSStream
 
 from ._attestation import peer_summary
+from ._direct_socket import direct_if_socket
 from ._http_connect import (
     build_response,
     status_for,
@@ -151,7 +152,10 @@ async def open_link(
             detail=f"egress gateway {connect_error_kind(exc)}",
         )
     stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
-        raw, identity.client_context, server_side=False, attestation=identity.attestation
+        direct_if_socket(raw),
+        identity.client_context,
+        server_side=False,
+        attestation=identity.attestation,
     )
     channel = LinkChannel(stream, LinkRole.INGRESS, buffer_size=runtime.config.limits.buffer_size)
     failure: IngressFailure | None = None

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import secrets
 import socket
 import struct
@@ -46,6 +45,7 @@ from ratls._errors import (
 from ratls._tls_stream import acquire_for_io
 
 from ._attestation import check_media_type, reattest_binder
+from ._direct_socket import direct_if_socket
 from ._link import (
     NEED_DATA,
     Data,
@@ -161,44 +161,6 @@ def _reset_not_closed(stream: trio.abc.Stream) -> bool:
     except OSError:
         return False
     return bool(info) and info[0] == _TCP_CLOSE
-
-
-@final
-class _DirectSocket:
-    """Receive and send on a socket stream's descriptor, yielding only to wait.
-
-    ``trio.SocketStream`` yields to the scheduler on every call, even when the kernel had
-    data or room at once; a relay pays that as one more run-loop round per chunk.  A
-    tunnel pump also sends or receives on the TLS link in every round, which always
-    yields, so its local side can skip the extra round: read or write at once, and wait
-    for readiness only when the kernel says it would block.  The descriptor is asked for
-    afresh before every call (no await in between), so a socket closed meanwhile gives
-    an error, never another connection's data.
-    """
-
-    __slots__ = ("_socket",)
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._socket = stream.socket
-
-    async def receive_some(self, max_bytes: int) -> bytes:
-        while True:
-            try:
-                return os.read(self._socket.fileno(), max_bytes)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._socket)
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"receiving: {exc}") from exc
-
-    async def send_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._socket.fileno(), view) :]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._socket)
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"sending: {exc}") from exc
 
 
 @final
@@ -366,9 +328,7 @@ class Tunnel:
         self._local = local
         # Plain sockets (TCP, UNIX) are read and written directly; other local streams
         # (e.g. the HTTP proxy's rewriting wrapper) through their own methods.
-        self._local_io: _DirectSocket | trio.abc.Stream = (
-            _DirectSocket(local) if type(local) is trio.SocketStream else local
-        )
+        self._local_io = direct_if_socket(local)
         self._settings = settings
         self._local_is_client = local_is_client
         self.attestation = attestation

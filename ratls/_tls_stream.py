@@ -331,6 +331,10 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             raise ValueError("attestation and certificate_attestation exclude each other")
         self.transport_stream: T_Stream = transport_stream
         self.server_side = server_side
+        # A transport call counts as this call's checkpoint only if the transport always
+        # checkpoints (trio's streams do).  One that skips the scheduler when the kernel
+        # is ready says so with ``checkpoints_always = False``; then we checkpoint.
+        self._transport_checkpoints = bool(getattr(transport_stream, "checkpoints_always", True))
         self._attestation = attestation
         self._certificate_attestation = certificate_attestation
         # An idle connection then holds no 16 KiB+ read and write buffers (OpenSSL
@@ -507,7 +511,7 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 try:
                     await acquire_for_io(self._inner_send_lock)
                     try:
-                        yielded = True
+                        yielded = yielded or self._transport_checkpoints
                         if self._delayed_outgoing:
                             to_send = self._delayed_outgoing + to_send
                             self._delayed_outgoing = b""
@@ -522,7 +526,7 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 recv_count = self._inner_recv_count
                 await acquire_for_io(self._inner_recv_lock)
                 try:
-                    yielded = True
+                    yielded = yielded or self._transport_checkpoints
                     if recv_count == self._inner_recv_count:
                         data = await self.transport_stream.receive_some()
                         if data:

@@ -8,7 +8,6 @@ import socket
 import struct
 from typing import Literal
 
-import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -156,44 +155,3 @@ async def test_reset_read_as_end_of_file_is_recognised() -> None:
     # Not a TCP socket: never a reset by this test.
     left, _right = trio.testing.memory_stream_pair()
     assert not _reset_not_closed(left)
-
-
-async def test_direct_socket_waits_moves_everything_and_fails_when_closed() -> None:
-    from gateway._tunnel import _DirectSocket
-
-    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-    ours = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
-    theirs = await listener.accept()
-    await listener.aclose()
-    direct = _DirectSocket(ours)
-    got: list[bytes] = []
-
-    async def read_one() -> None:
-        got.append(await direct.receive_some(100))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_one)  # nothing there yet: it must wait, not fail
-        await trio.sleep(0.05)
-        await theirs.send_all(b"hello")
-    assert got == [b"hello"]
-
-    # More than the kernel buffers hold: partial writes and waiting for room.
-    payload = random.Random(7).randbytes(8 << 20)  # noqa: S311 - test data
-    received = bytearray()
-
-    async def drain() -> None:
-        while len(received) < len(payload):
-            received.extend(await theirs.receive_some(65536))
-            await trio.lowlevel.checkpoint()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain)
-        await direct.send_all(payload)
-    assert bytes(received) == payload
-
-    await ours.aclose()
-    with pytest.raises(trio.BrokenResourceError):
-        await direct.receive_some(100)
-    with pytest.raises(trio.BrokenResourceError):
-        await direct.send_all(b"x")
-    await theirs.aclose()
