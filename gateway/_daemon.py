@@ -268,6 +268,7 @@ async def _serve(
                     )
                 accept.start_soon(_self_check, runtime, gateway._ready)
                 admin_nursery.start_soon(_rotate_identity, runtime)
+                admin_nursery.start_soon(runtime.deadlines.run)  # outlives every tunnel
                 task_status.started(gateway)
                 await gateway._shutdown.wait()
                 accept.cancel_scope.cancel()

@@ -381,6 +381,7 @@ async def _serve(
             attestation=attestation,
             on_bytes=on_bytes,
             on_reattest=on_reattest,
+            deadlines=runtime.deadlines,
         )
         runtime.live[record.id] = tunnel
         try:

@@ -730,6 +730,7 @@ async def _run_absolute(
         on_bytes=on_bytes,
         on_reattest=on_reattest,
         initial_data=rewrite_request(request) + pipelined,
+        deadlines=runtime.deadlines,
     )
     runtime.live[record.id] = tunnel
     try:

@@ -292,6 +292,7 @@ async def _run_tunnel(
         on_bytes=on_bytes,
         on_reattest=on_reattest,
         initial_data=initial_data,
+        deadlines=runtime.deadlines,
     )
     runtime.live[record.id] = tunnel
     try:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
+from ._deadlines import Deadlines
 from ._metrics import GatewayMetrics
 
 if TYPE_CHECKING:
@@ -231,6 +232,8 @@ class Runtime:
         )
         self.tunnels: dict[int, TunnelRecord] = {}
         self.live: dict[int, Tunnel] = {}
+        # Re-attestation deadlines of every tunnel, run by one task of the daemon.
+        self.deadlines = Deadlines()
         self._ids = itertools.count(1)
         self.ready = False
         self.own_evidence_at: float | None = None

@@ -26,7 +26,6 @@ The owner closes both streams afterwards (abortively, with a TCP RST, after an a
 from __future__ import annotations
 
 import contextlib
-import math
 import secrets
 import socket
 import struct
@@ -45,6 +44,7 @@ from ratls._errors import (
 from ratls._tls_stream import acquire_for_io
 
 from ._attestation import check_media_type, reattest_binder
+from ._deadlines import Deadline, Deadlines
 from ._direct_socket import direct_if_socket
 from ._link import (
     NEED_DATA,
@@ -310,6 +310,8 @@ class Tunnel:
         on_bytes: called with ``("up" | "down", count)`` as bytes move.
         initial_data: bytes already read from the local stream (e.g. pipelined after an
             HTTP CONNECT request) to send first.
+        deadlines: the gateway's shared timer for re-attestation (its owner runs it);
+            None gives the tunnel a timer task of its own.
     """
 
     def __init__(
@@ -323,6 +325,7 @@ class Tunnel:
         on_bytes: Callable[[Literal["up", "down"], int], None] | None = None,
         on_reattest: Callable[[bool, float], None] | None = None,
         initial_data: bytes = b"",
+        deadlines: Deadlines | None = None,
     ) -> None:
         self._channel = channel
         self._local = local
@@ -350,7 +353,10 @@ class Tunnel:
         self._eof_sent = False
         self._eof_delivered = False
         self._evidence: tuple[bytes, trio.Event, list[EvidenceFrame]] | None = None
-        self._reattest_now = trio.Event()
+        self._deadlines = deadlines
+        self._reattest_due: Deadline | None = None
+        self._reattest_running = False
+        self._reattest_again = False
         self._last_answer: float | None = None
         # A DATA frame is header + payload; reading buffer_size - header bytes makes a
         # full frame exactly buffer_size long, which the TLS stream writes as whole
@@ -415,10 +421,17 @@ class Tunnel:
             if s.idle > 0 or s.max_lifetime > 0:
                 self._start_watchdog()
             if self.attestation is not None:
-                nursery.start_soon(self._reattest_loop)
+                if self._deadlines is None:
+                    self._deadlines = Deadlines()
+                    nursery.start_soon(self._deadlines.run)
+                self._schedule_reattest()
             # The frames from the peer are read in this task (the nursery's cancel scope
             # covers it as it covers the children): one task fewer per idle tunnel.
-            await self._pump_in(nursery)
+            try:
+                await self._pump_in(nursery)
+            finally:
+                if self._reattest_due is not None:
+                    self._reattest_due.cancel()
         if self._send_error is not None and self._channel.conn.state in (
             LinkState.OPEN,
             LinkState.ERROR,
@@ -593,7 +606,7 @@ class Tunnel:
             return
         if config is not None:
             self.attestation.config = config
-        self._reattest_now.set()
+        self._start_reattest()
 
     async def _call(self, in_thread: bool, fn: Callable[[], _T]) -> _T:
         if in_thread:
@@ -601,50 +614,92 @@ class Tunnel:
         await trio.lowlevel.checkpoint()
         return fn()
 
-    async def _reattest_loop(self) -> None:
-        att = self.attestation
-        if att is None:  # run() only starts us with it
+    def _schedule_reattest(self) -> None:
+        """Put the next re-attestation on the shared timer (none if it is off)."""
+        att, interval = self.attestation, self._settings.reattest_interval
+        if att is None or interval <= 0 or self._deadlines is None:
             return
+        if self._reattest_due is not None:
+            self._reattest_due.cancel()
+        self._reattest_due = self._deadlines.call_at(
+            att.verified_at + interval, self._start_reattest
+        )
+
+    def _start_reattest(self) -> None:
+        """Begin a re-attestation round now (one at a time; a request during one repeats it).
+
+        Runs in the timer's task or in whoever asked: it only starts a task.
+        """
+        if self._reattest_running:
+            self._reattest_again = True
+            return
+        if self._reattest_due is not None:
+            self._reattest_due.cancel()
+            self._reattest_due = None
+        if self._nursery is None:  # not running yet
+            return
+        try:
+            self._nursery.start_soon(self._reattest_round)
+        except RuntimeError:  # the tunnel is over (its nursery is closed)
+            return
+        self._reattest_running = True
+
+    async def _reattest_round(self) -> None:
+        try:
+            passed = await self._reattest_once()
+        finally:
+            self._reattest_running = False
+        if not passed:
+            return
+        if self._reattest_again:
+            self._reattest_again = False
+            self._start_reattest()
+        else:
+            self._schedule_reattest()
+
+    async def _reattest_once(self) -> bool:
+        """One challenge and verification; False when it aborted the tunnel."""
+        att = self.attestation
+        if att is None:  # only started with it
+            return False
+        verifier = att.config.verifier
+        if verifier is None:
+            # We do not judge this peer (one-way): nothing to ask until a policy reload
+            # gives us a verifier (request_reattest), so nothing is scheduled.
+            return False
         s = self._settings
-        while True:
-            due = att.verified_at + s.reattest_interval if s.reattest_interval > 0 else math.inf
-            with trio.move_on_at(due):
-                await self._reattest_now.wait()
-            self._reattest_now = trio.Event()
-            verifier = att.config.verifier
-            if verifier is None:
-                continue
-            nonce = secrets.token_bytes(32)
-            event = trio.Event()
-            box: list[EvidenceFrame] = []
-            self._evidence = (nonce, event, box)
-            started = trio.current_time()
-            try:
-                await self._channel.send(Reattest(nonce=nonce))
-            except _SEND_ERRORS as exc:
-                self._link_lost(f"sending REATTEST: {type(exc).__name__}")
-                return
-            with trio.move_on_after(s.reattest_timeout):
-                await event.wait()
-            self._evidence = None
-            if not box:
-                self._reattest_failed(started, f"no fresh evidence within {s.reattest_timeout:g} s")
-                return
-            frame = box[0]
-            binder = reattest_binder(self._channel.stream, att.peer_certificate, nonce)
-            try:
-                check_media_type(att.config, frame.media_type)
-                result = await self._call(
-                    att.config.verifier_in_thread, partial(verifier.verify, frame.evidence, binder)
-                )
-            except RatlsError as exc:
-                self._reattest_failed(started, refusal_text(exc))
-                return
-            att.peer_result = result
-            att.verified_at = trio.current_time()
-            self.outcome.reattestations += 1
-            if self._on_reattest is not None:
-                self._on_reattest(True, att.verified_at - started)
+        nonce = secrets.token_bytes(32)
+        event = trio.Event()
+        box: list[EvidenceFrame] = []
+        self._evidence = (nonce, event, box)
+        started = trio.current_time()
+        try:
+            await self._channel.send(Reattest(nonce=nonce))
+        except _SEND_ERRORS as exc:
+            self._link_lost(f"sending REATTEST: {type(exc).__name__}")
+            return False
+        with trio.move_on_after(s.reattest_timeout):
+            await event.wait()
+        self._evidence = None
+        if not box:
+            self._reattest_failed(started, f"no fresh evidence within {s.reattest_timeout:g} s")
+            return False
+        frame = box[0]
+        binder = reattest_binder(self._channel.stream, att.peer_certificate, nonce)
+        try:
+            check_media_type(att.config, frame.media_type)
+            result = await self._call(
+                att.config.verifier_in_thread, partial(verifier.verify, frame.evidence, binder)
+            )
+        except RatlsError as exc:
+            self._reattest_failed(started, refusal_text(exc))
+            return False
+        att.peer_result = result
+        att.verified_at = trio.current_time()
+        self.outcome.reattestations += 1
+        if self._on_reattest is not None:
+            self._on_reattest(True, att.verified_at - started)
+        return True
 
     def _reattest_failed(self, started: float, detail: str) -> None:
         if self._on_reattest is not None:

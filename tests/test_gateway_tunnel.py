@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import socket
 import struct
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import trio
 import trio.lowlevel
@@ -15,10 +16,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway._attestation import make_identity
+from gateway._deadlines import Deadline, Deadlines
 from gateway._link import LinkRole, Open, Opened, RouteTarget
 from gateway._testing import hmac_test_attestation
-from gateway._tunnel import LinkChannel, Tunnel, TunnelOutcome, TunnelSettings
+from gateway._tunnel import (
+    LinkChannel,
+    Tunnel,
+    TunnelAttestation,
+    TunnelOutcome,
+    TunnelSettings,
+)
 from ratls._tls_stream import AttestedTLSStream
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 KEY = b"gateway-tunnel-test-key"
 
@@ -155,3 +166,84 @@ async def test_reset_read_as_end_of_file_is_recognised() -> None:
     # Not a TCP socket: never a reset by this test.
     left, _right = trio.testing.memory_stream_pair()
     assert not _reset_not_closed(left)
+
+
+async def test_reattestation_without_a_verifier_schedules_nothing() -> None:
+    # A tunnel whose side does not judge its peer (no verifier) has nothing to ask at
+    # its re-attestation time: it neither asks, nor fails, nor keeps re-arming the timer.
+    ingress_att = hmac_test_attestation(KEY)[0]
+    ingress_id = make_identity(ingress_att)
+    egress_id = make_identity(hmac_test_attestation(KEY)[0])
+    link_a, link_b = trio.testing.memory_stream_pair()
+    client_app, client_side = trio.testing.memory_stream_pair()
+    backend_app, backend_side = trio.testing.memory_stream_pair()
+    ingress = LinkChannel(
+        AttestedTLSStream(link_a, ingress_id.client_context, server_side=False),
+        LinkRole.INGRESS,
+        buffer_size=4096,
+    )
+    egress = LinkChannel(
+        AttestedTLSStream(link_b, egress_id.server_context, server_side=True),
+        LinkRole.EGRESS,
+        buffer_size=4096,
+    )
+    # Real time (no autojump clock): a timer that kept re-arming itself would keep the
+    # clock from jumping and hang the test instead of failing it.
+    settings_ = TunnelSettings(buffer_size=4096, half_close=0, reattest_interval=0.2)
+    deadlines = Deadlines()
+    armed: list[float] = []
+    arm = deadlines.call_at
+
+    def counting_call_at(when: float, callback: Callable[[], None]) -> Deadline:
+        armed.append(when)
+        return arm(when, callback)
+
+    deadlines.call_at = counting_call_at  # type: ignore[method-assign]
+    outcomes: dict[str, TunnelOutcome] = {}
+
+    async def run_ingress() -> None:
+        await ingress.send(Open(target=RouteTarget(name="x")))
+        assert await ingress.receive() == Opened()
+        attestation = TunnelAttestation(
+            config=dataclasses.replace(ingress_att, verifier=None),
+            own_certificate=ingress_id.certificate,
+            peer_certificate=egress_id.certificate,
+            peer_result=None,
+            verified_at=trio.current_time(),
+        )
+        outcomes["ingress"] = await Tunnel(
+            ingress,
+            client_side,
+            settings=settings_,
+            local_is_client=True,
+            attestation=attestation,
+            deadlines=deadlines,
+        ).run()
+
+    async def run_egress() -> None:
+        assert isinstance(await egress.receive(), Open)
+        await egress.send(Opened())
+        outcomes["egress"] = await Tunnel(
+            egress, backend_side, settings=settings_, local_is_client=False
+        ).run()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deadlines.run)
+        nursery.start_soon(run_ingress)
+        nursery.start_soon(run_egress)
+        await trio.sleep(1)  # the first re-attestation falls due 0.2 s after opening
+        assert len(armed) == 1  # it came, found no verifier, and re-armed nothing
+        assert len(deadlines) == 0
+        await client_app.send_all(b"still open")
+        got = b""
+        while len(got) < 10:
+            got += await backend_app.receive_some()
+        assert got == b"still open"
+        await client_app.send_eof()
+        await backend_app.send_eof()
+        assert await client_app.receive_some() == b""
+        assert await backend_app.receive_some() == b""
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert outcomes["ingress"].result == "ok"
+    assert outcomes["ingress"].reattestations == 0
