@@ -2,8 +2,8 @@
 
 Both gateways end up here once the tunnel is open: the ingress with the client's
 connection as its local stream, the egress with the backend's.  A tunnel is one trio
-nursery whose own task runs ``_pump_in``, with ``_pump_out``, the re-attestation timer
-and, once it has a deadline to watch, the watchdog as child tasks:
+nursery whose own task runs ``_pump_in``, with ``_pump_out``, a re-attestation round
+while one runs and, once it has a deadline to watch, the watchdog as child tasks:
 
 * ``_pump_out`` reads the local stream (at most ``buffer_size`` bytes at a time) and
   sends DATA frames; on local EOF it sends EOF.  Backpressure is natural: it does not
@@ -15,8 +15,10 @@ and, once it has a deadline to watch, the watchdog as child tasks:
 * the watchdog closes the tunnel when nothing moved for ``idle`` seconds, or, once one
   direction has finished, for ``half_close`` seconds (the timer restarts whenever bytes
   move, so long replies after a half-close are never cut), or at ``max_lifetime``;
-* the re-attestation timer asks the peer for fresh evidence every
-  ``max_attestation_age`` seconds and aborts the tunnel if the answer is late or fails.
+* re-attestation asks the peer for fresh evidence every ``max_attestation_age`` seconds
+  and aborts the tunnel if the answer is late or fails; the gateway's shared
+  :class:`~gateway._deadlines.Deadlines` starts each round, so an idle tunnel has no
+  task waiting for it.
 
 The tunnel ends cleanly when EOF has gone both ways.  Anything else is an abort, with a
 result label for logs and metrics and, where the peer should learn why, an ERROR frame.
