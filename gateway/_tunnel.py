@@ -651,16 +651,21 @@ class Tunnel:
             passed = await self._reattest_once()
         finally:
             self._reattest_running = False
-        if not passed:
+        if self._aborted:
             return
-        if self._reattest_again:
+        if self._reattest_again:  # asked for (a policy reload) while this round ran
             self._reattest_again = False
             self._start_reattest()
-        else:
+        elif passed:
             self._schedule_reattest()
 
     async def _reattest_once(self) -> bool:
-        """One challenge and verification; False when it aborted the tunnel."""
+        """One challenge and verification.
+
+        Returns:
+            True when the peer passed; False when the tunnel was aborted or this side
+            has no verifier (then nothing is scheduled until a reload asks again).
+        """
         att = self.attestation
         if att is None:  # only started with it
             return False
