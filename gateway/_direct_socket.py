@@ -9,8 +9,8 @@ for readiness only when the kernel says the call would block.
 So its calls are *not* checkpoints when the kernel is ready: use it only under something
 that checkpoints for it.  The gateway uses it for a tunnel's local socket (the pump's
 other half, the TLS link, checkpoints in every round) and as the transport of the link's
-:class:`~ratls._tls_stream.AttestedTLSStream` (every stream call is a checkpoint, and the
-stream serialises its transport calls, so no conflict detection is needed here either).
+:class:`~ratls._tls_stream.AttestedTLSStream`, which checkpoints once per call for a
+transport that says it may not (``checkpoints_always = False``).
 """
 
 from __future__ import annotations
