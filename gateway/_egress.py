@@ -57,9 +57,7 @@ from ._runtime import (
 )
 from ._tunnel import (
     LinkChannel,
-    Tunnel,
     TunnelAttestation,
-    TunnelSettings,
     abort_stream,
     close_link,
     is_cancellation,
@@ -128,18 +126,6 @@ def _same_host(a: str, b: str) -> bool:
         return ipaddress.ip_address(a) == ipaddress.ip_address(b)
     except ValueError:
         return a.lower().rstrip(".") == b.lower().rstrip(".")
-
-
-def _settings(runtime: Runtime) -> TunnelSettings:
-    t = runtime.config.timeouts
-    return TunnelSettings(
-        buffer_size=runtime.config.limits.buffer_size,
-        idle=t.idle,
-        half_close=t.half_close,
-        max_lifetime=t.max_lifetime,
-        reattest_interval=t.max_attestation_age,
-        reattest_timeout=t.handshake,
-    )
 
 
 async def serve_egress(
@@ -360,37 +346,9 @@ async def _serve(
                 peer_result=stream.peer_attestation,
                 verified_at=trio.current_time(),
             )
-        metrics = runtime.metrics
-
-        def on_bytes(direction: str, n: int) -> None:
-            if direction == "up":
-                record.bytes_up += n
-            else:
-                record.bytes_down += n
-            metrics.bytes.inc(n, side="egress", rule=listener.name, direction=direction)
-
-        def on_reattest(ok: bool, seconds: float) -> None:
-            metrics.reattest_total.inc(side="egress", outcome="ok" if ok else "failed")
-            metrics.reattest_seconds.observe(seconds, side="egress")
-
-        tunnel = Tunnel(
-            channel,
-            backend,
-            settings=_settings(runtime),
-            local_is_client=False,
-            attestation=attestation,
-            on_bytes=on_bytes,
-            on_reattest=on_reattest,
-            deadlines=runtime.deadlines,
+        outcome = await runtime.run_tunnel(
+            record, fields, channel, backend, attestation=attestation
         )
-        runtime.live[record.id] = tunnel
-        try:
-            outcome = await tunnel.run()
-        finally:
-            runtime.live.pop(record.id, None)
-        fields.update(result=outcome.result, reattestations=outcome.reattestations)
-        if outcome.detail:
-            fields["detail"] = outcome.detail
         if outcome.aborted:
             await abort_stream(backend)
             backend = None

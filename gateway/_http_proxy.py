@@ -51,13 +51,13 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, final
+from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
 
 from ratls._errors import RemoteProtocolError
 
-from ._attestation import peer_claims, peer_summary
+from ._attestation import peer_claims
 from ._http_connect import (
     MAX_REQUEST_HEAD,
     ConnectRequest,
@@ -73,12 +73,11 @@ from ._ingress import (
     _run_tunnel,
     _send_quietly,
     _serve,
-    _settings,
     open_link,
 )
 from ._link import AddressTarget
 from ._reader import RequestTooLarge, StreamReader, TruncatedRequest
-from ._tunnel import Tunnel, close_link
+from ._tunnel import close_link
 
 if TYPE_CHECKING:
     from ._config import HttpConnectRule
@@ -707,49 +706,17 @@ async def _run_absolute(
 ) -> None:
     extra = attestation_headers(opened.attestation.peer_result) if rule.attestation_headers else ()
     client = ProxiedClientStream(raw, ResponseRewriter(extra))
-    metrics = runtime.metrics
-    record.peer = peer_summary(opened.attestation.peer_result)
-
-    def on_bytes(direction: Literal["up", "down"], n: int) -> None:
-        if direction == "up":
-            record.bytes_up += n
-        else:
-            record.bytes_down += n
-        metrics.bytes.inc(n, side="ingress", rule=rule.name, direction=direction)
-
-    def on_reattest(ok: bool, seconds: float) -> None:
-        metrics.reattest_total.inc(side="ingress", outcome="ok" if ok else "failed")
-        metrics.reattest_seconds.observe(seconds, side="ingress")
-
-    tunnel = Tunnel(
-        opened.channel,
-        client,
-        settings=_settings(runtime),
-        local_is_client=True,
-        attestation=opened.attestation,
-        on_bytes=on_bytes,
-        on_reattest=on_reattest,
-        initial_data=rewrite_request(request) + pipelined,
-        deadlines=runtime.deadlines,
+    await _run_tunnel(
+        runtime, opened, client, record, fields, initial_data=rewrite_request(request) + pipelined
     )
-    runtime.live[record.id] = tunnel
-    try:
-        outcome = await tunnel.run()
-    finally:
-        runtime.live.pop(record.id, None)
-        await close_link(opened.channel.stream, graceful=True)
-    fields.update(result=outcome.result, reattestations=outcome.reattestations)
-    if outcome.detail:
-        fields["detail"] = outcome.detail
     if client.failure is not None:
-        # The backend's answer was not HTTP we can relay: say so, and close gently so
-        # the 502 is not destroyed by a reset.
+        # The backend's answer was not HTTP we can relay: say so, and close gently (no
+        # abortive close) so the 502 is not destroyed by a reset.
+        fields.pop("abort_client", None)
         fields.update(result="bad-response", detail=client.failure)
         await _answer_and_close(
             raw, build_response(502, reason_code="bad-response", detail=client.failure)
         )
-    elif outcome.aborted:
-        fields["abort_client"] = True
 
 
 async def serve_http_proxy(
@@ -833,9 +800,7 @@ async def serve_http_proxy(
             await close_link(opened.channel.stream, graceful=True)
             fields.update(result="client-reset")
             return
-        await _run_tunnel(
-            runtime, rule.name, opened, raw, record, fields, initial_data=reader.leftover()
-        )
+        await _run_tunnel(runtime, opened, raw, record, fields, initial_data=reader.leftover())
 
     await _serve(
         runtime, rule.listen, "http-connect", rule.name, handler, handler_nursery, task_status

@@ -28,7 +28,6 @@ from ratls._errors import RatlsError, RemoteProtocolError
 from ratls._exchange import AttestationRefused
 from ratls._tls_stream import AttestedTLSStream
 
-from ._attestation import peer_summary
 from ._direct_socket import direct_if_socket
 from ._http_connect import (
     build_response,
@@ -57,9 +56,7 @@ from ._runtime import (
 from ._socks import SocksError, SocksReply, build_reply, negotiate, reply_for
 from ._tunnel import (
     LinkChannel,
-    Tunnel,
     TunnelAttestation,
-    TunnelSettings,
     abort_stream,
     close_link,
     is_cancellation,
@@ -71,6 +68,7 @@ if TYPE_CHECKING:
 
     from ._config import Endpoint, MappingRule, Socks5Rule
     from ._runtime import Runtime, TunnelRecord
+    from ._tunnel import TunnelOutcome
 
     Handler = Callable[
         [Runtime, trio.SocketStream, str, TunnelRecord, dict[str, Any]], Awaitable[None]
@@ -247,64 +245,29 @@ async def open_link(
             await close_link(stream, graceful=True)
 
 
-def _settings(runtime: Runtime) -> TunnelSettings:
-    t = runtime.config.timeouts
-    return TunnelSettings(
-        buffer_size=runtime.config.limits.buffer_size,
-        idle=t.idle,
-        half_close=t.half_close,
-        max_lifetime=t.max_lifetime,
-        reattest_interval=t.max_attestation_age,
-        reattest_timeout=t.handshake,
-    )
-
-
 async def _run_tunnel(
     runtime: Runtime,
-    rule: str,
     opened: OpenedLink,
-    client_stream: trio.SocketStream,
+    client_stream: trio.abc.Stream,
     record: TunnelRecord,
     fields: dict[str, Any],
     *,
     initial_data: bytes = b"",
-) -> None:
-    metrics = runtime.metrics
-    record.peer = peer_summary(opened.attestation.peer_result)
-
-    def on_bytes(direction: str, n: int) -> None:
-        if direction == "up":
-            record.bytes_up += n
-        else:
-            record.bytes_down += n
-        metrics.bytes.inc(n, side="ingress", rule=rule, direction=direction)
-
-    def on_reattest(ok: bool, seconds: float) -> None:
-        metrics.reattest_total.inc(side="ingress", outcome="ok" if ok else "failed")
-        metrics.reattest_seconds.observe(seconds, side="ingress")
-
-    tunnel = Tunnel(
-        opened.channel,
-        client_stream,
-        settings=_settings(runtime),
-        local_is_client=True,
-        attestation=opened.attestation,
-        on_bytes=on_bytes,
-        on_reattest=on_reattest,
-        initial_data=initial_data,
-        deadlines=runtime.deadlines,
-    )
-    runtime.live[record.id] = tunnel
+) -> TunnelOutcome:
     try:
-        outcome = await tunnel.run()
+        outcome = await runtime.run_tunnel(
+            record,
+            fields,
+            opened.channel,
+            client_stream,
+            attestation=opened.attestation,
+            initial_data=initial_data,
+        )
     finally:
-        runtime.live.pop(record.id, None)
         await close_link(opened.channel.stream, graceful=True)
-    fields.update(result=outcome.result, reattestations=outcome.reattestations)
-    if outcome.detail:
-        fields["detail"] = outcome.detail
     if outcome.aborted:
         fields["abort_client"] = True
+    return outcome
 
 
 async def _handle(
@@ -441,7 +404,7 @@ async def serve_mapping(
             # Raw TCP has no words: the client gets a RST, the reason goes to the log.
             fields.update(result=opened.result, detail=opened.detail, abort_client=True)
             return
-        await _run_tunnel(runtime, rule.name, opened, raw, record, fields)
+        await _run_tunnel(runtime, opened, raw, record, fields)
 
     await _serve(runtime, rule.listen, "mapping", rule.name, handler, handler_nursery, task_status)
 
@@ -531,8 +494,6 @@ async def serve_socks5(
             await close_link(opened.channel.stream, graceful=True)
             fields.update(result="client-reset")
             return
-        await _run_tunnel(
-            runtime, rule.name, opened, raw, record, fields, initial_data=reader.leftover()
-        )
+        await _run_tunnel(runtime, opened, raw, record, fields, initial_data=reader.leftover())
 
     await _serve(runtime, rule.listen, "socks5", rule.name, handler, handler_nursery, task_status)

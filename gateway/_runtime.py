@@ -20,17 +20,19 @@ import socket
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Literal, final
 
 import trio
 
+from ._attestation import peer_summary
 from ._deadlines import Deadlines
 from ._metrics import GatewayMetrics
+from ._tunnel import Tunnel, TunnelSettings
 
 if TYPE_CHECKING:
     from ._attestation import GatewayIdentity
     from ._config import EgressListener, Endpoint, GatewayConfig
-    from ._tunnel import Tunnel
+    from ._tunnel import LinkChannel, TunnelAttestation, TunnelOutcome
 
 __all__ = [
     "LOGGER_NAME",
@@ -256,6 +258,71 @@ class Runtime:
     def end_record(self, record: TunnelRecord) -> None:
         """Forget a tunnel that ended."""
         self.tunnels.pop(record.id, None)
+
+    def tunnel_settings(self) -> TunnelSettings:
+        """The tunnel timers and sizes the current configuration asks for."""
+        t = self.config.timeouts
+        return TunnelSettings(
+            buffer_size=self.config.limits.buffer_size,
+            idle=t.idle,
+            half_close=t.half_close,
+            max_lifetime=t.max_lifetime,
+            reattest_interval=t.max_attestation_age,
+            reattest_timeout=t.handshake,
+        )
+
+    async def run_tunnel(
+        self,
+        record: TunnelRecord,
+        fields: dict[str, object],
+        channel: LinkChannel,
+        local: trio.abc.Stream,
+        *,
+        attestation: TunnelAttestation | None,
+        initial_data: bytes = b"",
+    ) -> TunnelOutcome:
+        """Run one opened tunnel with this gateway's settings, metrics and bookkeeping.
+
+        The side (ingress or egress) and the rule come from ``record``; bytes and
+        re-attestations are counted in ``record`` and the metrics, the tunnel is listed in
+        :attr:`live` while it runs (a policy reload re-attests it), and the access-log
+        ``fields`` get its result.  Closing the streams stays with the caller.
+        """
+        side, rule, metrics = record.side, record.rule, self.metrics
+        if attestation is not None:
+            record.peer = peer_summary(attestation.peer_result)
+
+        def on_bytes(direction: Literal["up", "down"], n: int) -> None:
+            if direction == "up":
+                record.bytes_up += n
+            else:
+                record.bytes_down += n
+            metrics.bytes.inc(n, side=side, rule=rule, direction=direction)
+
+        def on_reattest(ok: bool, seconds: float) -> None:
+            metrics.reattest_total.inc(side=side, outcome="ok" if ok else "failed")
+            metrics.reattest_seconds.observe(seconds, side=side)
+
+        tunnel = Tunnel(
+            channel,
+            local,
+            settings=self.tunnel_settings(),
+            local_is_client=side == "ingress",
+            attestation=attestation,
+            on_bytes=on_bytes,
+            on_reattest=on_reattest,
+            initial_data=initial_data,
+            deadlines=self.deadlines,
+        )
+        self.live[record.id] = tunnel
+        try:
+            outcome = await tunnel.run()
+        finally:
+            self.live.pop(record.id, None)
+        fields.update(result=outcome.result, reattestations=outcome.reattestations)
+        if outcome.detail:
+            fields["detail"] = outcome.detail
+        return outcome
 
 
 # --------------------------------------------------------------------------- sockets
