@@ -24,6 +24,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 import trio.testing
+from gateway_helpers import (
+    close_clients,
+    connect,
+    free_port,
+    http_connect,
+    receive_all,
+    receive_exactly,
+    tunnel_lines,
+    wait_for,
+)
 
 from gateway._config import ClaimRule, EgressRoute, GatewayConfig, parse_config
 from gateway._daemon import RunningGateway, run_gateway
@@ -94,29 +104,6 @@ async def start_backend(
     backend = Backend(port=sock.getsockname()[1])
     nursery.start_soon(trio.serve_listeners, partial(handler, backend), [listener])
     return backend
-
-
-def free_port() -> int:
-    """A port with nobody listening (bound, then released)."""
-    with socket.socket() as s:
-        s.bind((LOCALHOST, 0))
-        return int(s.getsockname()[1])
-
-
-_OPENED: list[trio.SocketStream] = []
-
-
-async def connect(host: str, port: int) -> trio.SocketStream:
-    """Open a client connection that is closed when the test ends."""
-    stream = await trio.open_tcp_stream(host, port)
-    _OPENED.append(stream)
-    return stream
-
-
-async def close_clients() -> None:
-    """Close every client connection the test opened."""
-    while _OPENED:
-        await trio.aclose_forcefully(_OPENED.pop())
 
 
 # --------------------------------------------------------------------------- gateways
@@ -209,37 +196,6 @@ async def gateway_pair(
         nursery.cancel_scope.cancel()
 
 
-async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
-    chunks = bytearray()
-    while data := await stream.receive_some(65536):
-        chunks += data
-    return bytes(chunks)
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        data = await stream.receive_some(size - len(buf))
-        assert data, f"EOF after {len(buf)} of {size} bytes"
-        buf += data
-    return bytes(buf)
-
-
-async def http_connect(
-    port: int, target: str, extra: bytes = b""
-) -> tuple[trio.SocketStream, bytes]:
-    """Send CONNECT; return the stream and the response head (up to CRLF CRLF)."""
-    stream = await connect(LOCALHOST, port)
-    await stream.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode() + extra)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = await stream.receive_some(1)
-        if not data:
-            break
-        head += data
-    return stream, head
-
-
 async def socks_connect(
     port: int,
     atyp: int,
@@ -264,24 +220,9 @@ async def socks_connect(
     return stream, await receive_exactly(stream, 10)
 
 
-def tunnel_lines(caplog: pytest.LogCaptureFixture, side: str) -> list[dict[str, Any]]:
-    lines = []
-    for record in caplog.records:
-        fields = getattr(record, "fields", None)
-        if record.getMessage() == "tunnel" and isinstance(fields, dict) and fields["side"] == side:
-            lines.append(fields)
-    return lines
-
-
 @pytest.fixture(autouse=True)
 def _capture_gateway_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER_NAME)
-
-
-async def wait_for(predicate: Callable[[], bool]) -> None:
-    """Wait until ``predicate()`` holds (it watches state no Event reports, e.g. logs)."""
-    while not predicate():  # noqa: ASYNC110 - polling log records and counters
-        await trio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- modes

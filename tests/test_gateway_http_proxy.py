@@ -24,6 +24,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 import trio.testing
+from gateway_helpers import (
+    close_clients,
+    connect,
+    free_port,
+    http_connect,
+    receive_all,
+    tunnel_lines,
+    wait_for,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -151,13 +160,6 @@ async def start_http_backend(
     return backend
 
 
-def free_port() -> int:
-    """A port with nobody listening (bound, then released)."""
-    with socket.socket() as s:
-        s.bind((LOCALHOST, 0))
-        return int(s.getsockname()[1])
-
-
 # --------------------------------------------------------------------------- gateways
 
 
@@ -223,45 +225,15 @@ async def proxy_gateways(
         try:
             yield Proxy(egress, ingress, port, lambda: egress_att[2].calls)
         finally:
-            while _OPENED:
-                await trio.aclose_forcefully(_OPENED.pop())
+            await close_clients()
         nursery.cancel_scope.cancel()
-
-
-_OPENED: list[trio.SocketStream] = []
-
-
-async def connect(port: int) -> trio.SocketStream:
-    stream = await trio.open_tcp_stream(LOCALHOST, port)
-    _OPENED.append(stream)
-    return stream
-
-
-async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
-    chunks = bytearray()
-    while data := await stream.receive_some(65536):
-        chunks += data
-    return bytes(chunks)
 
 
 async def exchange(port: int, request: bytes) -> bytes:
     """Send ``request`` through the proxy; return everything until the proxy's EOF."""
-    stream = await connect(port)
+    stream = await connect(LOCALHOST, port)
     await stream.send_all(request)
     return await receive_all(stream)
-
-
-async def connect_head(port: int, target: str) -> tuple[trio.SocketStream, bytes]:
-    """Send CONNECT; return the stream and the response head."""
-    stream = await connect(port)
-    await stream.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = await stream.receive_some(1)
-        if not data:
-            break
-        head += data
-    return stream, head
 
 
 def split_response(data: bytes) -> tuple[bytes, dict[str, list[str]], bytes]:
@@ -273,24 +245,6 @@ def split_response(data: bytes) -> tuple[bytes, dict[str, list[str]], bytes]:
         name, _, value = line.partition(":")
         fields.setdefault(name.lower(), []).append(value.strip())
     return lines[0].encode(), fields, body
-
-
-def tunnel_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    lines = []
-    for record in caplog.records:
-        fields = getattr(record, "fields", None)
-        if (
-            record.getMessage() == "tunnel"
-            and isinstance(fields, dict)
-            and fields["side"] == "ingress"
-        ):
-            lines.append(fields)
-    return lines
-
-
-async def wait_for(predicate: Callable[[], bool]) -> None:
-    while not predicate():  # noqa: ASYNC110 - polling log records and counters
-        await trio.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -337,7 +291,7 @@ async def test_get_through_urllib_rewrites_the_head(
     async with proxy_gateways([f"127.0.0.1:{backend.port}"]) as proxy:
         url = f"http://127.0.0.1:{backend.port}/path/x?q=1&r=%20"
         status, headers, body = await fetch(proxy.port, url, headers={"X-Custom": "kept"})
-        await wait_for(lambda: len(tunnel_lines(caplog)) == 1)
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 1)
     assert status == 200
     assert body == b"hello"
     request = backend.requests[0]
@@ -355,7 +309,7 @@ async def test_get_through_urllib_rewrites_the_head(
     assert "x-backend-hop" not in lowered
     assert lowered["connection"] == "close"
     assert lowered["via"] == "1.1 ratls-gateway"
-    log = tunnel_lines(caplog)[0]
+    log = tunnel_lines(caplog, "ingress")[0]
     assert log["result"] == "ok"
     assert log["http"] == "absolute-form"
     assert log["method"] == "GET"
@@ -512,12 +466,12 @@ async def test_bad_backend_responses_become_502(
         answer = await exchange(
             proxy.port, f"GET http://127.0.0.1:{backend.port}/ HTTP/1.1\r\n\r\n".encode()
         )
-        await wait_for(lambda: len(tunnel_lines(caplog)) == 1)
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 1)
     assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
     assert b"Ratls-Gateway-Reason: bad-response\r\n" in answer
     assert reason in answer
     assert b"X-Big" not in answer
-    assert tunnel_lines(caplog)[0]["result"] == "bad-response"
+    assert tunnel_lines(caplog, "ingress")[0]["result"] == "bad-response"
 
 
 async def test_backend_reset_after_its_head_resets_the_client(
@@ -528,12 +482,12 @@ async def test_backend_reset_after_its_head_resets_the_client(
     )
     backend.reset_after = True
     async with proxy_gateways([f"127.0.0.1:{backend.port}"]) as proxy:
-        stream = await connect(proxy.port)
+        stream = await connect(LOCALHOST, proxy.port)
         await stream.send_all(f"GET http://127.0.0.1:{backend.port}/ HTTP/1.1\r\n\r\n".encode())
         with pytest.raises(trio.BrokenResourceError):
             await receive_all(stream)
-        await wait_for(lambda: len(tunnel_lines(caplog)) == 1)
-    assert tunnel_lines(caplog)[0]["result"] == "peer-backend-reset"
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 1)
+    assert tunnel_lines(caplog, "ingress")[0]["result"] == "peer-backend-reset"
 
 
 async def test_reattestation_while_the_backend_thinks(
@@ -551,7 +505,7 @@ async def test_reattestation_while_the_backend_thinks(
         response = await exchange(
             proxy.port, f"GET http://127.0.0.1:{backend.port}/ HTTP/1.1\r\n\r\n".encode()
         )
-        await wait_for(lambda: len(tunnel_lines(caplog)) == 1)
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 1)
         metrics = proxy.ingress.runtime.metrics
         passed = metrics.reattest_total.get(side="ingress", outcome="ok")
         assert metrics.reattest_total.get(side="ingress", outcome="failed") == 0
@@ -560,7 +514,7 @@ async def test_reattestation_while_the_backend_thinks(
     # Re-attested while the backend thought (at least once in 61 s with a 60 s age), and
     # every re-attestation passed, also after the request side of the tunnel had ended.
     assert passed >= 1
-    assert tunnel_lines(caplog)[0]["reattestations"] == passed
+    assert tunnel_lines(caplog, "ingress")[0]["reattestations"] == passed
 
 
 @pytest.mark.parametrize("how", ["reset", "half-close"])
@@ -568,7 +522,7 @@ async def test_client_gone_in_the_middle_of_its_head(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
     async with proxy_gateways(["127.0.0.1:1"]) as proxy:
-        stream = await connect(proxy.port)
+        stream = await connect(LOCALHOST, proxy.port)
         await stream.send_all(b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x")
         if how == "reset":
             stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -578,10 +532,10 @@ async def test_client_gone_in_the_middle_of_its_head(
             answer = await receive_all(stream)
             assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
             assert b"incomplete request" in answer
-        await wait_for(lambda: len(tunnel_lines(caplog)) == 1)
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 1)
         assert proxy.egress_verifier_calls() == 0
     expected = "client-reset" if how == "reset" else "bad-request"
-    assert tunnel_lines(caplog)[0]["result"] == expected
+    assert tunnel_lines(caplog, "ingress")[0]["result"] == expected
 
 
 async def test_proxied_client_stream_contract() -> None:
@@ -620,7 +574,7 @@ async def test_proxied_client_stream_contract() -> None:
 async def test_connect_still_served_by_the_same_listener(nursery: trio.Nursery) -> None:
     backend = await start_http_backend(nursery)
     async with proxy_gateways([f"127.0.0.1:{backend.port}"], attestation_headers=True) as proxy:
-        stream, head = await connect_head(proxy.port, f"127.0.0.1:{backend.port}")
+        stream, head = await http_connect(proxy.port, f"127.0.0.1:{backend.port}")
         assert head == b"HTTP/1.1 200 Connection established\r\n\r\n"
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         # Through CONNECT the bytes are the client's and the backend's, untouched.
@@ -630,7 +584,7 @@ async def test_connect_still_served_by_the_same_listener(nursery: trio.Nursery) 
 
 async def _statuses(port: int, target: str) -> tuple[bytes, bytes]:
     """The CONNECT head and the absolute-form answer's head for ``target``."""
-    _stream, connect_answer = await connect_head(port, target)
+    _stream, connect_answer = await http_connect(port, target)
     absolute = await exchange(port, f"GET http://{target}/ HTTP/1.1\r\n\r\n".encode())
     return connect_answer.split(b"\r\n\r\n")[0], absolute.split(b"\r\n\r\n")[0]
 
@@ -711,12 +665,12 @@ async def test_limits_are_503_and_429_like_connect(nursery: trio.Nursery) -> Non
     target = f"127.0.0.1:{backend.port}"
     request = f"GET http://{target}/ HTTP/1.1\r\n\r\n".encode()
     async with proxy_gateways([target], ingress_extra={"limits": {"max_tunnels": 1}}) as proxy:
-        held, head = await connect_head(proxy.port, target)
+        held, head = await http_connect(proxy.port, target)
         assert head.startswith(b"HTTP/1.1 200 ")
-        _second, refused_connect = await connect_head(proxy.port, target)
+        _second, refused_connect = await http_connect(proxy.port, target)
         # Refused on accept, before the request is read: read the answer first (the
         # refusal closes without draining the request, so sending first races a reset).
-        refused_absolute = await receive_all(await connect(proxy.port))
+        refused_absolute = await receive_all(await connect(LOCALHOST, proxy.port))
         assert refused_connect.startswith(b"HTTP/1.1 503 ")
         assert refused_absolute.startswith(b"HTTP/1.1 503 ")
         assert b"limit-reached" in refused_absolute
@@ -725,7 +679,7 @@ async def test_limits_are_503_and_429_like_connect(nursery: trio.Nursery) -> Non
         [target], ingress_extra={"limits": {"rate_per_source": 0.001, "rate_burst": 1}}
     ) as proxy:
         assert (await exchange(proxy.port, request)).startswith(b"HTTP/1.1 200 ")
-        limited = await receive_all(await connect(proxy.port))
+        limited = await receive_all(await connect(LOCALHOST, proxy.port))
         assert limited.startswith(b"HTTP/1.1 429 ")
         assert b"rate-limited" in limited
 
@@ -772,12 +726,12 @@ async def test_bad_requests_refused_before_any_tunnel(
     backend = await start_http_backend(nursery)
     async with proxy_gateways(["127.0.0.1:1"]) as proxy:
         answer = await exchange(proxy.port, request_bytes)
-        await wait_for(lambda: len(tunnel_lines(caplog)) == 1)
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 1)
         assert proxy.egress_verifier_calls() == 0  # no attested connection was opened
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"Ratls-Gateway-Reason: bad-request\r\n" in answer
     assert says in answer
-    assert tunnel_lines(caplog)[0]["result"] == "bad-request"
+    assert tunnel_lines(caplog, "ingress")[0]["result"] == "bad-request"
     assert backend.connections == 0
 
 
@@ -785,7 +739,7 @@ async def test_slow_request_head_is_408(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with proxy_gateways(["127.0.0.1:1"]) as proxy:
-        stream = await connect(proxy.port)
+        stream = await connect(LOCALHOST, proxy.port)
         await stream.send_all(b"GET http://example.com/ HTTP/1.1\r\n")  # ...and no end
         assert (await receive_all(stream)).startswith(b"HTTP/1.1 408 ")
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 import trio.testing
+from gateway_helpers import receive_exactly, tunnel_lines, wait_for
 
 from gateway._config import parse_config
 from gateway._daemon import RunningGateway, run_gateway
@@ -29,7 +30,7 @@ from ratls._tls_context import generate_ephemeral_identity, make_client_context,
 from ratls._tls_stream import AttestedTLSStream
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
 KEY = b"gateway-load-test-key"
 LOCALHOST = "127.0.0.1"
@@ -156,16 +157,7 @@ async def gateway_pair(
         nursery.cancel_scope.cancel()
 
 
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        data = await stream.receive_some(size - len(buf))
-        assert data, f"EOF after {len(buf)} of {size} bytes"
-        buf += data
-    return bytes(buf)
-
-
-async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
+async def receive_all_or_reset(stream: trio.abc.ReceiveStream) -> bytes:
     """Everything until EOF; a reset counts as the end too (returned as what came)."""
     buf = bytearray()
     try:
@@ -176,12 +168,6 @@ async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
     return bytes(buf)
 
 
-async def wait_for(predicate: Callable[[], bool]) -> None:
-    """Wait until ``predicate()`` holds (gateway counters that no Event reports)."""
-    while not predicate():  # noqa: ASYNC110 - polling the gateways' counters
-        await trio.sleep(0.01)
-
-
 async def echo_through(port: int, message: bytes) -> None:
     """Open one tunnel, check an echo, close it cleanly."""
     stream = await trio.open_tcp_stream(LOCALHOST, port)
@@ -189,7 +175,7 @@ async def echo_through(port: int, message: bytes) -> None:
         await stream.send_all(message)
         assert await receive_exactly(stream, len(message)) == message
         await stream.send_eof()
-        assert await receive_all(stream) == b""
+        assert await receive_all_or_reset(stream) == b""
 
 
 # --------------------------------------------------------------------------- 1,000 tunnels
@@ -237,7 +223,7 @@ async def test_a_thousand_concurrent_tunnels_held_and_released(
                 # tunnel ends cleanly.
                 async def release(stream: trio.SocketStream) -> None:
                     await stream.send_eof()
-                    assert await receive_all(stream) == b""
+                    assert await receive_all_or_reset(stream) == b""
                     await stream.aclose()
 
                 async with trio.open_nursery() as inner:
@@ -284,7 +270,7 @@ async def test_handshake_flood_past_max_tunnels_is_refused_cleanly(nursery: trio
             async with stream:
                 with trio.move_on_after(0):
                     await stream.send_all(b"\x16\x03\x01\x00\x05hello")
-                assert await receive_all(stream) == b""
+                assert await receive_all_or_reset(stream) == b""
 
         # And a flood through the ingress: each tunnel is refused by the egress, so the
         # client is closed without a byte.
@@ -293,7 +279,7 @@ async def test_handshake_flood_past_max_tunnels_is_refused_cleanly(nursery: trio
             async with stream:
                 with trio.move_on_after(0):
                     await stream.send_all(b"should not arrive")
-                assert await receive_all(stream) == b""
+                assert await receive_all_or_reset(stream) == b""
 
         with trio.fail_after(60):
             async with trio.open_nursery() as inner:
@@ -309,16 +295,6 @@ async def test_handshake_flood_past_max_tunnels_is_refused_cleanly(nursery: trio
         await wait_for(lambda: pair.egress.runtime.admission.active == 0)
         await echo_through(port, b"served again")
     assert backend.connections == limit + 1
-
-
-def tunnel_results(caplog: pytest.LogCaptureFixture, side: str) -> list[str]:
-    """The ``result`` of every ``tunnel`` log line of one side."""
-    results = []
-    for record in caplog.records:
-        fields = getattr(record, "fields", None)
-        if record.getMessage() == "tunnel" and isinstance(fields, dict) and fields["side"] == side:
-            results.append(str(fields["result"]))
-    return results
 
 
 async def test_slowloris_during_handshake_times_out_and_others_are_served(
@@ -348,7 +324,7 @@ async def test_slowloris_during_handshake_times_out_and_others_are_served(
                         await trio.sleep(1)
                 except trio.BrokenResourceError:
                     pass
-            assert await receive_all(stream) == b""
+            assert await receive_all_or_reset(stream) == b""
 
         async with trio.open_nursery() as inner:
             for stream in slow:
@@ -357,7 +333,7 @@ async def test_slowloris_during_handshake_times_out_and_others_are_served(
             await stream.aclose()
         await wait_for(lambda: pair.egress.runtime.admission.active == 0)
         assert backend.connections == 1
-        results = tunnel_results(caplog, "egress")
+        results = [str(line["result"]) for line in tunnel_lines(caplog, "egress")]
         assert results.count("handshake-timeout") == len(slow)
         assert trio.current_time() >= 5  # cut by the timeout, not at once
         await echo_through(pair.port(), b"and after")
