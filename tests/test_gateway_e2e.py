@@ -31,11 +31,12 @@ from gateway_helpers import (
     http_connect,
     receive_all,
     receive_exactly,
+    start_gateway,
     tunnel_lines,
     wait_for,
 )
 
-from gateway._config import ClaimRule, EgressRoute, GatewayConfig, parse_config
+from gateway._config import ClaimRule, EgressRoute, parse_config
 from gateway._daemon import RunningGateway, run_gateway
 from gateway._proxy_protocol import PROXY_V2_SIGNATURE, ProxyTlv, parse_proxy_header
 from gateway._runtime import LOGGER_NAME
@@ -155,16 +156,6 @@ def ingress_doc(egress_port: int, **extra: Any) -> dict[str, Any]:
     }
     doc.update(extra)
     return doc
-
-
-async def start_gateway(
-    nursery: trio.Nursery, config: GatewayConfig, attestation: AttestationConfig
-) -> RunningGateway:
-    gateway: RunningGateway = await nursery.start(
-        partial(run_gateway, config, attestation=attestation, drain_timeout=1.0)
-    )
-    await gateway.wait_ready()
-    return gateway
 
 
 @asynccontextmanager

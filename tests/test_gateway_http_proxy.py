@@ -30,6 +30,7 @@ from gateway_helpers import (
     free_port,
     http_connect,
     receive_all,
+    start_gateway,
     tunnel_lines,
     wait_for,
 )
@@ -37,7 +38,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway._config import ConfigError, parse_config
-from gateway._daemon import RunningGateway, run_gateway
 from gateway._http_connect import ConnectRequest, HttpRequestError
 from gateway._http_proxy import (
     MAX_RESPONSE_HEAD,
@@ -62,7 +62,8 @@ from ratls._errors import RatlsError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from ratls._exchange import AttestationConfig
+    from gateway._daemon import RunningGateway
+
 
 KEY = b"gateway-http-proxy-test-key"
 LOCALHOST = "127.0.0.1"
@@ -173,16 +174,6 @@ class Proxy:
     egress_verifier_calls: Callable[[], int]
 
 
-async def _start_gateway(
-    nursery: trio.Nursery, doc: dict[str, Any], attestation: AttestationConfig
-) -> RunningGateway:
-    gateway: RunningGateway = await nursery.start(
-        partial(run_gateway, parse_config(doc), attestation=attestation, drain_timeout=1.0)
-    )
-    await gateway.wait_ready()
-    return gateway
-
-
 @asynccontextmanager
 async def proxy_gateways(
     allow: list[str],
@@ -201,7 +192,7 @@ async def proxy_gateways(
         **(egress_extra or {}),
     }
     async with trio.open_nursery() as nursery:
-        egress = await _start_gateway(nursery, edoc, egress_att[0])
+        egress = await start_gateway(nursery, parse_config(edoc), egress_att[0])
         address = egress.address("egress:main")
         assert isinstance(address, tuple)
         proxy_rule: dict[str, Any] = {
@@ -216,7 +207,7 @@ async def proxy_gateways(
             "ingress": {"http_connect": [proxy_rule]},
             **(ingress_extra or {}),
         }
-        ingress = await _start_gateway(nursery, idoc, ingress_att[0])
+        ingress = await start_gateway(nursery, parse_config(idoc), ingress_att[0])
         # The combined CONNECT + absolute-form listener, on the ingress's runtime (its
         # config, identity, limits, metrics and access log).
         rule = ingress.runtime.config.http_connect[0]

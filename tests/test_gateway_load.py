@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 import trio.testing
-from gateway_helpers import receive_exactly, tunnel_lines, wait_for
+from gateway_helpers import receive_exactly, start_gateway, tunnel_lines, wait_for
 
 from gateway._config import parse_config
-from gateway._daemon import RunningGateway, run_gateway
 from gateway._runtime import LOGGER_NAME
 from gateway._testing import hmac_test_attestation
 from ratls._tls_context import generate_ephemeral_identity, make_client_context, make_server_context
@@ -31,6 +30,8 @@ from ratls._tls_stream import AttestedTLSStream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from gateway._daemon import RunningGateway
 
 KEY = b"gateway-load-test-key"
 LOCALHOST = "127.0.0.1"
@@ -114,15 +115,6 @@ class Pair:
         return address[1]
 
 
-async def _start(nursery: trio.Nursery, doc: dict[str, Any]) -> RunningGateway:
-    attestation = hmac_test_attestation(KEY)[0]
-    gateway: RunningGateway = await nursery.start(
-        partial(run_gateway, parse_config(doc), attestation=attestation, drain_timeout=1.0)
-    )
-    await gateway.wait_ready()
-    return gateway
-
-
 @asynccontextmanager
 async def gateway_pair(
     backend_port: int,
@@ -137,7 +129,11 @@ async def gateway_pair(
         }
     }
     async with trio.open_nursery() as nursery:
-        egress = await _start(nursery, _doc(egress_side, egress_extra or {}))
+        egress = await start_gateway(
+            nursery,
+            parse_config(_doc(egress_side, egress_extra or {})),
+            hmac_test_attestation(KEY)[0],
+        )
         address = egress.address("egress:main")
         assert isinstance(address, tuple)
         ingress_side = {
@@ -152,7 +148,11 @@ async def gateway_pair(
                 ]
             }
         }
-        ingress = await _start(nursery, _doc(ingress_side, ingress_extra or {}))
+        ingress = await start_gateway(
+            nursery,
+            parse_config(_doc(ingress_side, ingress_extra or {})),
+            hmac_test_attestation(KEY)[0],
+        )
         yield Pair(egress, ingress)
         nursery.cancel_scope.cancel()
 
