@@ -24,6 +24,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Refuse to run in CI without the real components the tests need."""
     if not os.environ.get("CI"):
         return
+    if os.environ.get("RATLS_SKIP_SWTPM") == "1":
+        raise pytest.UsageError("RATLS_SKIP_SWTPM=1 would skip the vTPM tests; CI runs them")
     missing = [tool for tool in REQUIRED_IN_CI if shutil.which(tool) is None]
     if missing:
         raise pytest.UsageError(
