@@ -5,7 +5,7 @@ an idle tunnel would otherwise keep a trio task asleep for that hour, and a wait
 costs 2-3.6 KiB: 10,000 idle tunnels, 10,000 tasks.  :class:`Deadlines` keeps the
 deadlines in a heap instead, and its one :meth:`~Deadlines.run` task calls each callback
 when its time comes.  Callbacks run in that task, so they must not block: a tunnel's
-starts its re-attestation round as a task of its own.
+callback starts its re-attestation round as a task of its own.
 
 Cancelled entries stay in the heap until their time (lazy deletion); a tunnel has at
 most one entry, so the heap never holds more entries than tunnels that lived in the
@@ -30,10 +30,9 @@ __all__ = ["Deadline", "Deadlines"]
 class Deadline:
     """A scheduled callback; :meth:`cancel` stops it from running."""
 
-    __slots__ = ("_callback", "when")
+    __slots__ = ("_callback",)
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when = when
+    def __init__(self, callback: Callable[[], None]) -> None:
         self._callback: Callable[[], None] | None = callback
 
     @property
@@ -75,7 +74,7 @@ class Deadlines:
         Returns:
             The entry, to cancel it.
         """
-        entry = Deadline(when, callback)
+        entry = Deadline(callback)
         heapq.heappush(self._heap, (when, next(self._order), entry))
         if self._heap[0][2] is entry:
             self._changed.set()  # a new earliest deadline: wake the runner
