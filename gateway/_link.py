@@ -70,7 +70,6 @@ from ratls._errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "LINK_VERSION",
-    "MAX_DATA_CHUNK",
     "MAX_FRAME_PAYLOAD",
     "MAX_REASON_BYTES",
     "NEED_DATA",
@@ -116,11 +115,6 @@ NONCE_LENGTH: Final = 32
 
 #: Exporter label for re-attestation binders (RFC 8446 7.5; the nonce is the context).
 REATTEST_EXPORTER_LABEL: Final = b"EXPORTER-ratls-gateway-reattest"
-
-# Largest DATA payload a sender puts in one frame.  The measured sweet spot of a trio
-# relay over pyOpenSSL memory BIOs is 64 KiB reads (docs/gateway.md); one read becomes
-# one frame, so the per-frame cost (5 bytes, one header parse) is paid once per 64 KiB.
-MAX_DATA_CHUNK: Final = 64 * 1024
 
 # Largest payload accepted in any frame.  EVIDENCE is the big one: the attestation
 # exchange accepts evidence up to 256 KiB (MAX_EXCHANGE_MESSAGE_SIZE), and fresh evidence
