@@ -14,6 +14,12 @@ Each topology carries the same traffic along the same path::
   simulated SEV-SNP attester and the example policy that trusts the simulator: every
   tunnel is a mutually attested TLS 1.3 connection with fresh evidence both ways.
 
+Key exchange differs unless ``--groups`` aligns it: stunnel uses the system's OpenSSL
+(on Debian 12, 3.0, without ML-KEM: X25519), the Python topologies use the OpenSSL
+inside ``cryptography`` (3.5 and later prefer the hybrid X25519MLKEM768, which costs
+about 10 KiB more per idle connection).  ``--groups X25519`` gives the ratls gateways
+stunnel's key exchange.
+
 Hop A, hop B and the backend are separate processes; the driver is this process.  For
 each topology, in rounds that alternate between topologies (so drift hits all alike):
 
@@ -33,6 +39,7 @@ the median over rounds (ratios: median of per-round ratios).
 
 Usage: .venv/bin/python bench/bench_gateway.py [--mib 256 | --gib] [--rounds 3]
        [--tunnels 200] [--conc 8] [--idle 300] [--only raw,tls,stunnel,ratls]
+       [--groups X25519]
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import os
 import resource
 import shutil
@@ -391,12 +399,15 @@ def start_stunnel(backend: int, work: Path) -> Topology:
     return topo
 
 
-def start_ratls(backend: int, work: Path) -> Topology:
+def start_ratls(backend: int, work: Path, *, groups: str = "") -> Topology:
     a, b = free_port(), free_port()
     admin_a, admin_b = free_port(), free_port()
     policy = REPO / "examples" / "policy.toml"
     att = f'[attestation]\nattester = "sim"\npolicy = "{policy}"\nproduct = "Genoa"\n'
     limits = "[limits]\nmax_tunnels = 20000\n"
+    if groups:
+        names = ", ".join(f'"{g}"' for g in groups.split(","))
+        limits += f"[tls]\ngroups = [{names}]\n"
     egress = (
         f'{att}{limits}[admin]\nlisten = "{HOST}:{admin_b}"\n'
         f'[[egress.listener]]\nname = "main"\nlisten = "{HOST}:{b}"\nroutes = ["sink"]\n'
@@ -552,6 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conc", type=int, default=8)
     parser.add_argument("--idle", type=int, default=300)
     parser.add_argument("--only", default=",".join(TOPOLOGIES))
+    parser.add_argument(
+        "--groups",
+        default="",
+        help="key exchange groups for the ratls gateways, e.g. X25519 (default: OpenSSL's)",
+    )
     args = parser.parse_args(argv)
     if args.role == "relay":
         run_relay(args.listen, args.target)
@@ -566,10 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     size = (1 << 30) if args.gib else args.mib << 20
     names = [n for n in TOPOLOGIES if n in args.only.split(",")]
+    starters = dict(STARTERS)
+    starters["ratls"] = functools.partial(start_ratls, groups=args.groups)
     print(
         f"bench_gateway: {os.cpu_count()} CPUs, {size / (1 << 20):.0f} MiB per transfer, "
         f"{args.rounds} rounds, {args.tunnels} tunnels ({args.conc} at once), "
-        f"{args.idle} idle tunnels, {args.latency} warm setups"
+        f"{args.idle} idle tunnels, {args.latency} warm setups, "
+        f"ratls key exchange: {args.groups or 'OpenSSL default'}"
     )
     results: dict[str, dict[str, list[float]]] = {n: {k: [] for _, k in METRICS} for n in names}
     ratios: dict[str, dict[str, list[float]]] = {n: {k: [] for _, k in METRICS} for n in names}
@@ -581,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             order = names[rnd % len(names) :] + names[: rnd % len(names)]
             this: dict[str, dict[str, float]] = {}
             for name in order:
-                topo = STARTERS[name](port, work)
+                topo = starters[name](port, work)
                 try:
                     cold, warm = setup_latency(topo, args.latency)
                     rate = tunnel_rate(topo, args.tunnels, args.conc)

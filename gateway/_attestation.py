@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
@@ -176,11 +176,15 @@ def _spki(certificate: x509.Certificate) -> bytes:
     return certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
-def make_identity(attestation: AttestationConfig) -> GatewayIdentity:
+def make_identity(
+    attestation: AttestationConfig, *, groups: Sequence[str] | None = None
+) -> GatewayIdentity:
     """Generate an ephemeral identity (a new P-256 key) and the TLS contexts for it.
 
     Args:
         attestation: what this gateway proves and demands.
+        groups: key exchange groups for its connections (``[tls] groups``); None keeps
+            OpenSSL's default list.
 
     Returns:
         The identity.
@@ -189,8 +193,8 @@ def make_identity(attestation: AttestationConfig) -> GatewayIdentity:
     return GatewayIdentity(
         certificate=certificate,
         attestation=attestation,
-        client_context=make_client_context(private_key, certificate),
-        server_context=make_server_context(private_key, certificate),
+        client_context=make_client_context(private_key, certificate, groups=groups),
+        server_context=make_server_context(private_key, certificate, groups=groups),
     )
 
 

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, final
 
+from OpenSSL import SSL
+
 from ratls._errors import RatlsError
+from ratls._tls_context import set_key_exchange_groups
 
 from ._link import AddressTarget, RouteTarget
 
@@ -42,6 +45,7 @@ __all__ = [
     "Socks5Rule",
     "SocksUser",
     "Timeouts",
+    "TlsSettings",
     "load_config",
     "parse_config",
     "parse_endpoint",
@@ -322,6 +326,23 @@ class Timeouts:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    """TLS choices for the link between gateways.
+
+    Attributes:
+        groups: key exchange groups offered and accepted, most preferred first, by
+            their OpenSSL names; None keeps OpenSSL's default (with OpenSSL 3.5 and
+            later the hybrid post-quantum X25519MLKEM768 first).  ``["X25519"]`` saves
+            about 10 KiB per tunnel and gateway (docs/performance.md) and gives up
+            post-quantum protection of recorded traffic.  Both gateways of a tunnel
+            need a group in common.
+    """
+
+    groups: tuple[str, ...] | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     """Resource limits.
 
@@ -516,6 +537,7 @@ class GatewayConfig:
 
     Attributes:
         attestation: attester and policy.
+        tls: TLS choices for the link.
         timeouts: timeouts.
         limits: limits.
         admin: the health/metrics endpoint, if any.
@@ -528,6 +550,7 @@ class GatewayConfig:
     """
 
     attestation: AttestationSettings
+    tls: TlsSettings = field(default_factory=TlsSettings)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     admin: AdminConfig | None = None
@@ -744,6 +767,25 @@ def _limits(c: _Checker, root: Mapping[str, object]) -> Limits:
     )
 
 
+def _tls(c: _Checker, root: Mapping[str, object]) -> TlsSettings:
+    t = c.table(root, "tls", "tls")
+    c.unknown(t, {"groups"}, "tls")
+    if "groups" not in t:
+        return TlsSettings()
+    value = t["groups"]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        c.problem("tls.groups", "must be a non-empty array of group names")
+        return TlsSettings()
+    groups = tuple(str(v) for v in value)
+    # Ask OpenSSL now, so that `check` catches a name it does not know.
+    try:
+        set_key_exchange_groups(SSL.Context(SSL.TLS_METHOD), groups)
+    except (ValueError, NotImplementedError) as exc:
+        c.problem("tls.groups", f"{exc} (OpenSSL names such as X25519MLKEM768, X25519, P-256)")
+        return TlsSettings()
+    return TlsSettings(groups=groups)
+
+
 def _attestation(c: _Checker, root: Mapping[str, object]) -> AttestationSettings:
     t = c.table(root, "attestation", "attestation")
     if "attestation" not in root:
@@ -898,8 +940,9 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         ConfigError: listing every problem, each with its location.
     """
     c = _Checker(source.parent if source is not None else None)
-    c.unknown(data, {"attestation", "timeouts", "limits", "admin", "ingress", "egress"}, "")
+    c.unknown(data, {"attestation", "tls", "timeouts", "limits", "admin", "ingress", "egress"}, "")
     attestation = _attestation(c, data)
+    tls = _tls(c, data)
     timeouts = _timeouts(c, data)
     limits = _limits(c, data)
     admin = _admin(c, data)
@@ -923,6 +966,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         raise ConfigError(c.problems)
     return GatewayConfig(
         attestation=attestation,
+        tls=tls,
         timeouts=timeouts,
         limits=limits,
         admin=admin,

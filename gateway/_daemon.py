@@ -13,7 +13,8 @@ quote bound to zeros is useless to anyone: real binders carry the connection's e
 value).  Until that succeeds /readyz answers 503; it is retried with backoff.
 
 Reload: :meth:`RunningGateway.reload` takes a new configuration with the same listen
-addresses.  New tunnels use its timeouts, limits, routes and allowlists at once; the
+addresses.  New tunnels use its timeouts, limits, routes, allowlists and TLS groups at
+once (new groups need new TLS contexts, so they come with a new identity); the
 attestation provider is resolved again (re-reading the policy file) and every live
 tunnel re-attests its peer under the new configuration, so a peer that the new policy
 no longer admits is disconnected.
@@ -146,7 +147,11 @@ class RunningGateway:
             # configuration may need the old attester until then.
             self.owned_attestations.append(attestation)
         runtime = self.runtime
-        runtime.identity = dataclasses.replace(runtime.identity, attestation=attestation)
+        if config.tls != runtime.config.tls:
+            # New contexts need a new identity; live tunnels keep theirs.
+            runtime.identity = make_identity(attestation, groups=config.tls.groups)
+        else:
+            runtime.identity = dataclasses.replace(runtime.identity, attestation=attestation)
         runtime.config = config
         limits = config.limits
         runtime.admission.max_tunnels = limits.max_tunnels
@@ -191,7 +196,9 @@ async def _self_check(runtime: Runtime, ready: trio.Event) -> None:
 async def _rotate_identity(runtime: Runtime) -> None:
     while True:
         await trio.sleep(IDENTITY_ROTATION)
-        runtime.identity = make_identity(runtime.identity.attestation)
+        runtime.identity = make_identity(
+            runtime.identity.attestation, groups=runtime.config.tls.groups
+        )
         log_event("identity rotated", identity=repr(runtime.identity))
 
 
@@ -221,7 +228,8 @@ async def run_gateway(
         attestation = resolve_attestation(config.attestation)
     gateway: RunningGateway | None = None
     try:
-        gateway = RunningGateway(Runtime(config, make_identity(attestation)))
+        identity = make_identity(attestation, groups=config.tls.groups)
+        gateway = RunningGateway(Runtime(config, identity))
         if owned:
             gateway.owned_attestations.append(attestation)
         await _serve(gateway, config, drain_timeout, task_status)

@@ -79,13 +79,16 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             try:
                 return os.read(self._socket.fileno(), max_bytes)
             except BlockingIOError:
-                self._receiving = True
-                try:
-                    await trio.lowlevel.wait_readable(self._socket)
-                finally:
-                    self._receiving = False
+                pass
             except OSError as exc:
                 raise self._error(exc, "receiving") from exc
+            # Waiting outside the except clause: inside it the BlockingIOError and its
+            # traceback would stay alive for as long as the socket is idle.
+            self._receiving = True
+            try:
+                await trio.lowlevel.wait_readable(self._socket)
+            finally:
+                self._receiving = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data``, waiting for room only when the kernel has none.
@@ -99,14 +102,16 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         while view:
             try:
                 view = view[os.write(self._socket.fileno(), view) :]
+                continue
             except BlockingIOError:
-                self._sending = True
-                try:
-                    await trio.lowlevel.wait_writable(self._socket)
-                finally:
-                    self._sending = False
+                pass
             except OSError as exc:
                 raise self._error(exc, "sending") from exc
+            self._sending = True
+            try:
+                await trio.lowlevel.wait_writable(self._socket)
+            finally:
+                self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -27,11 +27,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
 
 from ._errors import CertificateChainError, SignatureMismatch
 from ._evidence_cert import endpoint_certificate_builder
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from OpenSSL import crypto
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "generate_ephemeral_identity",
     "make_client_context",
     "make_server_context",
+    "set_key_exchange_groups",
 ]
 
 #: Key types :func:`generate_ephemeral_identity` can create.
@@ -237,6 +241,44 @@ def _verify_callback(
     return False
 
 
+def set_key_exchange_groups(context: SSL.Context, groups: Sequence[str]) -> None:
+    """Offer and accept only ``groups`` (OpenSSL names, most preferred first).
+
+    Without this a context uses OpenSSL's default list; OpenSSL 3.5 and later prefer
+    the hybrid post-quantum X25519MLKEM768.  A connection keeps its ML-KEM key material
+    until it is freed, about 10 KiB per connection, so a gateway holding many idle
+    tunnels may trade that protection for memory with ``["X25519"]``.  Both ends need
+    a group in common, or the handshake fails.
+
+    Raises:
+        ValueError: the list is empty, or OpenSSL knows none of it or refuses a name.
+        NotImplementedError: this pyOpenSSL offers no way to set groups.
+    """
+    names = list(groups)
+    if not names:
+        raise ValueError("no key exchange group given")
+    for name in names:
+        if not name or not name.isascii() or not name.isprintable() or ":" in name:
+            raise ValueError(f"not a key exchange group name: {name!r}")
+    # pyOpenSSL has no public call for this; its binding has SSL_CTX_set1_curves_list
+    # (the groups list, under its older name).
+    setter = getattr(_lib, "SSL_CTX_set1_curves_list", None)
+    raw_context: Any = getattr(context, "_context", None)
+    if setter is None or raw_context is None:
+        raise NotImplementedError("this pyOpenSSL cannot choose key exchange groups")
+    if setter(raw_context, ":".join(names).encode("ascii")) != 1:
+        _clear_openssl_errors()
+        raise ValueError(f"OpenSSL refuses the key exchange groups {names}")
+
+
+def _clear_openssl_errors() -> None:
+    # A refused call leaves its reason on OpenSSL's per-thread error queue, where the
+    # next pyOpenSSL call would find it and report it as its own failure.
+    clear = getattr(_lib, "ERR_clear_error", None)
+    if clear is not None:
+        clear()
+
+
 def _base_context(
     private_key: IdentityKey,
     certificate: x509.Certificate,
@@ -244,6 +286,7 @@ def _base_context(
     attested: bool,
     minimum_version: int,
     maximum_version: int | None,
+    groups: Sequence[str] | None,
 ) -> SSL.Context:
     if attested and (
         minimum_version != SSL.TLS1_3_VERSION or maximum_version not in (None, SSL.TLS1_3_VERSION)
@@ -259,6 +302,8 @@ def _base_context(
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     # Idle connections give their record buffers back (gateways hold many idle tunnels).
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    if groups is not None:
+        set_key_exchange_groups(context, groups)
     context.use_privatekey(private_key)
     context.use_certificate(certificate)
     context.check_privatekey()
@@ -272,6 +317,7 @@ def make_client_context(
     attested: bool = True,
     minimum_version: int = SSL.TLS1_3_VERSION,
     maximum_version: int | None = None,
+    groups: Sequence[str] | None = None,
 ) -> SSL.Context:
     """A client context presenting ``certificate`` and accepting a self-signed server.
 
@@ -282,12 +328,15 @@ def make_client_context(
         minimum_version: lowest TLS version (``SSL.TLS1_2_VERSION`` or
             ``SSL.TLS1_3_VERSION``); must be 1.3 when attested.
         maximum_version: highest TLS version, or None for the library's highest.
+        groups: key exchange groups to offer and accept, most preferred first (see
+            :func:`set_key_exchange_groups`); None keeps OpenSSL's default list.
 
     Returns:
         A pyOpenSSL context for :class:`~ratls._tls_stream.AttestedTLSStream`.
 
     Raises:
         ValueError: an attested context asked for anything but TLS 1.3.
+        ValueError: OpenSSL refuses ``groups``.
         OpenSSL.SSL.Error: the key does not match the certificate.
     """
     context = _base_context(
@@ -296,6 +345,7 @@ def make_client_context(
         attested=attested,
         minimum_version=minimum_version,
         maximum_version=maximum_version,
+        groups=groups,
     )
     context.set_verify(SSL.VERIFY_PEER, _verify_callback)
     return context
@@ -309,6 +359,7 @@ def make_server_context(
     require_client_certificate: bool = True,
     minimum_version: int = SSL.TLS1_3_VERSION,
     maximum_version: int | None = None,
+    groups: Sequence[str] | None = None,
 ) -> SSL.Context:
     """A server context presenting ``certificate``, by default demanding a client one.
 
@@ -320,12 +371,15 @@ def make_server_context(
             whenever the client must attest: its evidence binds that certificate's key).
         minimum_version: lowest TLS version; must be 1.3 when attested.
         maximum_version: highest TLS version, or None for the library's highest.
+        groups: key exchange groups to offer and accept, most preferred first (see
+            :func:`set_key_exchange_groups`); None keeps OpenSSL's default list.
 
     Returns:
         A pyOpenSSL context for :class:`~ratls._tls_stream.AttestedTLSStream`.
 
     Raises:
         ValueError: an attested context asked for anything but TLS 1.3.
+        ValueError: OpenSSL refuses ``groups``.
         OpenSSL.SSL.Error: the key does not match the certificate.
     """
     context = _base_context(
@@ -334,6 +388,7 @@ def make_server_context(
         attested=attested,
         minimum_version=minimum_version,
         maximum_version=maximum_version,
+        groups=groups,
     )
     if require_client_certificate:
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback)

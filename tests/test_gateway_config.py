@@ -23,6 +23,7 @@ from gateway._config import (
     GatewayConfig,
     SocksUser,
     Timeouts,
+    TlsSettings,
     load_config,
     parse_config,
     parse_endpoint,
@@ -402,4 +403,23 @@ def test_claim_rules_errors() -> None:
         'egress.route[0].require."ok": must be a string or a non-empty array of strings',
         'egress.route[0].require."n": must be a string or a non-empty array of strings',
         'egress.listener[0].require: must be a table: { "claim.path" = ["value", ...] }',
+    ]
+
+
+def test_tls_groups() -> None:
+    assert parse_config(_minimal()).tls == TlsSettings()
+    assert parse_config(_minimal()).tls.groups is None
+    config = parse_config(_minimal(tls={"groups": ["X25519", "P-256"]}))
+    assert config.tls.groups == ("X25519", "P-256")
+    assert _problems(_minimal(tls={"groups": []})) == [
+        "tls.groups: must be a non-empty array of group names"
+    ]
+    assert _problems(_minimal(tls={"groups": "X25519"})) == [
+        "tls.groups: must be a non-empty array of group names"
+    ]
+    [problem] = _problems(_minimal(tls={"groups": ["X25519", "no-such-group"]}))
+    assert problem.startswith("tls.groups: OpenSSL refuses the key exchange groups")
+    assert "X25519MLKEM768" in problem  # names a few valid ones
+    assert _problems(_minimal(tls={"curves": ["X25519"]})) == [
+        "tls.curves: unknown key (known: groups)"
     ]

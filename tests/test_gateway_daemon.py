@@ -185,6 +185,21 @@ async def test_reload_applies_new_allowlists_and_refuses_new_listeners(
     assert egress.runtime.config.listeners[0].allow[0].host == "localhost"
 
 
+async def test_reload_with_new_tls_groups_makes_a_new_identity(nursery: trio.Nursery) -> None:
+    port = await _start_echo(nursery)
+    egress = await _start(nursery, _egress_doc(port))
+    first = egress.runtime.identity
+    egress.reload(parse_config(_egress_doc(port)), attestation=hmac_test_attestation(KEY)[0])
+    assert egress.runtime.identity.certificate == first.certificate  # TLS unchanged
+    doc = _egress_doc(port)
+    doc["tls"] = {"groups": ["P-256"]}
+    egress.reload(parse_config(doc), attestation=hmac_test_attestation(KEY)[0])
+    assert egress.runtime.identity.certificate != first.certificate
+    peer = await LinkPeer.connect(egress)  # offers OpenSSL's default groups
+    assert peer.stream._conn.get_group_name() == "secp256r1"
+    await peer.stream.aclose()
+
+
 async def test_drain_deadline_cuts_remaining_tunnels(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,

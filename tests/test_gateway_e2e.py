@@ -425,6 +425,24 @@ async def test_broken_attester_fails_closed(nursery: trio.Nursery) -> None:
     assert backend.connections == 0
 
 
+async def test_key_exchange_groups_from_the_config(nursery: trio.Nursery) -> None:
+    backend = await start_backend(nursery)
+    classic = {"tls": {"groups": ["X25519"]}}
+    async with gateway_pair(backend.port, egress_extra=classic, ingress_extra=classic) as pair:
+        client = await connect(LOCALHOST, pair.port("mapping:web"))
+        await client.send_all(b"classic")
+        assert await receive_exactly(client, 7) == b"classic"
+    # No group in common: no tunnel, and the client learns why.
+    other = {"tls": {"groups": ["P-256"]}}
+    backend = await start_backend(nursery, _record)
+    async with gateway_pair(backend.port, egress_extra=other, ingress_extra=classic) as pair:
+        _stream, head = await http_connect(
+            pair.port("http-connect:proxy"), f"127.0.0.1:{backend.port}"
+        )
+        assert head.startswith(b"HTTP/1.1 502 ")
+    assert backend.connections == 0
+
+
 async def test_not_allowed_and_unknown_route(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,0 +1,101 @@
+"""Key exchange groups chosen for attested TLS contexts (``groups=``)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from OpenSSL import SSL
+
+from ratls._tls_context import (
+    generate_ephemeral_identity,
+    make_client_context,
+    make_server_context,
+    set_key_exchange_groups,
+)
+from ratls._tls_stream import AttestedTLSStream
+
+_CLIENT, _SERVER = generate_ephemeral_identity(), generate_ephemeral_identity()
+
+
+def _pair(
+    client_groups: list[str] | None, server_groups: list[str] | None
+) -> tuple[AttestedTLSStream[trio.abc.Stream], AttestedTLSStream[trio.abc.Stream]]:
+    left, right = trio.testing.memory_stream_pair()
+    client = make_client_context(*_CLIENT, groups=client_groups)
+    server = make_server_context(*_SERVER, groups=server_groups)
+    return (
+        AttestedTLSStream(left, client, server_side=False),
+        AttestedTLSStream(right, server, server_side=True),
+    )
+
+
+def _group(stream: AttestedTLSStream[trio.abc.Stream]) -> str | None:
+    # The negotiated group is an OpenSSL detail the stream does not expose.
+    return stream._conn.get_group_name()
+
+
+async def _handshake(
+    client: AttestedTLSStream[trio.abc.Stream], server: AttestedTLSStream[trio.abc.Stream]
+) -> list[BaseException | None]:
+    errors: list[BaseException | None] = [None, None]
+
+    async def run(i: int, stream: AttestedTLSStream[trio.abc.Stream]) -> None:
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            errors[i] = exc
+            await stream.aclose()  # as every caller does: the peer then sees the end
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, 0, client)
+            nursery.start_soon(run, 1, server)
+    return errors
+
+
+@pytest.mark.parametrize(
+    ("groups", "negotiated"), [(["X25519"], "x25519"), (["P-256"], "secp256r1")]
+)
+async def test_chosen_group_is_negotiated(groups: list[str], negotiated: str) -> None:
+    client, server = _pair(groups, groups)
+    assert await _handshake(client, server) == [None, None]
+    assert _group(client) == _group(server) == negotiated
+    await client.send_all(b"ping")
+    assert await server.receive_some(4) == b"ping"
+
+
+async def test_server_list_limits_what_the_client_may_use() -> None:
+    client, server = _pair(None, ["P-256"])
+    assert await _handshake(client, server) == [None, None]
+    assert _group(server) == "secp256r1"
+
+
+async def test_no_group_in_common_fails_the_handshake() -> None:
+    client, server = _pair(["X25519"], ["P-256"])
+    client_error, server_error = await _handshake(client, server)
+    assert isinstance(client_error, trio.BrokenResourceError)
+    assert isinstance(server_error, trio.BrokenResourceError)
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ([], "no key exchange group"),
+        ([""], "not a key exchange group name"),
+        (["X25519:P-256"], "not a key exchange group name"),
+        (["X25519\n"], "not a key exchange group name"),
+        (["no-such-group"], "OpenSSL refuses"),
+        (["X25519", "no-such-group"], "OpenSSL refuses"),
+    ],
+)
+async def test_bad_group_lists_are_refused_and_leave_no_error_behind(
+    groups: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_client_context(*_CLIENT, groups=groups)
+    with pytest.raises(ValueError, match=message):
+        set_key_exchange_groups(SSL.Context(SSL.TLS_METHOD), groups)
+    # A refusal must not leave a stale OpenSSL error for the next call to report.
+    client, server = _pair(["X25519"], ["X25519"])
+    assert await _handshake(client, server) == [None, None]
