@@ -246,6 +246,10 @@ _OUTGOING_READ: Final = _MAX_WRITE + 4 * 256
 
 _TLS13: Final = "TLSv1.3"
 
+# How long a failing connection may wait for room to send OpenSSL's alert (a few bytes
+# that nearly always fit at once); past it the transport is closed without the alert.
+_ALERT_TIMEOUT: Final = 1.0
+
 
 class _State(enum.Enum):
     OK = enum.auto()
@@ -475,6 +479,21 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             return self._cert_errors[0]
         return trio.BrokenResourceError(f"TLS failure: {exc}")
 
+    async def _send_alert(self) -> None:
+        # On a TLS failure OpenSSL queues an alert saying why (no shared group, a
+        # certificate refused...).  Sent, it lets the peer report that reason instead of
+        # a bare end of stream.  Best effort: skipped if another task is sending, given
+        # up after _ALERT_TIMEOUT, and any transport failure is ignored (we are failing).
+        alert = self._drain_outgoing()
+        if not alert or self._inner_send_lock.locked():
+            return
+        with (
+            trio.move_on_after(_ALERT_TIMEOUT),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            async with self._inner_send_lock:
+                await self.transport_stream.send_all(alert)
+
     async def _retry(self, fn: Callable[[], _T], *, is_handshake: bool = False) -> _T:
         """Run one non-blocking pyOpenSSL call to completion; see the theory above."""
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -494,7 +513,9 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 raise trio.BrokenResourceError("transport ended without TLS close") from exc
             except SSL.Error as exc:
                 self._mark_broken()
-                raise self._tls_failure(exc) from exc
+                failure = self._tls_failure(exc)
+                await self._send_alert()
+                raise failure from exc
             else:
                 finished = True
             to_send = self._drain_outgoing()
