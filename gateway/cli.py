@@ -7,6 +7,8 @@
 
 Logs are JSON lines on standard error (one access line per tunnel).  Exit status: 0 on
 success, 1 when the configuration is invalid or the gateway failed, 2 on usage errors.
+Under systemd (``Type=notify-reload``) ``run`` reports readiness, reloads, stopping and
+watchdog pings on ``$NOTIFY_SOCKET`` (gateway._systemd).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ._config import ConfigError, load_config
 from ._daemon import DEFAULT_DRAIN_TIMEOUT, RunningGateway, run_gateway
 from ._ratls_provider import register_ratls_providers
 from ._runtime import LOGGER_NAME, JsonFormatter, log_event
+from ._systemd import SystemdNotifier
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -79,29 +82,58 @@ def _check(path: Path) -> int:
 
 
 async def _handle_signals(
-    gateway: RunningGateway, path: Path, received: AsyncIterator[int]
+    gateway: RunningGateway,
+    path: Path,
+    received: AsyncIterator[int],
+    notifier: SystemdNotifier | None,
 ) -> None:
     async for signum in received:
         if signum == signal.SIGHUP:
+            if notifier is not None:
+                notifier.reloading()
             try:
                 gateway.reload(load_config(path))
+                status = "configuration reloaded"
             except RatlsError as exc:
                 log_event("reload refused", level=logging.ERROR, error=str(exc))
+                status = f"reload refused, previous configuration in force: {exc}"
+            if notifier is not None:
+                notifier.ready(status)
         else:
             log_event("shutdown requested", signal=signal.Signals(signum).name)
+            if notifier is not None:
+                notifier.stopping("draining live tunnels")
             gateway.request_shutdown()
             return
 
 
+async def _notify_systemd(gateway: RunningGateway, notifier: SystemdNotifier) -> None:
+    await gateway.wait_ready()
+    notifier.ready(f"ready: {len(gateway.listeners)} listener(s), own evidence verified")
+    interval = notifier.watchdog_interval
+    if interval is None:
+        return
+    # Pinged from the event loop: if the loop stops turning, the pings stop too.
+    while True:
+        notifier.watchdog()
+        await trio.sleep(interval)
+
+
 async def _run(path: Path, drain_timeout: float) -> None:
     config = load_config(path)
+    notifier = SystemdNotifier.from_environment()
     # Signals are caught before anything starts, so an early SIGHUP cannot kill us.
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as received:
         async with trio.open_nursery() as nursery:
             gateway: RunningGateway = await nursery.start(
                 partial(run_gateway, config, drain_timeout=drain_timeout)
             )
-            await _handle_signals(gateway, path, received)
+            if notifier is not None:
+                nursery.start_soon(_notify_systemd, gateway, notifier)
+            await _handle_signals(gateway, path, received, notifier)
+            # The watchdog stays on while draining; it ends with the gateway.
+            await gateway.wait_stopped()
+            nursery.cancel_scope.cancel()
 
 
 def _setup_logging(level: str) -> None:
