@@ -14,7 +14,6 @@ Exit codes are those of :mod:`ratls.cli`: 0 pass, 1 a check failed, 2 unusable i
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from ._evidence_cert import (
     load_evidence_certificate,
     verify_evidence_certificate,
 )
+from ._files import write_atomically
 from ._policy import load_policy
 from ._snp_report import ProductLine, parse_snp_report
 from ._snp_verify import SnpEndorsements
@@ -107,11 +107,7 @@ def _read(path: Path, what: str) -> bytes:
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        fd = os.open(path, flags, 0o600 if private else 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        write_atomically(path, data, mode=0o600 if private else 0o644)
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror}") from exc
 

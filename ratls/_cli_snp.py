@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ._amd_certs import load_amd_certificate
 from ._errors import EvidenceFormatError
+from ._files import write_atomically
 from ._policy import load_policy
 from ._snp_report import ProductLine, parse_snp_report
 from ._snp_verify import SnpEndorsements
@@ -54,8 +55,7 @@ def _read(path: Path, what: str) -> bytes:
 
 def _write(path: Path, data: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_atomically(path, data)
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror}") from exc
 

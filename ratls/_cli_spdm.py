@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._errors import AttesterUnavailable, PolicyError, RatlsError, RemoteProtocolError
+from ._files import write_atomically
+from .cli import CliError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -139,7 +141,10 @@ def responder(args: argparse.Namespace) -> int:
     with _attester(args) as (attester, vtpm):
         identity = TeeResponderIdentity.create(attester, curve=args.key)
         if args.cert_out is not None:
-            args.cert_out.write_bytes(identity.certificate_der)
+            try:
+                write_atomically(args.cert_out, identity.certificate_der)
+            except OSError as exc:
+                raise CliError(f"cannot write {args.cert_out}: {exc.strerror}") from exc
             _print(f"certificate written to {args.cert_out}")
 
         def make() -> Responder:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ._azure_hcl import parse_hcl_report
 from ._errors import BindingMismatch, EvidenceFormatError, SignatureMismatch
+from ._files import write_atomically
 from ._policy import load_policy
 from ._tpm_credential import make_credential
 from ._tpm_quote import VerifiedQuote, verify_quote
@@ -297,8 +298,7 @@ def _read(path: Path, what: str) -> bytes:
 
 def _write(path: Path, data: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_atomically(path, data)
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror}") from exc
 

@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,6 +63,7 @@ from .._amd_certs import (
     load_amd_certificate,
     spki_sha256,
 )
+from .._files import write_atomically
 from .._snp_certtable import (
     CERT_TABLE_GUID_ARK,
     CERT_TABLE_GUID_ASK,
@@ -85,6 +85,7 @@ from .._snp_report import (
 )
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Mapping
 
 __all__ = [
@@ -567,7 +568,7 @@ class SimulatedAmdSp:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         for name, cert in (("ark", self.ark), ("ask", self.ask), ("leaf", self.leaf)):
-            (path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            write_atomically(path / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
         keys: tuple[tuple[str, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey], ...] = (
             ("ark", self._ark_key),
             ("ask", self._ask_key),
@@ -579,10 +580,7 @@ class SimulatedAmdSp:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            target = path / f"{name}.key"
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
+            write_atomically(path / f"{name}.key", pem, mode=0o600)
         settings = {
             "format": _SAVE_FORMAT,
             "product": self.product.value,
@@ -591,7 +589,10 @@ class SimulatedAmdSp:
             "reported_tcb": self.reported_tcb.to_bytes().hex(),
             "csp_id": self.csp_id,
         }
-        (path / "sp.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        # Written last: a simulator whose save was cut short (a full disk) has no sp.json,
+        # so load_or_generate makes a new one instead of loading half of this one.
+        text = json.dumps(settings, indent=2) + "\n"
+        write_atomically(path / "sp.json", text.encode("utf-8"))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> SimulatedAmdSp:
