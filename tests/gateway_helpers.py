@@ -829,3 +829,37 @@ def capture_gateway_logs(caplog: pytest.LogCaptureFixture) -> None:
     from gateway._runtime import LOGGER_NAME
 
     caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+
+
+def sim_egress_config(directory: Path, *, admin: bool = False) -> Path:
+    """Write ``egress.toml`` in ``directory``: the simulated attester, a UNIX listener.
+
+    The listener is ``egress.sock`` (and the admin endpoint ``admin.sock`` when asked),
+    relative to the file; the one route goes to the discard port, which nothing uses.
+    """
+    config = directory / "egress.toml"
+    config.write_text(
+        "[attestation]\n"
+        'attester = "sim"\n'
+        f'policy = "{POLICY}"\n'
+        + ('[admin]\nlisten = "unix:admin.sock"\n' if admin else "")
+        + "[[egress.listener]]\n"
+        'name = "main"\n'
+        'listen = "unix:egress.sock"\n'
+        "[[egress.route]]\n"
+        'name = "web"\n'
+        'backend = "127.0.0.1:9"\n'
+    )
+    return config
+
+
+def spawn_gateway_cli(
+    config: Path, *, env: Mapping[str, str] | None = None, stderr: int = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
+    """Start ``ratls-gateway run CONFIG --drain-timeout 1`` in the config's directory."""
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "gateway.cli", "run", str(config), "--drain-timeout", "1"],
+        stderr=stderr,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        cwd=config.parent,
+    )

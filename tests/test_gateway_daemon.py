@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -18,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from gateway_helpers import sim_egress_config, spawn_gateway_cli
 
 from gateway._admin import handle_admin_request
 from gateway._attestation import make_identity, reattest_binder
@@ -297,28 +295,9 @@ def _unix_get(path: Path, url: str) -> bytes:
 
 
 def test_cli_run_reload_and_sigterm(tmp_path: Path) -> None:
-    config = tmp_path / "egress.toml"
+    config = sim_egress_config(tmp_path, admin=True)
     admin = tmp_path / "admin.sock"
-    config.write_text(
-        "[attestation]\n"
-        'attester = "sim"\n'
-        f'policy = "{REPO / "examples" / "policy.toml"}"\n'
-        "[admin]\n"
-        'listen = "unix:admin.sock"\n'
-        "[[egress.listener]]\n"
-        'name = "main"\n'
-        'listen = "unix:egress.sock"\n'
-        "[[egress.route]]\n"
-        'name = "web"\n'
-        'backend = "127.0.0.1:9"\n'
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "gateway.cli", "run", str(config), "--drain-timeout", "1"],
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=tmp_path,
-    )
+    process = spawn_gateway_cli(config)
     try:
         for _ in range(600):  # wait for the admin socket (no timing is asserted)
             if admin.exists():

@@ -6,10 +6,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from gateway_helpers import sim_egress_config, spawn_gateway_cli
 
 from gateway._systemd import SystemdNotifier
 
@@ -99,31 +100,10 @@ def test_failures_are_logged_once_and_never_raise(
 
 
 def test_gateway_run_as_a_notify_service(tmp_path: Path) -> None:
-    config = tmp_path / "egress.toml"
-    config.write_text(
-        "[attestation]\n"
-        'attester = "sim"\n'
-        f'policy = "{REPO / "examples" / "policy.toml"}"\n'
-        "[[egress.listener]]\n"
-        'name = "main"\n'
-        'listen = "unix:egress.sock"\n'
-        "[[egress.route]]\n"
-        'name = "web"\n'
-        'backend = "127.0.0.1:9"\n'
-    )
+    config = sim_egress_config(tmp_path)
     with _listen(tmp_path / "notify") as sock:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "NOTIFY_SOCKET": str(tmp_path / "notify"),
-            "WATCHDOG_USEC": "200000",  # a ping every 0.1 s
-        }
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "gateway.cli", "run", str(config), "--drain-timeout", "1"],
-            stderr=subprocess.DEVNULL,
-            env=env,
-            cwd=tmp_path,
-        )
+        notify = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"}
+        process = spawn_gateway_cli(config, env=notify, stderr=subprocess.DEVNULL)
         try:
             ready = _fields(sock.recv(4096))
             assert ready["READY"] == "1"
