@@ -316,6 +316,7 @@ async def _handle(
             client=client,
             target=record.target,
             peer=record.peer,
+            tls=record.tls,
             duration=round(trio.current_time() - started, 6),
             bytes_up=record.bytes_up,
             bytes_down=record.bytes_down,

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, final
@@ -179,6 +180,8 @@ class TunnelRecord:
         target: the OPEN target.
         started: wall-clock start (seconds since the epoch).
         peer: one-line summary of the verified peer.
+        tls: protocol version and key exchange group of the link, e.g.
+            ``"TLSv1.3 X25519MLKEM768"`` (shows whether the tunnel is post-quantum).
         bytes_up: bytes from client to backend so far.
         bytes_down: bytes from backend to client so far.
     """
@@ -190,6 +193,7 @@ class TunnelRecord:
     target: str = ""
     started: float = field(default_factory=time.time)
     peer: str = ""
+    tls: str = ""
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -203,6 +207,7 @@ class TunnelRecord:
             "target": self.target,
             "age": round(time.time() - self.started, 3),
             "peer": self.peer,
+            "tls": self.tls,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
         }
@@ -291,6 +296,9 @@ class Runtime:
         side, rule, metrics = record.side, record.rule, self.metrics
         if attestation is not None:
             record.peer = peer_summary(attestation.peer_result)
+        stream = channel.stream
+        # Interned: thousands of tunnels share a handful of these strings.
+        record.tls = sys.intern(f"{stream.tls_version} {stream.key_exchange_group or '?'}")
 
         def on_bytes(direction: Literal["up", "down"], n: int) -> None:
             if direction == "up":

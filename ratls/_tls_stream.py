@@ -414,6 +414,19 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         return self._conn.get_protocol_version_name()
 
     @property
+    def key_exchange_group(self) -> str | None:
+        """The negotiated key exchange group as OpenSSL names it, e.g. ``"X25519MLKEM768"``.
+
+        None when OpenSSL does not say.
+
+        Raises:
+            trio.NeedHandshakeError: the handshake has not completed.
+        """
+        self._require_handshake("key_exchange_group")
+        name = self._conn.get_group_name()
+        return str(name) if name is not None else None
+
+    @property
     def channel_binding(self) -> bytes:
         """The RFC 9266 tls-exporter channel binding of this connection (32 bytes).
 

@@ -234,6 +234,7 @@ async def test_mapping_echo(nursery: trio.Nursery, caplog: pytest.LogCaptureFixt
     assert line["bytes_up"] == line["bytes_down"] == 24
     assert line["mode"] == "mapping"
     assert line["peer"] == "test-hmac identity=good"
+    assert line["tls"].startswith("TLSv1.3 ")  # and the group OpenSSL chose
     assert backend.received == b"hello through the tunnel"
     egress_line = tunnel_lines(caplog, "egress")[0]
     assert egress_line["result"] == "ok"
@@ -425,13 +426,18 @@ async def test_broken_attester_fails_closed(nursery: trio.Nursery) -> None:
     assert backend.connections == 0
 
 
-async def test_key_exchange_groups_from_the_config(nursery: trio.Nursery) -> None:
+async def test_key_exchange_groups_from_the_config(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
     backend = await start_backend(nursery)
     classic = {"tls": {"groups": ["X25519"]}}
     async with gateway_pair(backend.port, egress_extra=classic, ingress_extra=classic) as pair:
         client = await connect(LOCALHOST, pair.port("mapping:web"))
         await client.send_all(b"classic")
         assert await receive_exactly(client, 7) == b"classic"
+        await client.aclose()
+        await wait_for(lambda: len(tunnel_lines(caplog, "egress")) == 1)
+    assert tunnel_lines(caplog, "egress")[0]["tls"] == "TLSv1.3 x25519"
     # No group in common: no tunnel, and the client learns why.
     other = {"tls": {"groups": ["P-256"]}}
     backend = await start_backend(nursery, _record)
@@ -996,6 +1002,7 @@ async def test_admin_endpoints(nursery: trio.Nursery) -> None:
         assert doc["tunnels_active"] == 1
         assert doc["tunnels"][0]["peer"] == "test-hmac identity=good"
         assert doc["tunnels"][0]["bytes_up"] == 3
+        assert doc["tunnels"][0]["tls"].startswith("TLSv1.3 ")
         assert {x["mode"] for x in doc["ingress"]} == {"mapping", "http-connect", "socks5"}
         status, body = await _admin_get(port, "/metrics")
         assert status == 200

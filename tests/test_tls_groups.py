@@ -31,8 +31,7 @@ def _pair(
 
 
 def _group(stream: AttestedTLSStream[trio.abc.Stream]) -> str | None:
-    # The negotiated group is an OpenSSL detail the stream does not expose.
-    return stream._conn.get_group_name()
+    return stream.key_exchange_group
 
 
 async def _handshake(
@@ -63,6 +62,12 @@ async def test_chosen_group_is_negotiated(groups: list[str], negotiated: str) ->
     assert _group(client) == _group(server) == negotiated
     await client.send_all(b"ping")
     assert await server.receive_some(4) == b"ping"
+
+
+async def test_group_needs_the_handshake() -> None:
+    client, _ = _pair(None, None)
+    with pytest.raises(trio.NeedHandshakeError):
+        _group(client)
 
 
 async def test_server_list_limits_what_the_client_may_use() -> None:
