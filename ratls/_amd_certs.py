@@ -421,6 +421,8 @@ def _load_amd_certificate(data: bytes) -> x509.Certificate:
                 "ignore", message=_SERIAL_WARNING_RE, category=CryptographyDeprecationWarning
             )
             return loader(stripped if loader is x509.load_pem_x509_certificate else data)
+    except x509.InvalidVersion as exc:  # not a ValueError
+        raise EvidenceFormatError(f"not a certificate: {exc}", structure=_CERT) from exc
     except ValueError as exc:
         if _serial_is_not_positive(data):
             raise EvidenceFormatError(
@@ -452,7 +454,7 @@ def _serial_is_not_positive(data: bytes) -> bool:
         tbs[index] = der_integer(1)
         patched = der_sequence(der_sequence(*tbs), *(whole for _, _, whole in outer[1:]))
         x509.load_der_x509_certificate(patched)
-    except (EvidenceFormatError, IndexError, ValueError):
+    except (EvidenceFormatError, IndexError, ValueError, x509.InvalidVersion):
         return False
     return True
 

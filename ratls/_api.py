@@ -62,6 +62,7 @@ from ._policy import Policy, load_policy
 from ._tls_context import (
     EPHEMERAL_CERT_LIFETIME,
     PeerCertificateErrors,
+    certificate_from_openssl,
     check_peer_certificate,
     generate_ephemeral_identity,
     make_client_context,
@@ -337,7 +338,7 @@ class _CertChecker:
             )
         else:
             try:
-                self.verify(cert.to_cryptography())
+                self.verify(certificate_from_openssl(cert))
             except RatlsError as exc:
                 reason = exc
             else:

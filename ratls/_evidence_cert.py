@@ -927,7 +927,8 @@ def load_evidence_certificate(data: bytes) -> x509.Certificate:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
+        # InvalidVersion (an X.509 version other than v1 or v3) is not a ValueError.
         raise EvidenceFormatError(f"not a certificate: {exc}", structure="X.509") from exc
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "IdentityKey",
     "KeyType",
     "PeerCertificateErrors",
+    "certificate_from_openssl",
     "check_peer_certificate",
     "generate_ephemeral_identity",
     "make_client_context",
@@ -205,6 +206,26 @@ def _check_self_signature(certificate: x509.Certificate) -> None:
     certificate.verify_directly_issued_by(certificate)
 
 
+def certificate_from_openssl(cert: crypto.X509) -> x509.Certificate:
+    """The peer certificate OpenSSL parsed, as a ``cryptography`` certificate.
+
+    OpenSSL accepts some certificates that ``cryptography`` refuses to load (an X.509
+    version other than v1 or v3, for one), so this conversion can fail on what a peer
+    sends; it then fails as a refusal of that certificate.
+
+    Raises:
+        CertificateChainError: ``cryptography`` cannot load the certificate.
+    """
+    try:
+        return cert.to_cryptography()
+    except (ValueError, x509.InvalidVersion) as exc:
+        raise CertificateChainError(
+            "tls.peer_certificate",
+            expected="a well-formed X.509 certificate",
+            actual=f"one cryptography cannot load ({exc})",
+        ) from exc
+
+
 class PeerCertificateErrors(list[Exception]):
     """Where the verify callback records why it refused a certificate.
 
@@ -231,7 +252,7 @@ def _verify_callback(
         )
     else:
         try:
-            check_peer_certificate(cert.to_cryptography())
+            check_peer_certificate(certificate_from_openssl(cert))
         except (CertificateChainError, SignatureMismatch) as exc:
             reason = exc
     if reason is None:

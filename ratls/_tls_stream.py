@@ -50,7 +50,7 @@ from ._exchange import (
     peer_activation_challenge,
 )
 from ._memory_bios import renew_idle_bios
-from ._tls_context import PeerCertificateErrors
+from ._tls_context import PeerCertificateErrors, certificate_from_openssl
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -657,7 +657,8 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
 
     async def _do_handshake(self) -> None:
         await self._retry(self._conn.do_handshake, is_handshake=True)
-        self._peer_certificate = self._conn.get_peer_certificate(as_cryptography=True)
+        peer = self._conn.get_peer_certificate()
+        self._peer_certificate = None if peer is None else certificate_from_openssl(peer)
         config = self._attestation
         if config is not None:
             version = self._conn.get_protocol_version_name()

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ratls._errors import BindingMismatch, CertificateChainError
@@ -746,7 +747,7 @@ class Requester:
         chain = self._chains[slot_id]  # _check_prerequisites made sure it exists
         try:
             key = x509.load_der_x509_certificate(chain.leaf).public_key()
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
             raise CertificateChainError(
                 f"spdm.slot{slot_id}.leaf", expected="an X.509 certificate", actual=chain.leaf
             ) from exc

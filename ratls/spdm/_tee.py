@@ -681,7 +681,7 @@ class VerifiedResponderIdentity(metaclass=NoPublicConstructor):
 def _load(der: bytes, what: str) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise EvidenceFormatError(f"{what} is not a DER certificate: {exc}") from exc
 
 

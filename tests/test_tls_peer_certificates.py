@@ -1,0 +1,119 @@
+"""Peer certificates OpenSSL accepts but cryptography refuses are refused, in our terms."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+
+from ratls._errors import CertificateChainError, EvidenceFormatError
+from ratls._evidence_cert import load_evidence_certificate
+from ratls._tls_context import (
+    certificate_from_openssl,
+    generate_ephemeral_identity,
+    make_server_context,
+)
+from ratls._tls_stream import AttestedTLSStream
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(body)) + body
+
+
+def _read_tlv(data: bytes, offset: int) -> tuple[int, int]:
+    """(start of the value, end of the element) of the TLV at ``offset``."""
+    first = data[offset + 1]
+    if first < 0x80:
+        return offset + 2, offset + 2 + first
+    size = first & 0x7F
+    length = int.from_bytes(data[offset + 2 : offset + 2 + size], "big")
+    return offset + 2 + size, offset + 2 + size + length
+
+
+def _version_2_certificate() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """A self-signed certificate whose version field says v2 (1), correctly signed."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "v2")])
+    now = datetime.datetime.now(datetime.UTC)
+    v3 = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    outer_start, _ = _read_tlv(v3, 0)
+    tbs_start, tbs_end = _read_tlv(v3, outer_start)
+    tbs_body = bytearray(v3[tbs_start:tbs_end])
+    assert tbs_body[:5] == b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2 (v3)
+    tbs_body[4] = 1
+    tbs = _tlv(0x30, bytes(tbs_body))
+    algorithm_start = tbs_end
+    _, algorithm_end = _read_tlv(v3, algorithm_start)
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    der = _tlv(
+        0x30, tbs + v3[algorithm_start:algorithm_end] + _tlv(0x03, b"\x00" + signature)
+    )
+    return key, der
+
+
+def test_conversion_refuses_what_cryptography_cannot_load() -> None:
+    _, der = _version_2_certificate()
+    parsed = crypto.load_certificate(crypto.FILETYPE_ASN1, der)  # OpenSSL takes it
+    with pytest.raises(CertificateChainError) as info:
+        certificate_from_openssl(parsed)
+    assert info.value.claim == "tls.peer_certificate"
+    assert isinstance(info.value.__cause__, x509.InvalidVersion)
+    with pytest.raises(EvidenceFormatError, match="not a certificate"):
+        load_evidence_certificate(der)
+
+
+async def test_handshake_with_a_version_2_client_certificate_is_refused(tmp_path: Path) -> None:
+    key, der = _version_2_certificate()
+    (tmp_path / "v2.der").write_bytes(der)  # cryptography cannot hold it; OpenSSL loads it
+    client_context = SSL.Context(SSL.TLS_METHOD)
+    client_context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    client_context.use_privatekey(key)
+    client_context.use_certificate_file(str(tmp_path / "v2.der"), crypto.FILETYPE_ASN1)
+    left, right = trio.testing.memory_stream_pair()
+    client = AttestedTLSStream(left, client_context, server_side=False)
+    server = AttestedTLSStream(
+        right, make_server_context(*generate_ephemeral_identity()), server_side=True
+    )
+    errors: list[BaseException] = []
+
+    async def serve() -> None:
+        try:
+            await server.do_handshake()
+        except Exception as exc:  # whatever it is, it must be ours: checked below
+            errors.append(exc)
+        await server.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await client.do_handshake()
+            with pytest.raises(trio.BrokenResourceError):
+                await client.receive_some()
+    [error] = errors
+    assert isinstance(error, CertificateChainError)
+    assert error.claim.startswith("tls.peer_certificate")
