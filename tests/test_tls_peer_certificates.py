@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -22,6 +22,9 @@ from ratls._tls_context import (
     make_server_context,
 )
 from ratls._tls_stream import AttestedTLSStream
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _der_length(n: int) -> bytes:
@@ -70,9 +73,7 @@ def _version_2_certificate() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     algorithm_start = tbs_end
     _, algorithm_end = _read_tlv(v3, algorithm_start)
     signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-    der = _tlv(
-        0x30, tbs + v3[algorithm_start:algorithm_end] + _tlv(0x03, b"\x00" + signature)
-    )
+    der = _tlv(0x30, tbs + v3[algorithm_start:algorithm_end] + _tlv(0x03, b"\x00" + signature))
     return key, der
 
 
