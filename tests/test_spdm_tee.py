@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from der_surgery import children, edit_tbs, element, tlv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -407,6 +408,27 @@ def test_leaf_rules_refuse(cert: x509.Certificate, algo: int, claim: str) -> Non
     with pytest.raises(CertificateChainError) as info:
         check_leaf_profile(cert, base_asym_algo=algo, at=NOW)
     assert info.value.claim == f"spdm.leaf.{claim}"
+
+
+def test_leaf_with_a_repeated_extension_is_refused_in_our_terms() -> None:
+    # cryptography parses extensions on first use; a repeated one raises there, and that
+    # must come out as a refusal of the leaf, not as x509.DuplicateExtension.
+    def repeat_first_extension(fields: list[bytes]) -> list[bytes]:
+        wrapper = fields[-1]  # [3] EXPLICIT Extensions
+        assert wrapper[0] == 0xA3
+        start, _ = element(wrapper, 0)
+        sequence = wrapper[start:]
+        inner_start, _ = element(sequence, 0)
+        extensions = children(sequence[inner_start:])
+        doubled = tlv(0x30, b"".join([extensions[0], *extensions]))
+        return [*fields[:-1], tlv(0xA3, doubled)]
+
+    der = edit_tbs(_cert(KEY).public_bytes(serialization.Encoding.DER), repeat_first_extension)
+    cert = x509.load_der_x509_certificate(der)
+    with pytest.raises(CertificateChainError) as info:
+        check_leaf_profile(cert, base_asym_algo=P384, at=NOW)
+    assert info.value.claim == "spdm.leaf.extensions"
+    assert isinstance(info.value.__cause__, x509.DuplicateExtension)
 
 
 def test_leaf_rules_accept_the_usual_variants() -> None:

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from der_surgery import edit_tbs
 from OpenSSL import SSL, crypto
 
 from ratls._errors import CertificateChainError, EvidenceFormatError
@@ -25,27 +26,6 @@ from ratls._tls_stream import AttestedTLSStream
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-def _der_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    return bytes([tag]) + _der_length(len(body)) + body
-
-
-def _read_tlv(data: bytes, offset: int) -> tuple[int, int]:
-    """(start of the value, end of the element) of the TLV at ``offset``."""
-    first = data[offset + 1]
-    if first < 0x80:
-        return offset + 2, offset + 2 + first
-    size = first & 0x7F
-    length = int.from_bytes(data[offset + 2 : offset + 2 + size], "big")
-    return offset + 2 + size, offset + 2 + size + length
 
 
 def _version_2_certificate() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
@@ -64,16 +44,12 @@ def _version_2_certificate() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
         .sign(key, hashes.SHA256())
         .public_bytes(serialization.Encoding.DER)
     )
-    outer_start, _ = _read_tlv(v3, 0)
-    tbs_start, tbs_end = _read_tlv(v3, outer_start)
-    tbs_body = bytearray(v3[tbs_start:tbs_end])
-    assert tbs_body[:5] == b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2 (v3)
-    tbs_body[4] = 1
-    tbs = _tlv(0x30, bytes(tbs_body))
-    algorithm_start = tbs_end
-    _, algorithm_end = _read_tlv(v3, algorithm_start)
-    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-    der = _tlv(0x30, tbs + v3[algorithm_start:algorithm_end] + _tlv(0x03, b"\x00" + signature))
+
+    def to_version_2(fields: list[bytes]) -> list[bytes]:
+        assert fields[0] == b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2 (v3)
+        return [b"\xa0\x03\x02\x01\x01", *fields[1:]]
+
+    der = edit_tbs(v3, to_version_2, key=key)
     return key, der
 
 

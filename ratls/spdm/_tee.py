@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol, final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -632,26 +632,34 @@ def check_leaf_profile(leaf: x509.Certificate, *, base_asym_algo: int, at: datet
             f"{leaf.not_valid_before_utc.isoformat()} .. {leaf.not_valid_after_utc.isoformat()}",
             at.isoformat(),
         )
-    key = leaf.public_key()
+    try:
+        key = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise _leaf_fail("spki", "a public key cryptography can load", str(exc)) from exc
     curve = _CURVE_FOR_ALGO.get(base_asym_algo)
     if curve is None or not isinstance(key, ec.EllipticCurvePublicKey):
         raise _leaf_fail("spki", f"an ECDSA key for BaseAsymAlgo {base_asym_algo:#x}", key)
     if not isinstance(key.curve, curve):
         raise _leaf_fail("spki", curve.name, key.curve.name)
     try:
-        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+        # Parsed on first use: a malformed or repeated extension raises only here.
+        extensions = leaf.extensions
+    except (ValueError, x509.DuplicateExtension) as exc:
+        raise _leaf_fail("extensions", "well-formed, each at most once", str(exc)) from exc
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         raise _leaf_fail("key_usage", "digitalSignature", "absent") from None
     if not usage.digital_signature:
         raise _leaf_fail("key_usage", "digitalSignature", "not set")
     try:
-        basic = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+        basic = extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         basic = None
     if basic is not None and basic.ca:
         raise _leaf_fail("basic_constraints", "absent or CA:FALSE", "CA:TRUE")
     try:
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         eku = None
     if eku is not None and _DMTF_EKU_REQUESTER_AUTH in eku and DMTF_EKU_RESPONDER_AUTH not in eku:
