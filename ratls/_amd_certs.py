@@ -420,7 +420,7 @@ def _load_amd_certificate(data: bytes) -> x509.Certificate:
             warnings.filterwarnings(
                 "ignore", message=_SERIAL_WARNING_RE, category=CryptographyDeprecationWarning
             )
-            return loader(stripped if loader is x509.load_pem_x509_certificate else data)
+            cert = loader(stripped if loader is x509.load_pem_x509_certificate else data)
     except x509.InvalidVersion as exc:  # not a ValueError
         raise EvidenceFormatError(f"not a certificate: {exc}", structure=_CERT) from exc
     except ValueError as exc:
@@ -432,6 +432,24 @@ def _load_amd_certificate(data: bytes) -> x509.Certificate:
                 structure=_CERT,
             ) from exc
         raise EvidenceFormatError(f"not a certificate: {exc}", structure=_CERT) from exc
+    _parse_names_now(cert)
+    return cert
+
+
+def _parse_names_now(cert: x509.Certificate) -> None:
+    """Parse the subject and issuer now, refusing malformed ones.
+
+    cryptography parses names on first use, so a malformed one would otherwise raise
+    ValueError or TypeError (or warn about an attribute's length) deep inside the chain
+    checks.  AMD's names are well-formed; one that is not cannot be AMD's.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Attribute's length", category=UserWarning)
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+    except (ValueError, TypeError, UserWarning) as exc:
+        raise EvidenceFormatError(f"malformed subject or issuer: {exc}", structure=_CERT) from exc
 
 
 def _serial_is_not_positive(data: bytes) -> bool:

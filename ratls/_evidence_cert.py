@@ -54,6 +54,7 @@ import enum
 import hashlib
 import hmac
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -63,6 +64,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._amd_certs import der_tlv, load_amd_certificate, parse_der_octet_string
@@ -740,7 +742,14 @@ def _one_of(found: dict[str, bytes], first: str, second: str) -> str:
 
 
 def _common_name(cert: x509.Certificate) -> str | None:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    # Only shown, never trusted: a malformed subject (parsed here for the first time)
+    # just has no name to show.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except (ValueError, TypeError):
+        return None
     return str(names[0].value) if len(names) == 1 else None
 
 
@@ -924,9 +933,16 @@ def load_evidence_certificate(data: bytes) -> x509.Certificate:
         EvidenceFormatError: neither a PEM nor a DER certificate.
     """
     try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
+        with warnings.catch_warnings():
+            # Other RA-TLS stacks may use serial number 0; the serial means nothing here.
+            warnings.filterwarnings(
+                "ignore",
+                message=r"Parsed a serial number which wasn't positive",
+                category=CryptographyDeprecationWarning,
+            )
+            if data.lstrip().startswith(b"-----BEGIN"):
+                return x509.load_pem_x509_certificate(data)
+            return x509.load_der_x509_certificate(data)
     except (ValueError, x509.InvalidVersion) as exc:
         # InvalidVersion (an X.509 version other than v1 or v3) is not a ValueError.
         raise EvidenceFormatError(f"not a certificate: {exc}", structure="X.509") from exc

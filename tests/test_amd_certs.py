@@ -269,6 +269,37 @@ def test_real_vcek_loads_under_warnings_as_errors() -> None:
         assert parse_amd_key_extensions(vcek).hw_id == REAL_MILAN_HW_ID
 
 
+@pytest.mark.parametrize("field", ["subject", "issuer"])
+def test_malformed_names_are_refused_when_loading(field: str) -> None:
+    # cryptography parses names on first use; a malformed one must be refused at load,
+    # not surface later as a warning or a ValueError inside the chain checks.
+    key = ec.generate_private_key(ec.SECP384R1())
+    good = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "VCEK")])
+    now = datetime.now(UTC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # cryptography warns as it builds it
+        bad = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "USA", _validate=False),
+                x509.NameAttribute(NameOID.COMMON_NAME, "VCEK"),
+            ]
+        )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(bad if field == "subject" else good)
+            .issuer_name(bad if field == "issuer" else good)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(now)
+            .not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA384())
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(EvidenceFormatError, match="malformed subject or issuer"):
+            load_amd_certificate(cert.public_bytes(serialization.Encoding.DER))
+
+
 def test_real_vcek_on_the_vlek_path_is_refused() -> None:
     with pytest.raises(CertificateChainError) as info:
         _real_milan_chain(key_kind=KeyKind.VLEK)

@@ -8,6 +8,7 @@ import hashlib
 import shutil
 import struct
 import subprocess
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
+from der_surgery import edit_tbs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import crypto
@@ -997,6 +999,20 @@ def test_fuzz_mutated_certificates(cert: x509.Certificate, data: st.DataObject) 
         der[index] = data.draw(st.integers(0, 255))
     with contextlib.suppress(RatlsError):
         inspect_evidence_certificate(load_evidence_certificate(bytes(der)))
+
+
+def test_serial_number_zero_loads_and_inspects_quietly(cert: x509.Certificate) -> None:
+    # Other RA-TLS stacks may use serial number 0, which means nothing here: it must not
+    # surface as cryptography's deprecation warning (an error where warnings are).
+    def serial_zero(fields: list[bytes]) -> list[bytes]:
+        assert fields[1][0] == 0x02  # serialNumber after the [0] version
+        return [fields[0], b"\x02\x01\x00", *fields[2:]]
+
+    der = edit_tbs(cert.public_bytes(serialization.Encoding.DER), serial_zero)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_evidence_certificate(der)
+        inspect_evidence_certificate(loaded)
 
 
 # --- certificates of the other formats ------------------------------------------------------
