@@ -148,7 +148,9 @@ async def serve_admin(
     Raises:
         OSError: the address cannot be bound.
     """
-    listeners = await open_endpoint_listeners(endpoint)
+    listeners = await open_endpoint_listeners(
+        endpoint, reuse_port=runtime.config.process.reuse_port
+    )
     log_event("listening", side="admin", address=str(endpoint))
 
     async def handler(stream: trio.SocketStream) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "HttpConnectRule",
     "Limits",
     "MappingRule",
+    "ProcessSettings",
     "Socks5Rule",
     "SocksUser",
     "Timeouts",
@@ -326,6 +327,25 @@ class Timeouts:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSettings:
+    """How this process shares its listening ports.
+
+    Attributes:
+        reuse_port: bind TCP listeners (the admin endpoint's too) with ``SO_REUSEPORT``,
+            so that several gateway processes of the same user can listen on the same
+            ports and the kernel spreads new connections among them: start a new
+            process, then stop the old one with SIGTERM (it drains) for an upgrade
+            without refused connections, or run one process per core.  Off by default:
+            a second gateway started by mistake should fail with "address in use", not
+            quietly take half the traffic.  UNIX-socket listeners are taken over by the
+            newest process either way.
+    """
+
+    reuse_port: bool = False
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TlsSettings:
     """TLS choices for the link between gateways.
 
@@ -538,6 +558,7 @@ class GatewayConfig:
     Attributes:
         attestation: attester and policy.
         tls: TLS choices for the link.
+        process: how listening ports are shared with other gateway processes.
         timeouts: timeouts.
         limits: limits.
         admin: the health/metrics endpoint, if any.
@@ -551,6 +572,7 @@ class GatewayConfig:
 
     attestation: AttestationSettings
     tls: TlsSettings = field(default_factory=TlsSettings)
+    process: ProcessSettings = field(default_factory=ProcessSettings)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     admin: AdminConfig | None = None
@@ -767,6 +789,14 @@ def _limits(c: _Checker, root: Mapping[str, object]) -> Limits:
     )
 
 
+def _process(c: _Checker, root: Mapping[str, object]) -> ProcessSettings:
+    t = c.table(root, "process", "process")
+    c.unknown(t, {"reuse_port"}, "process")
+    if "reuse_port" not in t:
+        return ProcessSettings()
+    return ProcessSettings(reuse_port=c.boolean(t, "reuse_port", "process"))
+
+
 def _tls(c: _Checker, root: Mapping[str, object]) -> TlsSettings:
     t = c.table(root, "tls", "tls")
     c.unknown(t, {"groups"}, "tls")
@@ -940,9 +970,14 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         ConfigError: listing every problem, each with its location.
     """
     c = _Checker(source.parent if source is not None else None)
-    c.unknown(data, {"attestation", "tls", "timeouts", "limits", "admin", "ingress", "egress"}, "")
+    c.unknown(
+        data,
+        {"attestation", "tls", "process", "timeouts", "limits", "admin", "ingress", "egress"},
+        "",
+    )
     attestation = _attestation(c, data)
     tls = _tls(c, data)
+    process = _process(c, data)
     timeouts = _timeouts(c, data)
     limits = _limits(c, data)
     admin = _admin(c, data)
@@ -967,6 +1002,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
     return GatewayConfig(
         attestation=attestation,
         tls=tls,
+        process=process,
         timeouts=timeouts,
         limits=limits,
         admin=admin,

@@ -128,6 +128,15 @@ class RunningGateway:
             ConfigError: listen addresses changed (a restart is needed), or the
                 attestation provider failed; the old configuration stays in force.
         """
+        if config.process != self.runtime.config.process:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        location="process.reuse_port",
+                        message="cannot change on reload (the listeners are bound already)",
+                    )
+                ]
+            )
         old = _listen_keys(self.runtime.config)
         new = _listen_keys(config)
         if old != new:

@@ -147,7 +147,9 @@ async def serve_egress(
     Raises:
         OSError: the address cannot be bound.
     """
-    listeners = await open_endpoint_listeners(listener.listen)
+    listeners = await open_endpoint_listeners(
+        listener.listen, reuse_port=runtime.config.process.reuse_port
+    )
     log_event("listening", side="egress", rule=listener.name, address=str(listener.listen))
 
     async def handler(stream: trio.SocketStream) -> None:

@@ -364,7 +364,9 @@ async def _serve(
     handler_nursery: trio.Nursery | None,
     task_status: trio.TaskStatus[list[trio.SocketListener]],
 ) -> NoReturn:
-    listeners = await open_endpoint_listeners(endpoint)
+    listeners = await open_endpoint_listeners(
+        endpoint, reuse_port=runtime.config.process.reuse_port
+    )
     log_event("listening", side="ingress", mode=mode, rule=rule, address=str(endpoint))
 
     async def accept(raw: trio.SocketStream) -> None:

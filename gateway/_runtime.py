@@ -351,16 +351,54 @@ async def _unix_listener(path: str, backlog: int) -> trio.SocketListener:
 
 
 async def open_endpoint_listeners(
-    endpoint: Endpoint, *, backlog: int = 128
+    endpoint: Endpoint, *, backlog: int = 128, reuse_port: bool = False
 ) -> list[trio.SocketListener]:
     """Listeners for ``endpoint`` (one per address family for a TCP name).
+
+    Args:
+        endpoint: where to listen.
+        backlog: the accept queue length.
+        reuse_port: bind TCP sockets with ``SO_REUSEPORT`` (``[process] reuse_port``).
 
     Raises:
         OSError: the address cannot be bound.
     """
     if endpoint.kind == "unix":
         return [await _unix_listener(endpoint.path, backlog)]
+    if reuse_port:
+        return await _shared_tcp_listeners(endpoint.host, endpoint.port, backlog)
     return await trio.open_tcp_listeners(endpoint.port, host=endpoint.host, backlog=backlog)
+
+
+async def _shared_tcp_listeners(
+    host: str | None, port: int, backlog: int
+) -> list[trio.SocketListener]:
+    # trio.open_tcp_listeners, plus SO_REUSEPORT: one socket per address the name has.
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError(errno.ENOPROTOOPT, "SO_REUSEPORT is not available on this system")
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _name, address in infos:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(backlog)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
 
 
 async def connect_endpoint(endpoint: Endpoint) -> trio.SocketStream:
