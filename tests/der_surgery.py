@@ -7,13 +7,36 @@ test edit its TBSCertificate and put it back together, re-signed when a key is g
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+
+def self_signed(
+    common_name: str, *, valid_from_hours: float = -1, valid_to_hours: float = 1
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new P-256 key and a plain self-signed certificate for it (validity relative to now)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(hours=valid_from_hours))
+        .not_valid_after(now + datetime.timedelta(hours=valid_to_hours))
+        .sign(key, hashes.SHA256())
+    )
+    return key, certificate
 
 
 def tlv(tag: int, body: bytes) -> bytes:

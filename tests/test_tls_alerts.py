@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 import trio
 import trio.testing
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from der_surgery import self_signed
 from OpenSSL import SSL
 
 from ratls._errors import CertificateChainError
@@ -24,28 +19,11 @@ from ratls._tls_stream import AttestedTLSStream
 _SERVER = generate_ephemeral_identity()
 
 
-def _expired_identity() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=2))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
 async def test_refused_client_certificate_reaches_the_client_as_an_alert() -> None:
     left, right = trio.testing.memory_stream_pair()
     client_context = SSL.Context(SSL.TLS_METHOD)
     client_context.set_min_proto_version(SSL.TLS1_3_VERSION)
-    key, cert = _expired_identity()
+    key, cert = self_signed("expired", valid_from_hours=-48, valid_to_hours=-24)
     client_context.use_privatekey(key)
     client_context.use_certificate(cert)
     client = AttestedTLSStream(left, client_context, server_side=False)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
 import trio.testing
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from der_surgery import edit_tbs
+from cryptography.hazmat.primitives import serialization
+from der_surgery import edit_tbs, self_signed
 from OpenSSL import SSL, crypto
 
 from ratls._errors import CertificateChainError, EvidenceFormatError
@@ -27,23 +24,13 @@ from ratls._tls_stream import AttestedTLSStream
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from cryptography.hazmat.primitives.asymmetric import ec
+
 
 def _version_2_certificate() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     """A self-signed certificate whose version field says v2 (1), correctly signed."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "v2")])
-    now = datetime.datetime.now(datetime.UTC)
-    v3 = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
+    key, certificate = self_signed("v2")
+    v3 = certificate.public_bytes(serialization.Encoding.DER)
 
     def to_version_2(fields: list[bytes]) -> list[bytes]:
         assert fields[0] == b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2 (v3)
