@@ -46,6 +46,7 @@ __all__ = [
     "certificate_from_openssl",
     "check_peer_certificate",
     "generate_ephemeral_identity",
+    "key_exchange_groups_settable",
     "make_client_context",
     "make_server_context",
     "set_key_exchange_groups",
@@ -262,6 +263,15 @@ def _verify_callback(
     return False
 
 
+def key_exchange_groups_settable() -> bool:
+    """Whether :func:`set_key_exchange_groups` works with the installed pyOpenSSL.
+
+    The call it needs (``SSL_CTX_set1_curves_list``) is in the binding of recent
+    ``cryptography`` releases, not in older ones (43 lacks it).
+    """
+    return getattr(_lib, "SSL_CTX_set1_curves_list", None) is not None
+
+
 def set_key_exchange_groups(context: SSL.Context, groups: Sequence[str]) -> None:
     """Offer and accept only ``groups`` (OpenSSL names, most preferred first).
 
@@ -273,7 +283,8 @@ def set_key_exchange_groups(context: SSL.Context, groups: Sequence[str]) -> None
 
     Raises:
         ValueError: the list is empty, or OpenSSL knows none of it or refuses a name.
-        NotImplementedError: this pyOpenSSL offers no way to set groups.
+        NotImplementedError: this pyOpenSSL offers no way to set groups (see
+            :func:`key_exchange_groups_settable`).
     """
     names = list(groups)
     if not names:
@@ -286,7 +297,9 @@ def set_key_exchange_groups(context: SSL.Context, groups: Sequence[str]) -> None
     setter = getattr(_lib, "SSL_CTX_set1_curves_list", None)
     raw_context: Any = getattr(context, "_context", None)
     if setter is None or raw_context is None:
-        raise NotImplementedError("this pyOpenSSL cannot choose key exchange groups")
+        raise NotImplementedError(
+            "this pyOpenSSL cannot choose key exchange groups (a newer cryptography can)"
+        )
     if setter(raw_context, ":".join(names).encode("ascii")) != 1:
         _clear_openssl_errors()
         raise ValueError(f"OpenSSL refuses the key exchange groups {names}")

@@ -417,13 +417,14 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
     def key_exchange_group(self) -> str | None:
         """The negotiated key exchange group as OpenSSL names it, e.g. ``"X25519MLKEM768"``.
 
-        None when OpenSSL does not say.
+        None when OpenSSL does not say, or when this pyOpenSSL cannot ask (before 25).
 
         Raises:
             trio.NeedHandshakeError: the handshake has not completed.
         """
         self._require_handshake("key_exchange_group")
-        name = self._conn.get_group_name()
+        get_group_name = getattr(self._conn, "get_group_name", None)
+        name = get_group_name() if get_group_name is not None else None
         return str(name) if name is not None else None
 
     @property
