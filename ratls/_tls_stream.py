@@ -417,7 +417,7 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
     def key_exchange_group(self) -> str | None:
         """The negotiated key exchange group as OpenSSL names it, e.g. ``"X25519MLKEM768"``.
 
-        None when OpenSSL does not say, or when this pyOpenSSL cannot ask (before 25).
+        None when OpenSSL does not say, or when this pyOpenSSL cannot ask (before 26).
 
         Raises:
             trio.NeedHandshakeError: the handshake has not completed.

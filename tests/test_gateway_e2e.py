@@ -443,7 +443,7 @@ async def test_key_exchange_groups_from_the_config(
         await client.aclose()
         await wait_for(lambda: len(tunnel_lines(caplog, "egress")) == 1)
     line = tunnel_lines(caplog, "egress")[0]
-    named = hasattr(SSL.Connection, "get_group_name")  # pyOpenSSL 25 and later
+    named = hasattr(SSL.Connection, "get_group_name")  # pyOpenSSL 26 and later
     assert line["tls"] == ("TLSv1.3 x25519" if named else "TLSv1.3 ?")
     # No group in common: no tunnel, and the client learns why.
     other = {"tls": {"groups": ["P-256"]}}
