@@ -142,3 +142,21 @@ class PairMachine(RuleBasedStateMachine):
 
 PairMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=20, deadline=None)
 TestPairMachine = PairMachine.TestCase
+
+
+def test_refused_request_between_measurements_resets_both_transcripts() -> None:
+    # Found by the machine above: a FINISH inside an established session is answered
+    # with ERROR.  The responder used to end L2 on receiving it and the requester only
+    # on a successful answer, so the next signed MEASUREMENTS did not verify.  Both now
+    # reset on the request itself (the rule DSP0274 and libspdm follow).
+    machine = PairMachine()
+    machine.start(depth=2)
+    machine.key_update(KeyUpdateOperation.UPDATE_KEY)
+    machine.finish()
+    machine.finish()
+    machine.get_measurements(operation=0, signed=False)
+    machine.key_update(KeyUpdateOperation.UPDATE_KEY)
+    machine.get_measurements(operation=0, signed=True)
+    machine.both_sides_agree()
+    assert machine.errors >= 1  # the refused FINISH
+    machine.teardown()

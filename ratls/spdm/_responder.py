@@ -86,6 +86,7 @@ from ._constants import (
     MeasurementHashAlgo,
     MeasurementSummaryHashType,
     OpaqueDataFormat,
+    RequestCode,
     SpdmErrorCode,
 )
 from ._crypto import (
@@ -457,6 +458,10 @@ class Responder:
             raise _Refuse(
                 SpdmErrorCode.UNSUPPORTED_REQUEST, "not a request", header.request_response_code
             )
+        if header.request_response_code != RequestCode.GET_MEASUREMENTS:
+            # Any other request ends L1 (or, inside the session, L2), whether we go on to
+            # serve it or refuse it: the requester reset its copy when it sent it.
+            self._end_measurement_transcript(in_session=in_session)
         request = decode_message(plain, sizes=None if negotiated is None else negotiated.sizes)
         kind = type(request)
         if kind in SESSION_ONLY and not in_session:
@@ -467,17 +472,19 @@ class Responder:
             following = next_state(Role.RESPONDER, self._state, kind)
         except SpdmLocalProtocolError as exc:
             raise _Refuse(SpdmErrorCode.UNEXPECTED_REQUEST, str(exc)) from exc
-        if not isinstance(request, GetMeasurements) and self._transcripts.vca is not None:
-            # Any other request ends L1 (or, inside the session, L2).
-            if in_session:
-                assert self._session is not None  # noqa: S101 - _open checked it
-                self._session.message_m = None
-            else:
-                self._transcripts.restart_l1()
         response = self._dispatch(request, plain, in_session=in_session)
         self._state = following
         self._events.append(request)
         return response
+
+    def _end_measurement_transcript(self, *, in_session: bool) -> None:
+        if self._transcripts.vca is None:
+            return
+        if in_session:
+            if self._session is not None:
+                self._session.message_m = None
+        else:
+            self._transcripts.restart_l1()
 
     def _dispatch(self, request: SpdmMessage, raw: bytes, *, in_session: bool) -> SpdmMessage:
         if isinstance(request, GetVersion):
