@@ -55,6 +55,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 from ._errors import CertificateChainError, EvidenceFormatError, SignatureMismatch
 from ._nopublic import NoPublicConstructor
 from ._snp_report import ProductLine, TcbLayout
+from ._steps import offload, run_inline
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
     from ._snp_report import SnpReport
+    from ._steps import Steps
 
 __all__ = [
     "AMD_KDS_CRL_URL",
@@ -81,6 +83,7 @@ __all__ = [
     "kds_vcek_url",
     "load_amd_certificate",
     "parse_amd_key_extensions",
+    "report_signature_steps",
     "spki_sha256",
     "verify_amd_ca_chain",
     "verify_amd_chain",
@@ -1251,6 +1254,17 @@ def verify_amd_chain(
 def verify_report_signature(report: SnpReport, public_key: ec.EllipticCurvePublicKey) -> None:
     """Verify an SNP report's signature: ECDSA P-384 with SHA-384 over bytes 0x000-0x29F.
 
+    The checks of :func:`report_signature_steps`, with the ECDSA call made here.
+    """
+    run_inline(report_signature_steps(report, public_key))
+
+
+def report_signature_steps(report: SnpReport, public_key: ec.EllipticCurvePublicKey) -> Steps[None]:
+    """Verify an SNP report's signature: ECDSA P-384 with SHA-384 over bytes 0x000-0x29F.
+
+    The ECDSA verification is yielded (:mod:`ratls._steps`), so a driver may make it on
+    another core; everything else runs in the driver's thread.
+
     Args:
         report: the parsed report (its R and S are little-endian on the wire; the parser
             has already turned them into integers).
@@ -1267,8 +1281,11 @@ def verify_report_signature(report: SnpReport, public_key: ec.EllipticCurvePubli
             "snp.signature", expected="an ECDSA P-384 key", actual=type(public_key).__name__
         )
     signature = encode_dss_signature(report.signature_r, report.signature_s)
+    check = functools.partial(
+        public_key.verify, signature, report.signed_bytes(), ec.ECDSA(hashes.SHA384())
+    )
     try:
-        public_key.verify(signature, report.signed_bytes(), ec.ECDSA(hashes.SHA384()))
+        yield from offload(check)
     except InvalidSignature as exc:
         raise SignatureMismatch(
             "snp.signature",

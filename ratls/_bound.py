@@ -63,8 +63,9 @@ from ._exchange import BINDER_LENGTH, DEFAULT_MEDIA_TYPE
 from ._policy import Policy
 from ._snp_report import SNP_REPORT_SIZE, ProductLine
 from ._snp_verify import SnpEndorsements
+from ._steps import run_inline
 from ._tpm_credential import parse_tpm2_tools_credential
-from ._verify import verify_snp_attestation
+from ._verify import verify_snp_attestation_steps
 from ._vtpm_evidence import (
     MAX_VTPM_EVIDENCE_SIZE,
     ActivationChallenge,
@@ -84,6 +85,7 @@ if TYPE_CHECKING:
 
     from ._result import AttestationResult
     from ._snp_report import GuestPolicy
+    from ._steps import Steps
     from ._tpm_credential import Credential
     from ._tpm_structs import TpmAlgId
     from .attesters import SnpGuestAttester
@@ -347,8 +349,8 @@ class SimulatedSnpAttester:
 
     Attributes:
         media_type: :data:`SNP_MEDIA_TYPE`.
-        blocking: False: it only computes (an ECDSA signature), so the stream calls it
-            in the event loop.
+        blocking: False: it only computes, so the stream calls it in the event loop
+            (through :meth:`evidence_steps`, with the ECDSA signature on a worker).
     """
 
     media_type: Final = SNP_MEDIA_TYPE
@@ -395,9 +397,17 @@ class SimulatedSnpAttester:
         Raises:
             ValueError: the binder is not 64 bytes.
         """
+        return run_inline(self.evidence_steps(binder))
+
+    def evidence_steps(self, binder: bytes) -> Steps[bytes]:
+        """:meth:`evidence` as :mod:`ratls._steps`: the AMD-SP's signature is yielded.
+
+        The stream makes that signature on a worker thread (the simulated AMD-SP's own
+        core, as it were) and builds and encodes the report in the event loop.
+        """
         binder = _check_binder(binder)
         sp = self._simulator()
-        report = sp.build_report(
+        report = yield from sp.build_report_steps(
             report_data=binder,
             version=self._version,
             vmpl=self._vmpl,
@@ -724,7 +734,8 @@ class BoundVerifier:
 
     Attributes:
         blocking: False: verification only computes (signatures, the policy, and for
-            activation an RSA or ECC encryption), so the stream calls it in the event loop.
+            activation an RSA or ECC encryption), so the stream calls it in the event loop
+            (through :meth:`verify_steps`, with the SNP report's ECDSA check on a worker).
 
     Raises:
         PolicyError: no policy was given.
@@ -866,6 +877,23 @@ class BoundVerifier:
                 challenge (or the reverse), or the challenge was for other keys.
             RatlsError: any other failed check, naming the claim.
         """
+        return run_inline(
+            self.verify_steps(evidence, binder, activation=activation, response=response)
+        )
+
+    def verify_steps(
+        self,
+        evidence: bytes,
+        binder: bytes,
+        *,
+        activation: BoundActivation | ActivationChallenge | None = None,
+        response: bytes | None = None,
+    ) -> Steps[AttestationResult]:
+        """:meth:`verify` as :mod:`ratls._steps`: the SNP report signature is yielded.
+
+        The same checks in the same order; the stream makes the ECDSA verification on a
+        worker thread and everything else in the event loop.
+        """
         binder = _check_binder(binder)
         at = self._clock()
         profile = _profile_of(evidence)
@@ -880,7 +908,7 @@ class BoundVerifier:
                 )
             self._require("snp")
             parsed = parse_snp_evidence(evidence)
-            result = verify_snp_attestation(
+            result = yield from verify_snp_attestation_steps(
                 parsed.snp_report,
                 parsed.endorsements(),
                 policy=self._policy,

@@ -72,9 +72,12 @@ from ._errors import (
     RatlsError,
     RemoteProtocolError,
 )
+from ._steps import run_inline
 
 if TYPE_CHECKING:
     from cryptography import x509
+
+    from ._steps import Steps
 
 __all__ = [
     "BINDER_LENGTH",
@@ -114,10 +117,12 @@ __all__ = [
     "Verdict",
     "VerdictResult",
     "appraise_peer_evidence",
+    "appraise_peer_evidence_steps",
     "compute_binder",
     "decode_message",
     "encode_message",
     "local_evidence_event",
+    "local_evidence_steps",
     "local_response_event",
     "peer_activation_challenge",
 ]
@@ -786,8 +791,10 @@ class LocalAttester(Protocol):
     ``evidence`` may block (TPM commands, an ioctl, a KDS fetch); the trio stream calls
     it in a worker thread.  An attester that only computes (a simulator) may say so with
     a class attribute ``blocking = False``; it is then called in the event loop, which
-    spares two thread hand-offs per connection.  It raises :class:`~ratls.AttesterError`
-    when it cannot produce evidence.
+    spares two thread hand-offs per connection.  Such an attester may also offer
+    ``evidence_steps(binder)`` (see :func:`local_evidence_steps`), so that its GIL-free
+    calls run on a worker thread.  It raises :class:`~ratls.AttesterError` when it
+    cannot produce evidence.
     """
 
     def evidence(self, binder: bytes) -> bytes:
@@ -803,7 +810,8 @@ class PeerVerifier(Protocol):
     :class:`~ratls._result.AttestationResult`), which becomes the stream's
     ``peer_attestation``, or raises a :class:`~ratls.RatlsError` naming what is wrong.
     It must never return a falsy "failed" value; the return value is not inspected.
-    Like attesters, a verifier that only computes may declare ``blocking = False``.
+    Like attesters, a verifier that only computes may declare ``blocking = False``, and
+    may offer ``verify_steps(evidence, binder)`` (see :func:`appraise_peer_evidence_steps`).
     """
 
     def verify(self, evidence: bytes, binder: bytes) -> object:
@@ -939,9 +947,24 @@ def local_evidence_event(config: AttestationConfig, binder: bytes) -> Evidence |
     Raises:
         RatlsError: whatever the attester raises (typically AttesterError).
     """
+    return run_inline(local_evidence_steps(config, binder))
+
+
+def local_evidence_steps(config: AttestationConfig, binder: bytes) -> Steps[Evidence | NoEvidence]:
+    """:func:`local_evidence_event` as :mod:`ratls._steps`.
+
+    An attester with an ``evidence_steps(binder)`` method of the same kind (see
+    :class:`~ratls._bound.SimulatedSnpAttester`) lets the driver choose where its
+    GIL-free calls run; any other is called as usual.
+    """
     if config.attester is None:
         return NoEvidence()
-    return Evidence(media_type=config.media_type, evidence=config.attester.evidence(binder))
+    steps = getattr(config.attester, "evidence_steps", None)
+    if callable(steps):
+        evidence: object = yield from steps(binder)
+    else:
+        evidence = config.attester.evidence(binder)
+    return Evidence(media_type=config.media_type, evidence=cast("bytes", evidence))
 
 
 def _check_peer_event(
@@ -1057,10 +1080,36 @@ def appraise_peer_evidence(
         LocalProtocolError: only one of ``activation`` and ``response`` was given.
         RatlsError: whatever the verifier raises.
     """
+    return run_inline(
+        appraise_peer_evidence_steps(
+            config, event, binder, activation=activation, response=response
+        )
+    )
+
+
+def appraise_peer_evidence_steps(
+    config: AttestationConfig,
+    event: Evidence | NoEvidence,
+    binder: bytes | None,
+    *,
+    activation: object = None,
+    response: Response | None = None,
+) -> Steps[object]:
+    """:func:`appraise_peer_evidence` as :mod:`ratls._steps`.
+
+    A verifier with a ``verify_steps(evidence, binder)`` method of the same kind (see
+    :class:`~ratls._bound.BoundVerifier`) lets the driver choose where its GIL-free
+    calls run; any other is called as usual.  Challenged evidence is always judged with
+    ``verify``.
+    """
     if config.verifier is None:
         return None
     evidence, bound_to = _check_peer_event(config, event, binder)
     if activation is None and response is None:
+        steps = getattr(config.verifier, "verify_steps", None)
+        if callable(steps):
+            result: object = yield from steps(evidence.evidence, bound_to)
+            return result
         return config.verifier.verify(evidence.evidence, bound_to)
     if activation is None or response is None:
         raise LocalProtocolError("a challenge and its response go together")

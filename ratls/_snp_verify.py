@@ -32,8 +32,8 @@ from ._amd_certs import (
     VerifiedAmdChain,
     load_amd_certificate,
     parse_amd_key_extensions,
+    report_signature_steps,
     verify_amd_chain,
-    verify_report_signature,
 )
 from ._errors import (
     BindingMismatch,
@@ -54,6 +54,7 @@ from ._snp_certtable import (
     parse_cert_table,
 )
 from ._snp_report import ProductLine, SigningKey, SnpReport, TcbVersion, parse_snp_report
+from ._steps import run_inline
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from ._policy import SnpPolicy, TcbMinimum
+    from ._steps import Steps
 
 __all__ = [
     "SnpEndorsements",
@@ -70,6 +72,7 @@ __all__ = [
     "chain_cache_counts",
     "product_from_name",
     "verify_snp_report",
+    "verify_snp_report_steps",
 ]
 
 
@@ -173,6 +176,26 @@ def verify_snp_report(
 ) -> VerifiedSnpReport:
     """Verify that an SNP attestation report is authentic.
 
+    :func:`verify_snp_report_steps`, with every call made here; see there.
+    """
+    return run_inline(
+        verify_snp_report_steps(report, endorsements, anchors=anchors, at=at, product=product)
+    )
+
+
+def verify_snp_report_steps(
+    report: bytes | SnpReport,
+    endorsements: SnpEndorsements,
+    *,
+    anchors: AmdTrustAnchors,
+    at: datetime,
+    product: ProductLine | None = None,
+) -> Steps[VerifiedSnpReport]:
+    """Verify that an SNP attestation report is authentic (as :mod:`ratls._steps`).
+
+    The report signature's ECDSA verification is yielded, so a driver may make it on
+    another core; the checks and their order are those of :func:`verify_snp_report`.
+
     Args:
         report: the raw 1184-byte report, or an already parsed one.
         endorsements: the VCEK/VLEK, ASK/ASVK and ARK certificates.
@@ -216,7 +239,7 @@ def verify_snp_report(
 
     key_kind = _key_kind(parsed.signer_info.signing_key)
     chain = _verified_chain(endorsements, report_product, key_kind, anchors, at)
-    verify_report_signature(parsed, chain.leaf_public_key)
+    yield from report_signature_steps(parsed, chain.leaf_public_key)
     _check_tcb_matches_key(parsed.reported_tcb, chain, report_product)
     _check_chip_id(parsed, chain)
     return VerifiedSnpReport._create(report=parsed, chain=chain, product=report_product)

@@ -43,20 +43,25 @@ from ._exchange import (
     Response,
     Verdict,
     VerdictResult,
-    appraise_peer_evidence,
+    appraise_peer_evidence_steps,
     compute_binder,
     local_evidence_event,
+    local_evidence_steps,
     local_response_event,
     peer_activation_challenge,
 )
 from ._memory_bios import renew_idle_bios
+from ._offload import StartedSteps, drive
+from ._steps import run_inline
 from ._tls_context import PeerCertificateErrors, certificate_from_openssl
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from types import TracebackType
 
     from cryptography import x509
+
+    from ._steps import Steps
 
 __all__ = ["STARTING_RECEIVE_SIZE", "AttestedTLSStream", "acquire_for_io"]
 
@@ -680,6 +685,13 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         await trio.lowlevel.checkpoint()
         return fn()
 
+    async def _call_steps(self, in_thread: bool, make: Callable[[], Steps[_T]]) -> _T:
+        # In a thread: the whole computation there.  In the event loop: the Python parts
+        # here, the GIL-free calls (ECDSA) on the offload pool (see ratls._offload).
+        if in_thread:
+            return await trio.to_thread.run_sync(partial(_run_made, make), abandon_on_cancel=True)
+        return await drive(make())
+
     async def _next_exchange_event(self, machine: AttestationExchange) -> ExchangeEvent:
         """The peer's next exchange message; a refusal raises AttestationRefused."""
         while True:
@@ -751,12 +763,29 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 await self._refuse(machine, exc)
                 raise
 
+        async def guarded_result(pending: Awaitable[_T]) -> _T:
+            # Await our attester's early start; if it failed, tell the peer why and stop.
+            try:
+                return await pending
+            except Exception as exc:
+                await self._refuse(machine, exc)
+                raise
+
+        async def guarded_steps(make: Callable[[], Steps[_T]], *, verifier: bool = False) -> _T:
+            # The same for a computation in steps (its ECDSA calls may go to the pool).
+            in_thread = config.verifier_in_thread if verifier else config.run_in_thread
+            try:
+                return await self._call_steps(in_thread, make)
+            except Exception as exc:
+                await self._refuse(machine, exc)
+                raise
+
         async def produce() -> Evidence | NoEvidence:
             if config.attester is not None and own_binder is None:
                 error = LocalProtocolError("cannot attest without a certificate of our own")
                 await self._refuse(machine, error)
                 raise error
-            return await guarded(partial(local_evidence_event, config, own_binder or b""))
+            return await guarded_steps(partial(local_evidence_steps, config, own_binder or b""))
 
         async def answer(challenge: Challenge) -> None:
             # The peer challenges our evidence: one RESPONSE from our attester.
@@ -769,15 +798,16 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 partial(peer_activation_challenge, config, event, peer_binder), verifier=True
             )
             if pending is None:
-                return await guarded(
-                    partial(appraise_peer_evidence, config, event, peer_binder), verifier=True
+                return await guarded_steps(
+                    partial(appraise_peer_evidence_steps, config, event, peer_binder),
+                    verifier=True,
                 )
             state, challenge = pending
             await self._send_plaintext(machine.send(challenge))
             response = await self._receive_response(machine)
-            return await guarded(
+            return await guarded_steps(
                 partial(
-                    appraise_peer_evidence,
+                    appraise_peer_evidence_steps,
                     config,
                     event,
                     peer_binder,
@@ -801,22 +831,32 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             result = await appraise(first)
             await self._send_plaintext(machine.send(Verdict.ok()))
         else:
-            # Our evidence does not depend on the server's: make it (in a worker thread)
-            # while we judge the server's, and send it only once the server is accepted.
+            # Our evidence does not depend on the server's: make it (in a worker thread,
+            # or its signature on the offload pool) while we wait for and judge the
+            # server's, and send it only once the server is accepted.
             early: _BackgroundCall[Evidence | NoEvidence] | None = None
-            if config.run_in_thread and config.attester is not None and own_binder is not None:
-                early = await _BackgroundCall.start(
-                    partial(local_evidence_event, config, own_binder)
-                )
-            result = await appraise(await self._receive_evidence(machine))
-            if early is None:
-                own_event = await produce()
+            started: StartedSteps[Evidence | NoEvidence] | None = None
+            if config.attester is not None and own_binder is not None:
+                if config.run_in_thread:
+                    early = await _BackgroundCall.start(
+                        partial(local_evidence_event, config, own_binder)
+                    )
+                elif callable(getattr(config.attester, "evidence_steps", None)):
+                    # Only its signature can run elsewhere; other event-loop attesters
+                    # are called once the server is accepted, as before.
+                    started = StartedSteps(local_evidence_steps(config, own_binder))
+            try:
+                result = await appraise(await self._receive_evidence(machine))
+            except BaseException:
+                if started is not None:
+                    started.abandon()  # the server is refused: our evidence is not needed
+                raise
+            if started is not None:
+                own_event = await guarded_result(started.finish())
+            elif early is not None:
+                own_event = await guarded_result(early.wait())
             else:
-                try:
-                    own_event = await early.wait()
-                except Exception as exc:
-                    await self._refuse(machine, exc)
-                    raise
+                own_event = await produce()
             await self._send_plaintext(machine.send(own_event) + machine.send(Verdict.ok()))
             last = await self._next_exchange_event(machine)
             if isinstance(last, Challenge):
@@ -949,3 +989,8 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         side = "server" if self.server_side else "client"
         mode = "attested" if self._attestation is not None else "plain"
         return f"<AttestedTLSStream {side} {mode} {self._state.name}>"
+
+
+def _run_made(make: Callable[[], Steps[_T]]) -> _T:
+    """Make a computation and run it to the end in this (worker) thread."""
+    return run_inline(make())

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from ._amd_certs import AmdTrustAnchors, is_simulated_root
 from ._errors import CertificateChainError, NonceMismatch
 from ._result import AttestationResult
-from ._snp_verify import appraise_snp_report, verify_snp_report
+from ._snp_verify import appraise_snp_report, verify_snp_report_steps
+from ._steps import run_inline
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
     from ._policy import Policy
     from ._snp_report import ProductLine, SnpReport
     from ._snp_verify import SnpEndorsements
+    from ._steps import Steps
 
-__all__ = ["trust_anchors", "verify_snp_attestation"]
+__all__ = ["trust_anchors", "verify_snp_attestation", "verify_snp_attestation_steps"]
 
 
 def trust_anchors(*, trust_simulator: bool, presented_root: x509.Certificate) -> AmdTrustAnchors:
@@ -89,9 +91,35 @@ def verify_snp_attestation(
     Raises:
         RatlsError: any subclass, naming the failed check.
     """
+    return run_inline(
+        verify_snp_attestation_steps(
+            report,
+            endorsements,
+            policy=policy,
+            at=at,
+            expected_report_data=expected_report_data,
+            product=product,
+            trust_simulator=trust_simulator,
+        )
+    )
+
+
+def verify_snp_attestation_steps(
+    report: bytes | SnpReport,
+    endorsements: SnpEndorsements,
+    *,
+    policy: Policy | None,
+    at: datetime,
+    expected_report_data: bytes | None = None,
+    product: ProductLine | None = None,
+    trust_simulator: bool = False,
+) -> Steps[AttestationResult]:
+    """:func:`verify_snp_attestation` as :mod:`ratls._steps` (the ECDSA call is yielded)."""
     simulator_ok = trust_simulator or (policy is not None and policy.trust.simulated_hardware)
     anchors = trust_anchors(trust_simulator=simulator_ok, presented_root=endorsements.root)
-    verified = verify_snp_report(report, endorsements, anchors=anchors, at=at, product=product)
+    verified = yield from verify_snp_report_steps(
+        report, endorsements, anchors=anchors, at=at, product=product
+    )
     if policy is not None:
         appraise_snp_report(verified, policy.snp, expected_report_data=expected_report_data)
     elif expected_report_data is not None:

@@ -83,10 +83,13 @@ from .._snp_report import (
     TcbLayout,
     TcbVersion,
 )
+from .._steps import offload, run_inline
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Mapping
+
+    from .._steps import Steps
 
 __all__ = [
     "SIMULATOR_MARK",
@@ -444,9 +447,22 @@ class SimulatedAmdSp:
             ValueError: the report disagrees with this key and ``allow_inconsistent`` is
                 False.
         """
+        return run_inline(self.sign_report_steps(report, allow_inconsistent=allow_inconsistent))
+
+    def sign_report_steps(
+        self, report: SnpReport, *, allow_inconsistent: bool = False
+    ) -> Steps[SnpReport]:
+        """:meth:`sign_report` as :mod:`ratls._steps`: the ECDSA signature is yielded.
+
+        On real hardware the AMD-SP signs on its own processor; a driver may likewise make
+        this signature on another core than the guest's event loop.
+        """
         if not allow_inconsistent:
             self._check_consistent(report)
-        der = self._leaf_key.sign(report.signed_bytes(), ec.ECDSA(hashes.SHA384()))
+        sign = functools.partial(
+            self._leaf_key.sign, report.signed_bytes(), ec.ECDSA(hashes.SHA384())
+        )
+        der = yield from offload(sign)
         r, s = decode_dss_signature(der)
         return dataclasses.replace(report, signature_r=r, signature_s=s)
 
@@ -484,6 +500,33 @@ class SimulatedAmdSp:
         **fields: Any,  # noqa: ANN401 - any SnpReport field, checked by SnpReport itself
     ) -> SnpReport:
         """Build a realistic report for this product and sign it.
+
+        :meth:`build_report_steps`, with the signature made here; see there.
+        """
+        return run_inline(
+            self.build_report_steps(
+                report_data=report_data,
+                version=version,
+                vmpl=vmpl,
+                measurement=measurement,
+                policy=policy,
+                allow_inconsistent=allow_inconsistent,
+                **fields,
+            )
+        )
+
+    def build_report_steps(
+        self,
+        *,
+        report_data: bytes,
+        version: int = 3,
+        vmpl: int = 0,
+        measurement: bytes | None = None,
+        policy: GuestPolicy | None = None,
+        allow_inconsistent: bool = False,
+        **fields: Any,  # noqa: ANN401 - any SnpReport field, checked by SnpReport itself
+    ) -> Steps[SnpReport]:
+        """Build a realistic report for this product and sign it (as :mod:`ratls._steps`).
 
         Defaults: CPUID family/model/stepping of a real part of the product (v3+),
         random REPORT_ID, REPORT_ID_MA all FF (no migration agent), CURRENT, COMMITTED and
@@ -552,7 +595,11 @@ class SimulatedAmdSp:
         if unknown:
             raise ValueError(f"unknown report field(s): {', '.join(sorted(unknown))}")
         values.update(fields)
-        return self.sign_report(SnpReport(**values), allow_inconsistent=allow_inconsistent)
+        return (
+            yield from self.sign_report_steps(
+                SnpReport(**values), allow_inconsistent=allow_inconsistent
+            )
+        )
 
     # --- persistence ----------------------------------------------------------------------
 

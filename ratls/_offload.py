@@ -1,0 +1,246 @@
+"""Run the GIL-free calls of :mod:`ratls._steps` computations on a small worker pool.
+
+The stream runs non-blocking attesters and verifiers in the event loop, because their
+Python code would hold the interpreter lock in a worker thread anyway, and a thread
+hand-off per call costs more than it saves.  Their ECDSA P-384 calls are different: they
+release the lock for nearly all of their time, so a worker can run them on another core
+while the event loop goes on with other connections.  This module does only that:
+
+* a process-wide pool of at most :data:`WORKERS` threads takes calls from one queue.
+  Threads start when work arrives and none is idle, and leave after
+  :data:`IDLE_SECONDS` without work, so an idle process keeps none;
+* a finished call wakes its trio task through the run's token (no thread limiter, no
+  task or context copy per call: cheaper than ``trio.to_thread.run_sync``);
+* :class:`StartedSteps` runs a computation's Python part in the event loop up to its
+  first offloaded call and leaves that call running, so that a client can make its own
+  evidence while it judges the server's.
+
+Cancellation: a cancelled wait abandons its call.  A call not yet started is skipped; one
+already running (one ECDSA operation, under a millisecond) finishes and its result is
+dropped.  Offloaded calls only compute on bytes and keys they were given; they never
+touch a connection, so nothing is left acting on a cancelled handshake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from typing import TYPE_CHECKING, Final, Generic, TypeVar, cast, final
+
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._steps import Steps
+
+__all__ = ["IDLE_SECONDS", "WORKERS", "OffloadedCall", "StartedSteps", "drive", "pool_threads"]
+
+_T = TypeVar("_T")
+
+
+def _cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+#: Worker threads at most: the cores besides the event loop's (at least one, at most four).
+#: On two cores one worker measured better than two, which compete with the loop.
+WORKERS: Final = max(1, min(4, _cores() - 1))
+#: Seconds an idle worker waits for work before it leaves.
+IDLE_SECONDS: Final = 10.0
+
+
+@final
+class OffloadedCall(Generic[_T]):
+    """One call running (or queued) on the pool, whose result a trio task awaits later.
+
+    Create it with :meth:`start` in a trio thread; await :meth:`wait` once, or
+    :meth:`abandon` it.
+    """
+
+    __slots__ = ("_abandoned", "_call", "_done", "_error", "_token", "_value", "_waiter")
+
+    def __init__(self, call: Callable[[], _T], token: trio.lowlevel.TrioToken) -> None:
+        self._call = call
+        self._token = token
+        self._done = False
+        self._abandoned = False
+        self._value: _T | None = None
+        self._error: Exception | None = None
+        self._waiter: trio.lowlevel.Task | None = None
+
+    @classmethod
+    def start(cls, call: Callable[[], _T]) -> OffloadedCall[_T]:
+        """Queue ``call`` on the pool (from a trio thread; does not yield)."""
+        job = cls(call, trio.lowlevel.current_trio_token())
+        _POOL.submit(job)
+        return job
+
+    def run(self) -> None:
+        """Make the call and report back to the trio run (in a worker thread)."""
+        if self._abandoned:  # read without a lock: at worst an abandoned call still runs
+            return
+        try:
+            self._value = self._call()
+        except Exception as exc:  # handed to the awaiting task by wait()
+            self._error = exc
+        with contextlib.suppress(trio.RunFinishedError):  # the run ended; nobody waits
+            self._token.run_sync_soon(self._finish)
+
+    def _finish(self) -> None:  # in the trio thread
+        self._done = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter)
+
+    def abandon(self) -> None:
+        """Drop the call: skipped if not started, its result ignored otherwise."""
+        self._abandoned = True
+        self._waiter = None
+
+    async def wait(self) -> _T:
+        """The call's return value, or its exception raised here (a cancellation abandons it)."""
+        if self._done:
+            await trio.lowlevel.checkpoint()
+        else:
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self.abandon()
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        if self._error is not None:
+            raise self._error
+        return cast("_T", self._value)
+
+
+@final
+class StartedSteps(Generic[_T]):
+    """A computation run in the event loop up to its first offloaded call, now running.
+
+    The constructor runs the Python part (in this thread, at once) and queues the first
+    call; :meth:`finish` awaits the calls and runs the rest; :meth:`abandon` stops it.
+    An exception of the first part is kept and raised by :meth:`finish`, so callers see
+    errors where they ask for the result.
+    """
+
+    __slots__ = ("_call", "_error", "_finished", "_steps", "_value")
+
+    def __init__(self, steps: Steps[_T]) -> None:
+        self._steps = steps
+        self._call: OffloadedCall[object] | None = None
+        self._error: Exception | None = None
+        self._value: _T | None = None
+        self._finished = False
+        try:
+            self._call = OffloadedCall.start(next(steps))
+        except StopIteration as stop:
+            self._value, self._finished = cast("_T", stop.value), True
+        except Exception as exc:
+            self._error, self._finished = exc, True
+
+    async def finish(self) -> _T:
+        """Await the offloaded calls, run the Python in between here, and return the result.
+
+        Raises:
+            Exception: whatever the computation raises.
+        """
+        try:
+            call = self._call
+            while call is not None:
+                self._call = None
+                try:
+                    value = await call.wait()
+                except Exception as exc:
+                    call = OffloadedCall.start(self._steps.throw(exc))
+                else:
+                    call = OffloadedCall.start(self._steps.send(value))
+                self._call = call
+            if self._finished:
+                await trio.lowlevel.checkpoint()  # a computation that offloaded nothing
+        except StopIteration as stop:
+            self._finished = True
+            return cast("_T", stop.value)
+        finally:
+            self.abandon()
+        if self._error is not None:
+            raise self._error
+        return cast("_T", self._value)
+
+    def abandon(self) -> None:
+        """Stop: drop a pending call and close the computation (idempotent)."""
+        call, self._call = self._call, None
+        if call is not None:
+            call.abandon()
+        self._steps.close()
+
+
+async def drive(steps: Steps[_T]) -> _T:
+    """Run ``steps`` here, in the event loop, with each offloaded call on the pool.
+
+    A checkpoint, like any trio operation: cancellation abandons the computation.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    return await StartedSteps(steps).finish()
+
+
+def pool_threads() -> int:
+    """How many worker threads the pool has now (started and not yet left)."""
+    return _POOL.threads
+
+
+@final
+class _Pool:
+    """At most ``size`` threads taking calls from one queue; idle ones leave."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._queue: queue.SimpleQueue[OffloadedCall[object]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.threads = 0
+        self._idle = 0
+
+    def submit(self, job: OffloadedCall[_T]) -> None:
+        self._queue.put(cast("OffloadedCall[object]", job))
+        with self._lock:
+            # More calls waiting than idle threads to take them: start one more thread.
+            start = self.threads < self._size and self._queue.qsize() > self._idle
+            if start:
+                self.threads += 1
+                self._idle += 1
+        if start:
+            try:
+                threading.Thread(target=self._work, name="ratls-offload", daemon=True).start()
+            except BaseException:  # pragma: no cover - no thread could be started
+                with self._lock:
+                    self.threads -= 1
+                    self._idle -= 1
+                raise
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    # A submit that found this thread idle put its job first: take it.
+                    if not self._queue.empty():
+                        continue
+                    self._idle -= 1
+                    self.threads -= 1
+                    return
+            with self._lock:
+                self._idle -= 1
+            job.run()
+            with self._lock:
+                self._idle += 1
+
+
+_POOL: Final = _Pool(WORKERS)
