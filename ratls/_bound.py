@@ -373,6 +373,7 @@ class SimulatedSnpAttester:
         self._vmpl = vmpl
         self._guest_policy = guest_policy
         self._lock = threading.Lock()
+        self._certs: tuple[SimulatedAmdSp, tuple[bytes, ...]] | None = None
 
     def __repr__(self) -> str:
         return f"SimulatedSnpAttester(product={self._product.value}, vmpl={self._vmpl})"
@@ -414,9 +415,16 @@ class SimulatedSnpAttester:
             measurement=self._measurement,
             policy=self._guest_policy,
         )
-        der = Encoding.DER
-        certs = tuple(c.public_bytes(der) for c in (sp.leaf, sp.ask, sp.ark))
-        return SnpEvidence(snp_report=report.to_bytes(), certs=certs).to_bytes()
+        return SnpEvidence(snp_report=report.to_bytes(), certs=self._certs_of(sp)).to_bytes()
+
+    def _certs_of(self, sp: SimulatedAmdSp) -> tuple[bytes, ...]:
+        """The simulator's VCEK, ASK and ARK in DER, encoded once per simulator."""
+        cached = self._certs
+        if cached is None or cached[0] is not sp:
+            der = Encoding.DER
+            cached = (sp, tuple(c.public_bytes(der) for c in (sp.leaf, sp.ask, sp.ark)))
+            self._certs = cached
+        return cached[1]
 
 
 @final

@@ -862,9 +862,9 @@ def parse_snp_report(data: bytes, *, product: ProductLine | None = None) -> SnpR
     if signer_info.signing_key is SigningKey.NONE:
         raise _fail("unsigned report (SIGNING_KEY is NONE)", 0x048)
     for start, end in _reserved_ranges(version):
-        for offset in range(start, end):
-            if data[offset]:
-                raise _fail(f"reserved byte is {data[offset]:#04x}, must be zero", offset)
+        if data.count(0, start, end) != end - start:  # in C; name the first offender below
+            offset = next(i for i in range(start, end) if data[i])
+            raise _fail(f"reserved byte is {data[offset]:#04x}, must be zero", offset)
     found = _determine_product(version, data, product)
     layout = found.tcb_layout if found is not None else TcbLayout.LEGACY
 

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
 
 from ._amd_certs import (
     AmdKeyExtensions,
@@ -59,8 +59,6 @@ from ._steps import run_inline
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from datetime import datetime
-
-    from cryptography import x509
 
     from ._policy import SnpPolicy, TcbMinimum
     from ._steps import Steps
@@ -250,7 +248,9 @@ def verify_snp_report_steps(
 #: keeping the memo small.  Failures are never remembered.
 CHAIN_CACHE_SIZE: Final = 64
 
-_ChainKey = tuple[bytes, bytes, bytes, ProductLine, KeyKind, AmdTrustAnchors]
+_ChainKey = tuple[
+    x509.Certificate, x509.Certificate, x509.Certificate, ProductLine, KeyKind, AmdTrustAnchors
+]
 _chain_cache: OrderedDict[_ChainKey, tuple[VerifiedAmdChain, datetime, datetime]] = OrderedDict()
 _chain_cache_lock = threading.Lock()
 _chain_cache_counts = [0, 0]  # hits, misses (under _chain_cache_lock)
@@ -282,10 +282,12 @@ def _verified_chain(
     three certificates, so expiry is still enforced.  The report signature and everything
     else are verified every time.
     """
+    # Certificates compare and hash by their DER encoding: cheaper than three SHA-256
+    # fingerprints per verification, and just as exact.
     key: _ChainKey = (
-        endorsements.leaf.fingerprint(hashes.SHA256()),
-        endorsements.intermediate.fingerprint(hashes.SHA256()),
-        endorsements.root.fingerprint(hashes.SHA256()),
+        endorsements.leaf,
+        endorsements.intermediate,
+        endorsements.root,
         product,
         key_kind,
         anchors,
