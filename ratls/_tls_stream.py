@@ -844,7 +844,7 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 elif callable(getattr(config.attester, "evidence_steps", None)):
                     # Only its signature can run elsewhere; other event-loop attesters
                     # are called once the server is accepted, as before.
-                    started = StartedSteps(local_evidence_steps(config, own_binder))
+                    started = StartedSteps(local_evidence_steps(config, own_binder), overlap=True)
             try:
                 result = await appraise(await self._receive_evidence(machine))
             except BaseException:

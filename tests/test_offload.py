@@ -80,9 +80,48 @@ def test_run_inline_throws_call_errors_into_the_computation() -> None:
 
 async def test_drive_makes_the_call_on_a_worker() -> None:
     calls: list[str] = []
-    assert await drive(counted(calls, "a", 7)) == 7
+    assert await drive(counted(calls, "a", 7), offload=True) == 7
     here = threading.current_thread().name
     assert calls[0] == f"a before in {here}"
+    assert calls[1] == "a call in ratls-offload"
+
+
+async def test_loop_load_says_whether_other_tasks_are_ready() -> None:
+    assert offload_module._loop_has_work() is False  # installs the instrument
+    await trio.sleep(0.01)
+    assert offload_module._loop_has_work() is False  # nothing else to run: the loop slept
+    done = False
+
+    async def spin() -> None:
+        while not done:
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(spin)
+        for _ in range(3):
+            await trio.lowlevel.checkpoint()
+        assert offload_module._loop_has_work() is True
+        done = True
+
+
+@pytest.mark.parametrize("busy", [False, True])
+async def test_drive_offloads_only_when_the_loop_has_other_work(
+    monkeypatch: pytest.MonkeyPatch, busy: bool
+) -> None:
+    monkeypatch.setattr(offload_module, "_loop_has_work", lambda: busy)
+    calls: list[str] = []
+    assert await drive(counted(calls, "a", 7)) == 7
+    here = threading.current_thread().name
+    assert calls[1] == ("a call in ratls-offload" if busy else f"a call in {here}")
+
+
+async def test_overlap_offloads_the_first_call_of_an_idle_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(offload_module, "_loop_has_work", lambda: False)
+    calls: list[str] = []
+    started = StartedSteps(counted(calls, "a", 7), overlap=True)
+    assert await started.finish() == 7
     assert calls[1] == "a call in ratls-offload"
 
 
@@ -109,11 +148,11 @@ async def test_drive_raises_what_the_computation_raises() -> None:
 async def test_offloaded_evidence_verifies_like_inline(sp: SimulatedAmdSp) -> None:
     attester = SimulatedSnpAttester(sp)
     verifier = BoundVerifier(POLICY)
-    made_in_pool = await drive(attester.evidence_steps(BINDER))
+    made_in_pool = await drive(attester.evidence_steps(BINDER), offload=True)
     made_here = attester.evidence(BINDER)
     for evidence in (made_in_pool, made_here):
         inline = verifier.verify(evidence, BINDER)
-        pooled = await drive(verifier.verify_steps(evidence, BINDER))
+        pooled = await drive(verifier.verify_steps(evidence, BINDER), offload=True)
         assert pooled.snp is not None
         assert inline.snp is not None
         assert pooled.snp.report == inline.snp.report
@@ -130,7 +169,7 @@ async def test_offloaded_verification_refuses_a_bad_signature(sp: SimulatedAmdSp
     with pytest.raises(SignatureMismatch) as inline:
         verifier.verify(forged, BINDER)
     with pytest.raises(SignatureMismatch) as pooled:
-        await drive(verifier.verify_steps(forged, BINDER))
+        await drive(verifier.verify_steps(forged, BINDER), offload=True)
     assert pooled.value.claim == inline.value.claim == "snp.signature"
 
 
@@ -149,7 +188,7 @@ async def test_cancelled_wait_abandons_the_call_and_closes_the_computation() -> 
             closed.append(True)
 
     with trio.move_on_after(0.05) as scope:
-        await drive(slow())
+        await drive(slow(), offload=True)
     assert scope.cancelled_caught
     assert closed == [True]
     release.set()  # the running call ends; its result goes nowhere
@@ -172,7 +211,7 @@ async def test_abandoned_call_not_started_is_skipped() -> None:
 
 async def test_started_steps_abandoned_before_finishing() -> None:
     calls: list[str] = []
-    started = StartedSteps(counted(calls, "a", 1))
+    started = StartedSteps(counted(calls, "a", 1), overlap=True)
     started.abandon()
     started.abandon()  # idempotent
     await trio.sleep(0.01)
@@ -284,7 +323,11 @@ class RecordingVerifier:
         return result
 
 
-async def test_bound_snp_stream_with_offloaded_signatures(sp: SimulatedAmdSp) -> None:
+@pytest.mark.parametrize("busy", [False, True])
+async def test_bound_snp_stream_with_offloaded_signatures(
+    monkeypatch: pytest.MonkeyPatch, sp: SimulatedAmdSp, busy: bool
+) -> None:
+    monkeypatch.setattr(offload_module, "_loop_has_work", lambda: busy)
     client, server = snp_pair(snp_config(sp), snp_config(sp))
     assert await outcomes(client, server) == (None, None)
     for stream in (client, server):
@@ -364,7 +407,10 @@ class BlockingSignatureAttester:
             self.finished.append(True)
 
 
-async def test_cancelled_handshake_abandons_its_offloaded_call(sp: SimulatedAmdSp) -> None:
+async def test_cancelled_handshake_abandons_its_offloaded_call(
+    monkeypatch: pytest.MonkeyPatch, sp: SimulatedAmdSp
+) -> None:
+    monkeypatch.setattr(offload_module, "_loop_has_work", lambda: True)
     attester = BlockingSignatureAttester(sp)
     client, server = snp_pair(
         snp_config(sp), dataclasses.replace(snp_config(sp), attester=attester)
