@@ -104,6 +104,18 @@ async def test_loop_load_says_whether_other_tasks_are_ready() -> None:
         done = True
 
 
+async def test_loop_load_instrument_leaves_when_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offload_module, "LOAD_WATCH_SECONDS", 0.01)
+    offload_module._loop_has_work()
+    load = offload_module._LOOP_LOAD.get()
+    assert load.installed
+    await trio.sleep(0.05)
+    await trio.lowlevel.checkpoint()
+    assert not load.installed  # removed itself from the run
+    assert offload_module._loop_has_work() is False  # and comes back when asked
+    assert load.installed
+
+
 @pytest.mark.parametrize("busy", [False, True])
 async def test_drive_offloads_only_when_the_loop_has_other_work(
     monkeypatch: pytest.MonkeyPatch, busy: bool
