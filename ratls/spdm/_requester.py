@@ -402,7 +402,7 @@ class Requester:
             # Any other request ends L1 (or, inside the session, L2) when it is sent,
             # whatever the answer (the responder resets its copy when it receives it).
             # RESPOND_IF_READY only repeats the request it follows.
-            self._end_measurement_transcript(in_session=placed)
+            self._transcripts.end_measurements(self._session, in_session=placed)
         if isinstance(request, RespondIfReady):
             assert self._not_ready is not None  # noqa: S101 - checked above
             self._pending = self._not_ready
@@ -424,15 +424,6 @@ class Requester:
                 self._session.roll_keys(request=False)
             return out
         return self._config.binding.encode(raw)
-
-    def _end_measurement_transcript(self, *, in_session: bool) -> None:
-        if self._transcripts.vca is None:
-            return
-        if in_session:
-            if self._session is not None:
-                self._session.message_m = None
-        else:
-            self._transcripts.restart_l1()
 
     def _check_prerequisites(self, request: SpdmMessage) -> None:
         """Refuse requests whose answer could not be checked or continued."""

@@ -461,7 +461,7 @@ class Responder:
         if header.request_response_code != RequestCode.GET_MEASUREMENTS:
             # Any other request ends L1 (or, inside the session, L2), whether we go on to
             # serve it or refuse it: the requester reset its copy when it sent it.
-            self._end_measurement_transcript(in_session=in_session)
+            self._transcripts.end_measurements(self._session, in_session=in_session)
         request = decode_message(plain, sizes=None if negotiated is None else negotiated.sizes)
         kind = type(request)
         if kind in SESSION_ONLY and not in_session:
@@ -476,15 +476,6 @@ class Responder:
         self._state = following
         self._events.append(request)
         return response
-
-    def _end_measurement_transcript(self, *, in_session: bool) -> None:
-        if self._transcripts.vca is None:
-            return
-        if in_session:
-            if self._session is not None:
-                self._session.message_m = None
-        else:
-            self._transcripts.restart_l1()
 
     def _dispatch(self, request: SpdmMessage, raw: bytes, *, in_session: bool) -> SpdmMessage:
         if isinstance(request, GetVersion):

@@ -358,6 +358,20 @@ class Transcripts:
         """Empty the measurement transcript."""
         self.l1 = self._vca().copy()
 
+    def end_measurements(self, session: Session | None, *, in_session: bool) -> None:
+        """A request other than GET_MEASUREMENTS: restart L1, or inside a session its L2.
+
+        Both sides call this for the request itself, whatever the answer (DSP0274;
+        libspdm does the same), so that their transcripts stay equal.  Before VCA
+        completed there is nothing to restart.
+        """
+        if self.vca is None:
+            return
+        if not in_session:
+            self.restart_l1()
+        elif session is not None:
+            session.message_m = None
+
     def new_session_transcript(self, cert_chain: bytes) -> Transcript:
         """Return VCA || Hash(Ct), the start of a session transcript."""
         t = self._vca().copy()
