@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 import trio.testing
+from test_tls_stream import outcomes
 
 import ratls._offload as offload_module
 from ratls._bound import BoundVerifier, SimulatedSnpAttester, parse_snp_evidence
@@ -296,24 +297,6 @@ def snp_config(
         accepted_media_types=frozenset({"application/vnd.ratls.snp+cbor"}),
         run_in_thread=False,
     )
-
-
-async def outcomes(
-    client: AttestedTLSStream[trio.abc.Stream], server: AttestedTLSStream[trio.abc.Stream]
-) -> tuple[BaseException | None, BaseException | None]:
-    results: list[BaseException | None] = [None, None]
-
-    async def run(i: int, stream: AttestedTLSStream[trio.abc.Stream]) -> None:
-        try:
-            await stream.do_handshake()
-        except Exception as exc:
-            results[i] = exc
-
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, 0, client)
-            nursery.start_soon(run, 1, server)
-    return results[0], results[1]
 
 
 class RecordingVerifier:
