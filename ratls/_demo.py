@@ -305,7 +305,10 @@ async def _demo(workdir: Path, product: str) -> int:
                 if b"200 OK" not in status:
                     failures += 1
                 for entry in await _tunnel_lines(events, seen, 2, routed=True):
-                    _detail(f"{entry.get('side')} access log: peer = {entry.get('peer')}")
+                    _detail(
+                        f"{entry.get('side')} access log: peer = {entry.get('peer')}, "
+                        f"link = {entry.get('tls')}"
+                    )
 
             _say("client asks the ingress proxy for the tampered VM's backend")
             seen = len(events.records)

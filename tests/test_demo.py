@@ -33,6 +33,7 @@ def test_demo_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ak binding    activated" in out
     assert "trust anchor  simulator root" in out
     assert out.count("ak=activated") >= 2
+    assert out.count("link = TLSv1.3 ") == 4  # both access lines of both requests
     # The tampered VM is refused, the client is told why, and its backend saw nothing.
     assert "REFUSED: HTTP/1.1 502 Bad Gateway (reason: attestation-failed)" in out
     assert "MeasurementMismatch: snp.measurement" in out
