@@ -5,7 +5,7 @@ it only once every byte is on disk.  A full disk, a quota or an I/O error theref
 leaves the previous file (or no file) in place, never a truncated one that a later run
 would load; the half-written temporary file is removed.  Outputs that are not regular
 files (``/dev/stdout``, a FIFO, ``/dev/full``) cannot be renamed over and are written
-directly.
+directly.  A symbolic link is followed: the file it points to is replaced, the link stays.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ def write_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int = 0
         OSError: the data could not be written; ``path`` is as it was before.
     """
     target = Path(path)
+    if target.is_symlink():
+        # Replace what the link points to, not the link itself.
+        target = target.resolve()
     try:
         existing = os.stat(target)
     except FileNotFoundError:

@@ -47,6 +47,17 @@ def test_write_creates_replaces_and_sets_the_mode(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.pem"]
 
 
+def test_a_symlinked_target_keeps_its_link(tmp_path: Path) -> None:
+    real = tmp_path / "store" / "cert.pem"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    link = tmp_path / "cert.pem"
+    link.symlink_to(real)
+    write_atomically(link, b"new")
+    assert link.is_symlink()
+    assert real.read_bytes() == b"new"
+
+
 @pytest.mark.parametrize("allowed", [0, 3, 4096])
 def test_full_disk_keeps_the_previous_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allowed: int

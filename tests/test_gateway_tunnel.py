@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import trio
 import trio.lowlevel
 import trio.testing
+from gateway_helpers import receive_exactly
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -235,10 +236,7 @@ async def test_reattestation_without_a_verifier_schedules_nothing() -> None:
         assert len(armed) == 1  # it came, found no verifier, and re-armed nothing
         assert len(deadlines) == 0
         await client_app.send_all(b"still open")
-        got = b""
-        while len(got) < 10:
-            got += await backend_app.receive_some()
-        assert got == b"still open"
+        assert await receive_exactly(backend_app, 10) == b"still open"
         await client_app.send_eof()
         await backend_app.send_eof()
         assert await client_app.receive_some() == b""
