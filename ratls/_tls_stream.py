@@ -53,6 +53,7 @@ from ._exchange import (
 from ._memory_bios import renew_idle_bios
 from ._offload import StartedSteps, drive
 from ._steps import run_inline
+from ._sync import LightLock
 from ._tls_context import PeerCertificateErrors, certificate_from_openssl
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ _T = TypeVar("_T")
 T_Stream = TypeVar("T_Stream", bound=trio.abc.Stream)
 
 
-async def acquire_for_io(lock: trio.Lock | trio.StrictFIFOLock) -> None:
+async def acquire_for_io(lock: LightLock | trio.Lock | trio.StrictFIFOLock) -> None:
     """Take ``lock`` for a section whose transport call is itself a schedule point.
 
     ``async with lock`` yields to the scheduler even when the lock is free; in a relay
@@ -366,10 +367,12 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             self._conn.set_connect_state()
         self._state = _State.OK
         self._handshake_started = False
-        self._handshake_done = trio.Event()
+        self._handshake_finished = False
+        # Made only when a second task must wait for a handshake in progress.
+        self._handshake_waiters: trio.Event | None = None
         self._handshake_ok = False
-        self._inner_send_lock = trio.StrictFIFOLock()
-        self._inner_recv_lock = trio.Lock()
+        self._inner_send_lock = LightLock()
+        self._inner_recv_lock = LightLock()
         self._inner_recv_count = 0
         self._estimated_receive_size = STARTING_RECEIVE_SIZE
         self._delayed_outgoing = b""
@@ -654,9 +657,15 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 self._mark_broken()
                 raise
             finally:
-                self._handshake_done.set()
-        elif checkpoint or not self._handshake_done.is_set():
-            await self._handshake_done.wait()
+                self._handshake_finished = True
+                if self._handshake_waiters is not None:
+                    self._handshake_waiters.set()
+        elif not self._handshake_finished:
+            if self._handshake_waiters is None:
+                self._handshake_waiters = trio.Event()
+            await self._handshake_waiters.wait()
+        elif checkpoint:
+            await trio.lowlevel.checkpoint()
         if not self._handshake_ok:
             self._check_status()
             raise trio.BrokenResourceError("the handshake failed")
