@@ -16,9 +16,14 @@ transport that says it may not (``checkpoints_always = False``).
 from __future__ import annotations
 
 import os
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 import trio
+
+from ._readiness import ReadinessPoller, SocketWatch, current_poller
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["DEFAULT_RECEIVE_SIZE", "DirectSocketStream", "direct_if_socket"]
 
@@ -32,15 +37,16 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
 
     The descriptor is asked for afresh before every call (no await in between), so a
     socket closed meanwhile gives :class:`trio.ClosedResourceError`, never another
-    connection's data.  Closing, half-closing and waiting for room go to the wrapped
-    stream.  Two tasks can only meet inside a call that waits, so the conflict check
-    (:class:`trio.BusyResourceError`) is a flag set around the waits alone.
+    connection's data.  Waits for readiness go to the run's
+    :class:`~gateway._readiness.ReadinessPoller` (trio's own waits where there is no
+    epoll), registered on the first wait.  Close through this wrapper (or call
+    :meth:`release` first): a task waiting here then gets ClosedResourceError.
 
     Args:
         stream: the socket stream to wrap; keep using this wrapper instead of it.
     """
 
-    __slots__ = ("_receiving", "_sending", "_socket", "_stream")
+    __slots__ = ("_receiving", "_sending", "_socket", "_stream", "_watch")
 
     #: Read by :class:`~ratls._tls_stream.AttestedTLSStream`: our calls do not always
     #: checkpoint, so it checkpoints for us.
@@ -51,6 +57,7 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         self._socket = stream.socket
         self._receiving = False
         self._sending = False
+        self._watch: SocketWatch | None = None
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -64,29 +71,75 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             return trio.ClosedResourceError(f"{what} on a closed socket")
         return trio.BrokenResourceError(f"{what}: {exc}")
 
+    def _watched(self, poller: ReadinessPoller) -> SocketWatch:
+        watch = self._watch
+        if watch is None:
+            fd = self._socket.fileno()
+            if fd == -1:
+                raise trio.ClosedResourceError("waiting on a closed socket")
+            watch = self._watch = poller.watch(fd)
+        return watch
+
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """Bytes the kernel has (at most ``max_bytes``), ``b""`` at end, None if none yet.
+
+        Never waits and never checkpoints.  After None, :meth:`call_when_readable` can
+        arrange to be told when to try again.
+        """
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        try:
+            return os.read(self._socket.fileno(), max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._error(exc, "receiving") from exc
+
+    def call_when_readable(self, callback: Callable[[], None]) -> bool:
+        """Run ``callback`` once when the socket may be readable, with no task waiting.
+
+        Call only after :meth:`receive_nowait` returned None.  Returns False where this
+        platform has no poller (the caller must wait in a task instead).
+        """
+        poller = current_poller()
+        if poller is None:
+            return False
+        poller.call_when_readable(self._watched(poller), callback)
+        return True
+
+    def release(self) -> None:
+        """Stop watching the socket (before it is closed elsewhere).
+
+        A task waiting here gets ClosedResourceError; a pending callback is dropped.
+        """
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            poller = current_poller()
+            if poller is not None:
+                poller.forget(watch)
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Bytes the kernel has (at most ``max_bytes``), waiting only if it has none.
 
         Returns ``b""`` at end of stream.  Not a checkpoint when data was waiting.
         """
-        if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this stream")
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
         elif max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         while True:
-            try:
-                return os.read(self._socket.fileno(), max_bytes)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise self._error(exc, "receiving") from exc
-            # Waiting outside the except clause: inside it the BlockingIOError and its
-            # traceback would stay alive for as long as the socket is idle.
+            data = self.receive_nowait(max_bytes)
+            if data is not None:
+                return data
             self._receiving = True
             try:
-                await trio.lowlevel.wait_readable(self._socket)
+                poller = current_poller()
+                if poller is None:
+                    await trio.lowlevel.wait_readable(self._socket)
+                else:
+                    watch = self._watched(poller)
+                    await trio.lowlevel.wait_task_rescheduled(watch.park_reader())
+                    watch.raise_if_closed()
             finally:
                 self._receiving = False
 
@@ -107,9 +160,17 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
                 pass
             except OSError as exc:
                 raise self._error(exc, "sending") from exc
+            # Waiting outside the except clause: inside it the BlockingIOError and its
+            # traceback would stay alive for as long as the socket is full.
             self._sending = True
             try:
-                await trio.lowlevel.wait_writable(self._socket)
+                poller = current_poller()
+                if poller is None:
+                    await trio.lowlevel.wait_writable(self._socket)
+                else:
+                    watch = self._watched(poller)
+                    await trio.lowlevel.wait_task_rescheduled(watch.park_writer())
+                    watch.raise_if_closed()
             finally:
                 self._sending = False
 
@@ -128,7 +189,8 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         await self._stream.send_eof()
 
     async def aclose(self) -> None:
-        """Close the socket."""
+        """Close the socket (waiters here get ClosedResourceError)."""
+        self.release()
         await self._stream.aclose()
 
 

@@ -43,11 +43,12 @@ from ratls._errors import (
     RatlsError,
     RemoteProtocolError,
 )
+from ratls._sync import LightLock
 from ratls._tls_stream import acquire_for_io
 
 from ._attestation import check_media_type, reattest_binder
 from ._deadlines import Deadline, Deadlines
-from ._direct_socket import direct_if_socket
+from ._direct_socket import DirectSocketStream, direct_if_socket
 from ._link import (
     NEED_DATA,
     Data,
@@ -188,7 +189,7 @@ class LinkChannel:
     ) -> None:
         self.stream = stream
         self.conn = LinkConnection(role)
-        self._send_lock = trio.StrictFIFOLock()
+        self._send_lock = LightLock()
         self._receive_size = buffer_size + _FRAME_OVERHEAD
 
     async def send(self, event: LinkEvent) -> None:
@@ -316,6 +317,40 @@ class Tunnel:
             None gives the tunnel a timer task of its own.
     """
 
+    # Slots: an instance dict of this many attributes is over 1.5 KiB, per tunnel.
+    __slots__ = (
+        "_aborted",
+        "_channel",
+        "_deadlines",
+        "_eof_delivered",
+        "_eof_sent",
+        "_evidence",
+        "_half_closed",
+        "_half_closed_event",
+        "_in_dir",
+        "_initial",
+        "_last_activity",
+        "_last_answer",
+        "_local",
+        "_local_io",
+        "_local_is_client",
+        "_nursery",
+        "_on_bytes",
+        "_on_reattest",
+        "_out_dir",
+        "_read_size",
+        "_reattest_again",
+        "_reattest_due",
+        "_reattest_running",
+        "_scope",
+        "_send_error",
+        "_settings",
+        "_started",
+        "_watchdog_running",
+        "attestation",
+        "outcome",
+    )
+
     def __init__(
         self,
         channel: LinkChannel,
@@ -348,7 +383,9 @@ class Tunnel:
         self._aborted = False
         self._send_error: Error | None = None
         self._last_activity = trio.current_time()
-        self._half_closed = trio.Event()
+        self._half_closed = False
+        # Made only when the watchdog must wait for the first half-close.
+        self._half_closed_event: trio.Event | None = None
         # Both ends finished: our EOF frame has left (not merely been queued: the link
         # machine counts it as sent before the bytes go out) and the peer's EOF has been
         # passed on locally.  Only then may the tunnel's tasks be cancelled.
@@ -411,29 +448,34 @@ class Tunnel:
         Returns:
             How it ended (:attr:`outcome`).
         """
-        async with trio.open_nursery() as nursery:
-            self._scope = nursery.cancel_scope
-            self._nursery = nursery
-            self._started = trio.current_time()
-            nursery.start_soon(self._pump_out)
-            s = self._settings
-            # One timer task for every deadline, and none at all in an idle tunnel that
-            # only has the half-close drain (the default): it starts at the first EOF.
-            # A waiting task costs a few KiB, and a gateway may hold 10,000 tunnels.
-            if s.idle > 0 or s.max_lifetime > 0:
-                self._start_watchdog()
-            if self.attestation is not None:
-                if self._deadlines is None:
-                    self._deadlines = Deadlines()
-                    nursery.start_soon(self._deadlines.run)
-                self._schedule_reattest()
-            # The frames from the peer are read in this task (the nursery's cancel scope
-            # covers it as it covers the children): one task fewer per idle tunnel.
-            try:
-                await self._pump_in(nursery)
-            finally:
-                if self._reattest_due is not None:
-                    self._reattest_due.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                self._nursery = nursery
+                self._started = trio.current_time()
+                nursery.start_soon(self._pump_out)
+                s = self._settings
+                # One timer task for every deadline, and none at all in an idle tunnel that
+                # only has the half-close drain (the default): it starts at the first EOF.
+                # A waiting task costs a few KiB, and a gateway may hold 10,000 tunnels.
+                if s.idle > 0 or s.max_lifetime > 0:
+                    self._start_watchdog()
+                if self.attestation is not None:
+                    if self._deadlines is None:
+                        self._deadlines = Deadlines()
+                        nursery.start_soon(self._deadlines.run)
+                    self._schedule_reattest()
+                # The frames from the peer are read in this task (the nursery's cancel scope
+                # covers it as it covers the children): one task fewer per idle tunnel.
+                try:
+                    await self._pump_in(nursery)
+                finally:
+                    if self._reattest_due is not None:
+                        self._reattest_due.cancel()
+        finally:
+            # The owner closes the local stream itself: stop watching its socket first.
+            if isinstance(self._local_io, DirectSocketStream):
+                self._local_io.release()
         if self._send_error is not None and self._channel.conn.state in (
             LinkState.OPEN,
             LinkState.ERROR,
@@ -444,13 +486,37 @@ class Tunnel:
                     await self._channel.send(self._send_error)
         return self.outcome
 
+    def _resume_pump_out(self) -> None:
+        """The local socket became readable while ``_pump_out`` had no task: start one."""
+        scope, nursery = self._scope, self._nursery
+        if scope is None or nursery is None or scope.cancel_called:
+            return
+        # A closed nursery means the tunnel is over anyway.
+        with contextlib.suppress(RuntimeError):
+            nursery.start_soon(self._pump_out)
+
     async def _pump_out(self) -> None:
         if self._initial:
             data, self._initial = self._initial, b""
-            await self._send_data(data)
+            if not await self._send_data(data):
+                return
+        local_io = self._local_io
+        direct = local_io if isinstance(local_io, DirectSocketStream) else None
         while True:
             try:
-                data = bytes(await self._local_io.receive_some(self._read_size))
+                if direct is not None:
+                    # An idle direction keeps no task (a parked task with its frames is
+                    # a few KiB, times 10,000 tunnels): when the socket has nothing, the
+                    # poller starts this method again once it has.
+                    chunk = direct.receive_nowait(self._read_size)
+                    if chunk is None:
+                        if direct.call_when_readable(self._resume_pump_out):
+                            return
+                        direct = None  # no poller here: wait in this task
+                        continue
+                    data = chunk
+                else:
+                    data = bytes(await local_io.receive_some(self._read_size))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._local_reset(exc)
                 return
@@ -542,7 +608,9 @@ class Tunnel:
     # ----------------------------------------------------------------- timers
 
     def _note_half_close(self) -> None:
-        self._half_closed.set()
+        self._half_closed = True
+        if self._half_closed_event is not None:
+            self._half_closed_event.set()
         if self._settings.half_close > 0:
             self._start_watchdog()
 
@@ -574,7 +642,7 @@ class Tunnel:
                         LinkReason.IDLE_TIMEOUT,
                     )
                 )
-            if s.half_close > 0 and self._half_closed.is_set():
+            if s.half_close > 0 and self._half_closed:
                 deadlines.append(
                     (
                         self._last_activity + s.half_close,
@@ -589,11 +657,13 @@ class Tunnel:
             if trio.current_time() >= deadline:
                 self._abort(result, why, code=code, tell_peer=True)
                 return
-            if self._half_closed.is_set() or s.half_close <= 0:
+            if self._half_closed or s.half_close <= 0:
                 await trio.sleep_until(deadline)
             else:
+                if self._half_closed_event is None:
+                    self._half_closed_event = trio.Event()
                 with trio.move_on_at(deadline):
-                    await self._half_closed.wait()
+                    await self._half_closed_event.wait()
 
     def request_reattest(self, config: AttestationConfig | None = None) -> None:
         """Re-attest the peer now, optionally under a new configuration (policy reload).

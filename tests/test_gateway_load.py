@@ -464,3 +464,50 @@ async def test_a_64_kib_write_is_one_transport_send_of_four_records() -> None:
     await server.send_all(payload + payload[:100])  # 64 KiB + 100 B: two sends
     assert counting.sends == before + 3
     assert await receive_exactly(client, 65636) == payload + payload[:100]
+
+
+# --------------------------------------------------------------------------- idle tunnels
+
+
+def _task_names() -> list[str]:
+    names: list[str] = []
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        if task is None:
+            continue
+        if task.name != "gateway readiness poller":  # started with the first tunnel
+            names.append(task.name)
+        todo.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return names
+
+
+async def test_an_idle_tunnel_keeps_no_task_reading_its_local_socket(
+    nursery: trio.Nursery,
+) -> None:
+    # Each direction's reader of the local socket exists only while it has bytes to
+    # move; the poller starts it again when more arrive (a parked task is a few KiB,
+    # times 10,000 idle tunnels).
+    backend = await start_backend(nursery)
+    async with gateway_pair(backend.port) as pair:
+        port = pair.port()
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        baseline = len(_task_names())
+        clients = [await trio.open_tcp_stream(LOCALHOST, port) for _ in range(20)]
+        for round_ in range(3):
+            for i, client in enumerate(clients):
+                message = b"round %d tunnel %d " % (round_, i) * (1 + 997 * round_)
+                await client.send_all(message)
+                assert await receive_exactly(client, len(message)) == message
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            names = _task_names()
+            assert not [name for name in names if "_pump_out" in name]
+            # One task per tunnel in each gateway (its connection's, reading the link)
+            # and the backend's echo handler: nothing else waits.
+            assert len(names) - baseline == 3 * len(clients)
+        # Half-close still goes both ways after the readers came and went.
+        for client in clients:
+            await client.send_eof()
+            assert await receive_all_or_reset(client) == b""
+            await client.aclose()
+        await wait_for(lambda: backend.eof_seen == 20)
