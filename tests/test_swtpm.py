@@ -213,7 +213,7 @@ def test_ak_is_restricted_signing_child(vtpm: tuple[Tpm, VtpmIdentity]) -> None:
     ak = ident.ak()
     assert ak.object_attributes & AK_REQUIRED_ATTRIBUTES == AK_REQUIRED_ATTRIBUTES
     assert not ak.object_attributes & ObjectAttributes.DECRYPT
-    assert ak.type is TpmAlgId.RSA
+    assert ak.type is TpmAlgId.ECC  # the default AK: P-256
     assert ak.name() == ident.ak_name
     public = tpm.read_public(ident.ak_handle)
     assert public.name == ident.ak_name
@@ -259,10 +259,11 @@ def test_identity_value_type(vtpm: tuple[Tpm, VtpmIdentity]) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_quote_verifies_with_cryptography(vtpm: tuple[Tpm, VtpmIdentity]) -> None:
-    tpm, ident = vtpm
-    nonce = os.urandom(32)
-    result = quote(tpm, ident, nonce, SELECTION)
+def test_rsa_quote_verifies_with_cryptography() -> None:
+    with Swtpm() as tpm:
+        ident = manufacture_vtpm(tpm, ak_type="rsa")
+        nonce = os.urandom(32)
+        result = quote(tpm, ident, nonce, SELECTION)
     attest = parse_tpm2b_attest(result.attest)
     assert attest.type is TpmSt.ATTEST_QUOTE
     assert attest.extra_data == nonce

@@ -126,6 +126,13 @@ def svsm_evidence(svsm_vm: SimulatedSvsm) -> VtpmEvidence:
 
 
 @pytest.fixture(scope="module")
+def rsa_evidence(sp: SimulatedAmdSp) -> Iterator[VtpmEvidence]:
+    """Evidence from a VM whose AK is RSA-2048 (the default AK is P-256)."""
+    with SimulatedSvsm(sp, measurement=MEASUREMENT, ak_type="rsa") as vm:
+        yield vm.collect_evidence(binder=BINDER, nonce=NONCE)
+
+
+@pytest.fixture(scope="module")
 def paper_evidence(paper_vm: SimulatedSvsm) -> VtpmEvidence:
     return paper_vm.collect_evidence(binder=BINDER)
 
@@ -553,10 +560,39 @@ def test_pcr_selection_mismatch(svsm_evidence: VtpmEvidence) -> None:
     ],
 )
 def test_scheme_downgrade(
+    rsa_evidence: VtpmEvidence, sig_alg: TpmAlgId, hash_alg: TpmAlgId, claim: str
+) -> None:
+    sig = parse_tpmt_signature(rsa_evidence.quote_signature)
+    assert sig.sig_alg is TpmAlgId.RSASSA
+    forged_sig = TpmtSignature(sig_alg=sig_alg, hash=hash_alg, sig=sig.sig).to_bytes()
+    forged = dataclasses.replace(rsa_evidence, quote_signature=forged_sig)
+    with pytest.raises(SignatureMismatch) as info:
+        verify(forged, policy=make_policy(allow_unproven_ak=True))
+    assert info.value.claim == claim
+
+
+@pytest.mark.swtpm
+@needs_swtpm
+@pytest.mark.parametrize(
+    ("sig_alg", "hash_alg", "claim"),
+    [
+        (TpmAlgId.RSASSA, TpmAlgId.SHA256, "tpm.quote.signature.sig_alg"),
+        (TpmAlgId.ECDSA, TpmAlgId.SHA1, "tpm.quote.signature.hash"),
+        (TpmAlgId.ECDSA, TpmAlgId.SHA384, "tpm.quote.signature.hash"),
+    ],
+)
+def test_ecdsa_scheme_downgrade(
     svsm_evidence: VtpmEvidence, sig_alg: TpmAlgId, hash_alg: TpmAlgId, claim: str
 ) -> None:
     sig = parse_tpmt_signature(svsm_evidence.quote_signature)
-    forged_sig = TpmtSignature(sig_alg=sig_alg, hash=hash_alg, sig=sig.sig).to_bytes()
+    assert sig.sig_alg is TpmAlgId.ECDSA  # the default AK
+    forged_sig = TpmtSignature(
+        sig_alg=sig_alg,
+        hash=hash_alg,
+        sig=sig.signature_r + sig.signature_s if sig_alg is TpmAlgId.RSASSA else b"",
+        signature_r=b"" if sig_alg is TpmAlgId.RSASSA else sig.signature_r,
+        signature_s=b"" if sig_alg is TpmAlgId.RSASSA else sig.signature_s,
+    ).to_bytes()
     forged = dataclasses.replace(svsm_evidence, quote_signature=forged_sig)
     with pytest.raises(SignatureMismatch) as info:
         verify(forged, policy=make_policy(allow_unproven_ak=True))

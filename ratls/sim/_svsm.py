@@ -120,7 +120,8 @@ class SimulatedSvsm:
         profile: ``svsm`` or ``svsm-paper``.
         measurement: the launch digest to report (the simulator's default otherwise).
         report_version: SNP report version (2, 3 or 5).
-        ak_type: ``"rsa"`` or ``"ecc"``.
+        ak_type: ``"ecc"`` (P-256, the default: a quote costs swtpm about 0.4 ms against
+            1.9 ms with RSA-2048) or ``"rsa"``.
 
     Raises:
         ValueError: for the azure profile (not simulated here) or a bad argument.
@@ -133,7 +134,7 @@ class SimulatedSvsm:
         profile: VtpmProfile = VtpmProfile.SVSM,
         measurement: bytes | None = None,
         report_version: int = 3,
-        ak_type: str = "rsa",
+        ak_type: str = "ecc",
     ) -> None:
         if profile is VtpmProfile.AZURE:
             raise ValueError("the azure profile is verified, not simulated, here")
