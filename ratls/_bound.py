@@ -76,7 +76,8 @@ from ._vtpm_evidence import (
     begin_activation,
     finish_activation,
     parse_vtpm_evidence,
-    verify_vtpm_attestation,
+    to_attestation_result,
+    verify_vtpm_evidence_steps,
 )
 
 if TYPE_CHECKING:
@@ -945,7 +946,7 @@ class BoundVerifier:
                 fresh_proof = True
             elif bundle.profile is not VtpmProfile.AZURE:
                 proof = self._remembered_proof(bundle)
-            result = verify_vtpm_attestation(
+            verified = yield from verify_vtpm_evidence_steps(
                 bundle,
                 policy=self._policy,
                 at=at,
@@ -955,6 +956,7 @@ class BoundVerifier:
                 trust_simulator=self._trust_simulator,
                 product=self._product,
             )
+            result = to_attestation_result(verified)
         if not result.appraised:  # pragma: no cover - a policy is always passed above
             raise PolicyViolation("policy", expected="appraised evidence", actual="not appraised")
         if fresh_proof and proof is not None:

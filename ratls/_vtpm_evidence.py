@@ -75,7 +75,8 @@ from ._errors import (
 from ._nopublic import NoPublicConstructor
 from ._result import AttestationResult
 from ._snp_report import SNP_REPORT_SIZE
-from ._snp_verify import SnpEndorsements, appraise_snp_report, verify_snp_report
+from ._snp_verify import SnpEndorsements, appraise_snp_report, verify_snp_report_steps
+from ._steps import run_inline
 from ._tpm_credential import Credential, make_credential, verify_activated_secret
 from ._tpm_quote import (
     DEFAULT_QUOTE_HASHES,
@@ -101,6 +102,7 @@ if TYPE_CHECKING:
     from ._policy import Policy
     from ._snp_report import ProductLine
     from ._snp_verify import VerifiedSnpReport
+    from ._steps import Steps
     from ._tpm_quote import QuoteSequenceChecker
 
 __all__ = [
@@ -120,6 +122,7 @@ __all__ = [
     "to_attestation_result",
     "verify_vtpm_attestation",
     "verify_vtpm_evidence",
+    "verify_vtpm_evidence_steps",
 ]
 
 #: Version of the CBOR bundle layout (key 0).
@@ -800,6 +803,40 @@ def verify_vtpm_evidence(
         PolicyViolation: VMPL is not 0, an unproven AK, or a claim the policy refuses.
         EvidenceVerificationError: any other failed check (e.g. EK attributes).
     """
+    return run_inline(
+        verify_vtpm_evidence_steps(
+            evidence,
+            policy=policy,
+            at=at,
+            expected_binder=expected_binder,
+            expected_nonce=expected_nonce,
+            activation=activation,
+            trust_simulator=trust_simulator,
+            product=product,
+            sequence=sequence,
+            allowed_hashes=allowed_hashes,
+        )
+    )
+
+
+def verify_vtpm_evidence_steps(
+    evidence: VtpmEvidence,
+    *,
+    policy: Policy | None,
+    at: datetime,
+    expected_binder: bytes,
+    expected_nonce: bytes | None = None,
+    activation: ActivationChallenge | ActivationProof | None = None,
+    trust_simulator: bool = False,
+    product: ProductLine | None = None,
+    sequence: QuoteSequenceChecker | None = None,
+    allowed_hashes: Collection[TpmAlgId] = DEFAULT_QUOTE_HASHES,
+) -> Steps[VerifiedVtpmEvidence]:
+    """:func:`verify_vtpm_evidence` as :mod:`ratls._steps`: the SNP report signature is yielded.
+
+    The same checks in the same order, so a stream can make the report's ECDSA P-384
+    check on a worker thread while its event loop serves other connections.
+    """
     profile = evidence.profile
     hcl: HclReport | None = None
     if evidence.hcl_report is not None:
@@ -813,7 +850,9 @@ def verify_vtpm_evidence(
     endorsements = _endorsements(evidence)
     simulator_ok = trust_simulator or (policy is not None and policy.trust.simulated_hardware)
     anchors = trust_anchors(trust_simulator=simulator_ok, presented_root=endorsements.root)
-    snp = verify_snp_report(raw_report, endorsements, anchors=anchors, at=at, product=product)
+    snp = yield from verify_snp_report_steps(
+        raw_report, endorsements, anchors=anchors, at=at, product=product
+    )
     if snp.report.vmpl != 0:
         raise PolicyViolation(
             "snp.vmpl",

@@ -545,6 +545,50 @@ def test_vtpm_accepted_when_policy_allows_unproven(vtpm_attester: SimulatedVtpmA
 
 
 @needs_swtpm
+def test_vtpm_verification_yields_only_the_report_signature(
+    vtpm_attester: SimulatedVtpmAttester,
+) -> None:
+    # As for bare SNP evidence, the one call a stream may make on a worker thread is the
+    # SNP report's ECDSA P-384 check; a forged report signature still fails there.
+    binder = os.urandom(64)
+    evidence = vtpm_attester.evidence(binder)
+    steps = BoundVerifier(unproven_ok()).verify_steps(evidence, binder)
+    calls = 0
+    try:
+        call = next(steps)
+        while True:
+            calls += 1
+            call = steps.send(call())
+    except StopIteration as stop:
+        result = stop.value
+    assert calls == 1
+    assert isinstance(result, AttestationResult)
+    inline = verify(evidence, binder, unproven_ok())
+    assert result.profile == inline.profile == "svsm"
+    assert result.snp is not None
+    assert inline.snp is not None
+    assert result.snp.report == inline.snp.report
+    assert result.ak_binding == inline.ak_binding
+
+
+@needs_swtpm
+def test_vtpm_report_with_a_forged_signature_refused(
+    vtpm_attester: SimulatedVtpmAttester,
+) -> None:
+    from ratls._vtpm_evidence import parse_vtpm_evidence
+
+    binder = os.urandom(64)
+    bundle = parse_vtpm_evidence(vtpm_attester.evidence(binder))
+    assert bundle.snp_report is not None
+    report = bytearray(bundle.snp_report)
+    report[0x2A0] ^= 1  # a bit of the signature's R
+    forged = dataclasses.replace(bundle, snp_report=bytes(report)).to_bytes()
+    with pytest.raises(SignatureMismatch) as info:
+        verify(forged, binder, unproven_ok())
+    assert info.value.claim == "snp.signature"
+
+
+@needs_swtpm
 def test_vtpm_other_binder_refused(vtpm_attester: SimulatedVtpmAttester) -> None:
     data = vtpm_attester.evidence(os.urandom(64))
     with pytest.raises(NonceMismatch):
