@@ -12,7 +12,7 @@ import shutil
 import signal
 import struct
 import subprocess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import trio
@@ -27,6 +27,7 @@ from ratls._tpm_credential import make_credential, parse_tpm2_tools_credential
 from ratls._tpm_device import (
     EK_PERSISTENT_HANDLE,
     NV_INDEX_RSA2048_EK_CERT,
+    Attestation,
     Tpm,
     TpmaNv,
     TpmCommandError,
@@ -45,6 +46,7 @@ from ratls._tpm_structs import (
     parse_tpmt_public,
     parse_tpmt_signature,
 )
+from ratls.attesters._svsm_vtpm import QUOTE_ATTEMPTS, quote_and_pcrs
 from ratls.sim._swtpm import (
     Swtpm,
     VtpmIdentity,
@@ -56,7 +58,7 @@ from ratls.sim._swtpm import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 pytestmark = [
@@ -414,3 +416,108 @@ def test_store_report_in_nv(vtpm: tuple[Tpm, VtpmIdentity]) -> None:
     replacement = os.urandom(1184)
     store_report_in_nv(tpm, replacement)  # redefines the index
     assert tpm.nv_read(NV_INDEX_RSA2048_EK_CERT) == replacement
+
+
+# --------------------------------------------------------------------------------------
+# Quotes with their PCR values (attesters' quote_and_pcrs)
+# --------------------------------------------------------------------------------------
+
+
+class _CountingTpm:
+    """A real swtpm Tpm whose quote and PCR_Read calls are counted; ``after_quote`` and
+    ``after_read`` run after each (to extend a PCR, as IMA would at any moment)."""
+
+    def __init__(self, tpm: Tpm) -> None:
+        self.tpm = tpm
+        self.quotes = 0
+        self.reads = 0
+        self.after_quote: Callable[[], None] = lambda: None
+        self.after_read: Callable[[], None] = lambda: None
+
+    def quote(self, *args: Any, **kwargs: Any) -> Any:
+        self.quotes += 1
+        result = self.tpm.quote(*args, **kwargs)
+        self.after_quote()
+        return result
+
+    def pcr_read(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads += 1
+        result = self.tpm.pcr_read(*args, **kwargs)
+        self.after_read()
+        return result
+
+
+def _verifies(ident: VtpmIdentity, attestation: Attestation, values: Any, nonce: bytes) -> None:
+    verify_quote(
+        attest=attestation.attest[2:],
+        signature=attestation.signature,
+        ak_public=ident.ak(),
+        expected_extra_data=nonce,
+        pcr_values=values,
+    )
+
+
+def test_known_pcr_values_spare_the_read_only_while_current(
+    vtpm: tuple[Tpm, VtpmIdentity],
+) -> None:
+    tpm, ident = vtpm
+    counting = _CountingTpm(tpm)
+    as_tpm = cast("Tpm", counting)
+    nonce = os.urandom(32)
+    first, values = quote_and_pcrs(as_tpm, ident, nonce, SELECTION)
+    assert (counting.quotes, counting.reads) == (1, 1)
+    _verifies(ident, first, values, nonce)
+
+    second, again = quote_and_pcrs(as_tpm, ident, nonce, SELECTION, known=values)
+    assert (counting.quotes, counting.reads) == (2, 1)  # the digest showed them current
+    _verifies(ident, second, again, nonce)
+
+    tpm.pcr_extend(7, {SHA256: hashlib.sha256(b"a new measurement").digest()})
+    third, fresh = quote_and_pcrs(as_tpm, ident, nonce, SELECTION, known=values)
+    assert (counting.quotes, counting.reads) == (3, 2)  # stale: read once more
+    assert fresh[SHA256][7] != values[SHA256][7]
+    _verifies(ident, third, fresh, nonce)
+
+    # Values for another selection are never taken for these.
+    other = {SHA256: {0: values[SHA256][0]}}
+    fourth, read = quote_and_pcrs(as_tpm, ident, nonce, SELECTION, known=other)
+    assert counting.reads == 3
+    _verifies(ident, fourth, read, nonce)
+
+
+def test_pcrs_changing_after_the_quote_mean_another_quote(
+    vtpm: tuple[Tpm, VtpmIdentity],
+) -> None:
+    tpm, ident = vtpm
+    counting = _CountingTpm(tpm)
+    extensions = iter([b"between the first quote and its reading"])
+
+    def measure_once() -> None:
+        for data in extensions:
+            tpm.pcr_extend(23, {SHA256: hashlib.sha256(data).digest()})
+            return
+
+    counting.after_quote = measure_once
+    nonce = os.urandom(32)
+    attestation, values = quote_and_pcrs(cast("Tpm", counting), ident, nonce, SELECTION)
+    assert counting.quotes == 2
+    _verifies(ident, attestation, values, nonce)
+
+    # Measured after every quote: the values read after one quote are the next one's.
+    counting = _CountingTpm(tpm)
+    counting.after_quote = lambda: tpm.pcr_extend(23, {SHA256: os.urandom(32)})
+    attestation, values = quote_and_pcrs(cast("Tpm", counting), ident, nonce, SELECTION)
+    assert (counting.quotes, counting.reads) == (2, 1)
+    _verifies(ident, attestation, values, nonce)
+
+
+def test_pcrs_that_never_hold_still_are_an_attester_error(
+    vtpm: tuple[Tpm, VtpmIdentity],
+) -> None:
+    tpm, ident = vtpm
+    counting = _CountingTpm(tpm)
+    counting.after_quote = lambda: tpm.pcr_extend(23, {SHA256: os.urandom(32)})
+    counting.after_read = counting.after_quote
+    with pytest.raises(AttesterError, match="changed between each of 3 quotes"):
+        quote_and_pcrs(cast("Tpm", counting), ident, os.urandom(32), SELECTION)
+    assert counting.quotes == QUOTE_ATTEMPTS

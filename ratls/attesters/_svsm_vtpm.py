@@ -14,12 +14,14 @@ Everything here blocks (TPM commands, configfs); from trio, use
 
 from __future__ import annotations
 
+import hmac
 import os
 from typing import TYPE_CHECKING, Final, Protocol, final
 
-from .._errors import AttesterError
+from .._errors import AttesterError, RatlsError
 from .._tpm_device import EK_PERSISTENT_HANDLE, NV_INDEX_RSA2048_EK_CERT, DeviceTransport, Tpm
-from .._tpm_structs import TpmAlgId
+from .._tpm_quote import compute_pcr_digest
+from .._tpm_structs import TpmAlgId, TpmsQuoteInfo, parse_tpm2b_attest, parse_tpmt_signature
 from .._vtpm_evidence import VtpmEvidence, VtpmProfile
 from .._vtpm_keys import VtpmIdentity, activate_credential, manufacture_vtpm
 from ._snp_guest import SVSM_VTPM_SERVICE_GUID, SnpGuestAttester, SvsmServiceRequest
@@ -30,7 +32,13 @@ if TYPE_CHECKING:
     from .._tpm_credential import Credential
     from .._tpm_device import Attestation
 
-__all__ = ["DEFAULT_PCR_SELECTION", "GuestVtpmAttester", "VtpmAttester", "quote_and_pcrs"]
+__all__ = [
+    "DEFAULT_PCR_SELECTION",
+    "QUOTE_ATTEMPTS",
+    "GuestVtpmAttester",
+    "VtpmAttester",
+    "quote_and_pcrs",
+]
 
 #: PCRs quoted unless the caller chooses: the SHA-256 bank, PCRs 0-7 (firmware, boot
 #: loader and Secure Boot state, where an SVSM guest's boot is measured).
@@ -59,17 +67,59 @@ class VtpmAttester(Protocol):
         ...
 
 
+#: Quotes made before giving up when the PCRs change between a quote and their reading.
+QUOTE_ATTEMPTS: Final = 3
+
+#: PCR values as :meth:`~ratls._tpm_device.Tpm.pcr_read` returns them.
+PcrValues = dict[TpmAlgId, dict[int, bytes]]
+
+
+def _matches(attestation: Attestation, values: PcrValues) -> bool:
+    """Whether ``values`` are the PCR values ``attestation`` (a quote) digested."""
+    try:
+        info = parse_tpm2b_attest(attestation.attest).attested
+        if not isinstance(info, TpmsQuoteInfo):
+            return False
+        hash_alg = parse_tpmt_signature(attestation.signature).hash
+        digest, _ = compute_pcr_digest(info.pcr_select, values, hash_alg)
+    except RatlsError:
+        return False
+    return hmac.compare_digest(digest, info.pcr_digest)
+
+
 def quote_and_pcrs(
     tpm: Tpm,
     identity: VtpmIdentity,
     binder: bytes,
     selection: Mapping[TpmAlgId, Iterable[int]],
-) -> tuple[Attestation, dict[TpmAlgId, dict[int, bytes]]]:
-    """Quote, then read the quoted PCRs (nothing extends them in between in this process)."""
+    *,
+    known: PcrValues | None = None,
+) -> tuple[Attestation, PcrValues]:
+    """Quote, and the values of the PCRs the quote covers, checked against its pcrDigest.
+
+    PCRs are read after the quote, so whoever extends them meanwhile (IMA on a real guest)
+    would make the values disagree with the quote and the verifier refuse the bundle.
+    When they disagree, quote again (:data:`QUOTE_ATTEMPTS` quotes in all), trying the
+    values just read first: what was measured after one quote usually still holds for the
+    next.  ``known`` values (from an earlier call) spare the PCR_Read when the quote's
+    digest shows they are still current; stale ones cost nothing but that read.
+
+    Raises:
+        AttesterError: the PCRs changed between every quote and its reading, or on
+            transport errors.
+        TpmCommandError: the TPM refused.
+    """
     chosen = {TpmAlgId(bank): tuple(sorted(set(pcrs))) for bank, pcrs in selection.items()}
-    attestation = tpm.quote(identity.ak_handle, binder, chosen)
-    values = tpm.pcr_read(chosen)
-    return attestation, values
+    for _ in range(QUOTE_ATTEMPTS):
+        attestation = tpm.quote(identity.ak_handle, binder, chosen)
+        if known is not None and _matches(attestation, known):
+            return attestation, known
+        known = tpm.pcr_read(chosen)
+        if _matches(attestation, known):
+            return attestation, known
+    raise AttesterError(
+        f"the quoted PCRs changed between each of {QUOTE_ATTEMPTS} quotes and their reading"
+    )
 
 
 @final
@@ -112,6 +162,9 @@ class GuestVtpmAttester:
         self._certs = certs
         self._endorsement_auth = endorsement_auth
         self._identity: VtpmIdentity | None = None
+        # The PCR values of the last quote: usually still current, which the next
+        # quote's digest shows, so its PCR_Read can be skipped.
+        self._known_pcrs: PcrValues | None = None
 
     def __repr__(self) -> str:
         return f"GuestVtpmAttester(profile={self._profile.value}, tpm={self._tpm!r})"
@@ -173,7 +226,10 @@ class GuestVtpmAttester:
                 this TPM's EK.
         """
         tpm, identity = self._ready()
-        attestation, values = quote_and_pcrs(tpm, identity, binder, selection)
+        attestation, values = quote_and_pcrs(
+            tpm, identity, binder, selection, known=self._known_pcrs
+        )
+        self._known_pcrs = values
         common: dict[str, object] = {
             "ak_public": identity.ak_public,
             "quote_attest": attestation.attest[2:],

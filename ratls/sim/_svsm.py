@@ -146,6 +146,8 @@ class SimulatedSvsm:
         self._swtpm: Swtpm | None = None
         self._tpm: Tpm | None = None
         self._identity: VtpmIdentity | None = None
+        # The last quote's PCR values (checked against each new quote before reuse).
+        self._known_pcrs: dict[TpmAlgId, dict[int, bytes]] | None = None
 
     def __repr__(self) -> str:
         state = "running" if self._tpm is not None else "off"
@@ -316,7 +318,11 @@ class SimulatedSvsm:
             TpmCommandError: the TPM refused (e.g. a binder longer than 64 bytes).
             AttesterError: the VM is not running, or on transport errors.
         """
-        return quote_and_pcrs(self.tpm, self.identity, binder, selection)
+        attestation, values = quote_and_pcrs(
+            self.tpm, self.identity, binder, selection, known=self._known_pcrs
+        )
+        self._known_pcrs = values
+        return attestation, values
 
     def extend_pcr(self, index: int, data: bytes, bank: TpmAlgId = TpmAlgId.SHA256) -> None:
         """Measure ``data`` into a PCR (extend it with H(data)), as boot software does.
