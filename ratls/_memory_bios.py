@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from OpenSSL import SSL
 
-__all__ = ["bios_renewable", "renew_idle_bios"]
+__all__ = ["bios_renewable", "renew_idle_bios", "write_whole_chunks"]
 
 try:  # pyOpenSSL's cffi binding of libssl/libcrypto (private, hence the checks below)
     from OpenSSL._util import ffi as _ffi
@@ -71,4 +71,23 @@ def renew_idle_bios(conn: SSL.Connection) -> bool:
     _lib.SSL_set_bio(conn_any._ssl, incoming, outgoing)
     conn_any._into_ssl = incoming
     conn_any._from_ssl = outgoing
+    return True
+
+
+def write_whole_chunks(conn: SSL.Connection) -> bool:
+    """Let one ``send`` encrypt every record of its buffer, not only the first.
+
+    pyOpenSSL sets ``SSL_MODE_ENABLE_PARTIAL_WRITE`` on every context, so each
+    ``SSL_write`` stops after one 16 KiB record and a 64 KiB chunk costs four calls,
+    each with pyOpenSSL's argument and error handling.  Into a memory BIO a write never
+    blocks, so without partial writes one call encrypts the whole chunk (a WANT_READ
+    still needs the same call repeated with the same bytes, as before).
+
+    Returns:
+        False when this pyOpenSSL's binding cannot clear the mode (nothing changed).
+    """
+    ssl = getattr(conn, "_ssl", None)
+    if _lib is None or ssl is None or not hasattr(_lib, "SSL_clear_mode"):
+        return False
+    _lib.SSL_clear_mode(ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
     return True

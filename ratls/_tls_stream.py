@@ -50,7 +50,7 @@ from ._exchange import (
     local_response_event,
     peer_activation_challenge,
 )
-from ._memory_bios import renew_idle_bios
+from ._memory_bios import renew_idle_bios, write_whole_chunks
 from ._offload import StartedSteps, drive
 from ._steps import run_inline
 from ._sync import LightLock
@@ -355,6 +355,7 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
         with contextlib.suppress(ValueError):
             ssl_context.set_mode(SSL.MODE_RELEASE_BUFFERS)
         self._conn = SSL.Connection(ssl_context, None)
+        write_whole_chunks(self._conn)
         self._cert_errors = PeerCertificateErrors()
         self._conn.set_app_data(self._cert_errors)
         if server_side:
@@ -620,10 +621,11 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             self._conn.shutdown()
 
     def _write(self, view: memoryview) -> int:
-        # pyOpenSSL contexts set SSL_MODE_ENABLE_PARTIAL_WRITE, so one SSL_write
-        # encrypts at most one record.  Writing the whole chunk here, before _retry
-        # drains the outgoing BIO, sends up to four records with one transport send
-        # instead of one send per record.  Only the first SSL_write may raise
+        # The whole chunk is encrypted here, before _retry drains the outgoing BIO, so
+        # up to four records leave with one transport send.  With partial writes off
+        # (write_whole_chunks) one SSL_write takes the whole chunk; where pyOpenSSL's
+        # SSL_MODE_ENABLE_PARTIAL_WRITE could not be cleared, each call encrypts one
+        # record and the loop makes the rest.  Only the first SSL_write may raise
         # WantReadError (then _retry repeats this call with the same data); a later one
         # ends the loop early and the caller retries from where it stopped, with the
         # same bytes in front (OpenSSL accepts a longer buffer on a retry).

@@ -1,4 +1,4 @@
-"""Tests for renewing an idle connection's memory BIOs (ratls._memory_bios)."""
+"""Tests for the pyOpenSSL binding helpers (ratls._memory_bios): idle BIOs, whole writes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
-from ratls._memory_bios import bios_renewable, renew_idle_bios
+from ratls._memory_bios import bios_renewable, renew_idle_bios, write_whole_chunks
 from ratls._tls_context import (
     generate_ephemeral_identity,
     make_client_context,
@@ -165,3 +165,31 @@ async def test_stream_renews_after_handshake_and_attestation() -> None:
     assert await server.receive_some() == b"after renewal"
     await server.send_all(b"and back")
     assert await client.receive_some() == b"and back"
+
+
+def test_one_send_encrypts_a_whole_chunk_once_partial_writes_are_off() -> None:
+    client, server = _connected_pair()
+    payload = bytes(range(256)) * 256  # 64 KiB: four records
+    assert client.send(payload) == 16384  # pyOpenSSL's default: one record per call
+    assert write_whole_chunks(client)
+    assert client.send(payload[16384:]) == len(payload) - 16384
+    _move(client, server)
+    assert _receive_all(server) == payload
+
+
+async def test_stream_sends_whole_chunks() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    client = AttestedTLSStream(left, _CLIENT_CONTEXT, server_side=False)
+    server = AttestedTLSStream(right, _SERVER_CONTEXT, server_side=True)
+    payload = bytes(range(256)) * 1024
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(payload):
+            received.extend(await server.receive_some())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all)
+        await client.send_all(payload)
+    assert bytes(received) == payload
+    assert client._conn.send(payload[:65536]) == 65536
