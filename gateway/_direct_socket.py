@@ -73,7 +73,9 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
 
     def _watched(self, poller: ReadinessPoller) -> SocketWatch:
         watch = self._watch
-        if watch is None:
+        if watch is None or watch.poller is not poller:  # first wait, or another trio run
+            if watch is not None:
+                watch.poller.forget(watch)
             fd = self._socket.fileno()
             if fd == -1:
                 raise trio.ClosedResourceError("waiting on a closed socket")
@@ -114,9 +116,7 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         """
         watch, self._watch = self._watch, None
         if watch is not None:
-            poller = current_poller()
-            if poller is not None:
-                poller.forget(watch)
+            watch.poller.forget(watch)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Bytes the kernel has (at most ``max_bytes``), waiting only if it has none.

@@ -60,12 +60,14 @@ class SocketWatch:
         "closed",
         "fd",
         "on_readable",
+        "poller",
         "reader",
         "writer",
     )
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, poller: ReadinessPoller) -> None:
         self.fd = fd
+        self.poller = poller
         self.reader: trio.lowlevel.Task | None = None
         self.writer: trio.lowlevel.Task | None = None
         self.on_readable: Callable[[], None] | None = None
@@ -132,7 +134,7 @@ class ReadinessPoller:
             # The descriptor was closed without forget() and its number reused: whoever
             # still waits on the old socket learns that it is closed.
             self.forget(stale)
-        watch = SocketWatch(fd)
+        watch = SocketWatch(fd, self)
         try:
             self._epoll.register(fd, _WATCHED)
         except FileExistsError:

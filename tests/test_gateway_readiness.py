@@ -172,3 +172,30 @@ async def test_one_poller_per_run() -> None:
     first = current_poller()
     assert first is not None
     assert current_poller() is first
+
+
+def test_a_stream_outliving_its_trio_run_waits_in_the_next_one() -> None:
+    # Each run has its own poller; a watch from an earlier run is dropped, not used.
+    ours, theirs = socket.socketpair()
+    direct = DirectSocketStream(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+
+    async def one_round(message: bytes) -> bytes:
+        with trio.fail_after(5):
+            return await read_one(message)
+
+    async def read_one(message: bytes) -> bytes:
+        async with trio.open_nursery() as nursery:
+            got: list[bytes] = []
+
+            async def read() -> None:
+                got.append(await direct.receive_some(100))
+
+            nursery.start_soon(read)  # nothing there yet: it parks with this run's poller
+            await trio.testing.wait_all_tasks_blocked()
+            theirs.sendall(message)
+        return got[0]
+
+    assert trio.run(one_round, b"first run") == b"first run"
+    assert trio.run(one_round, b"second run") == b"second run"
+    ours.close()  # outside a run: the plain socket (trio's close needs a run)
+    theirs.close()
