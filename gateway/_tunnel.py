@@ -7,7 +7,10 @@ while one runs and, once it has a deadline to watch, the watchdog as child tasks
 
 * ``_pump_out`` reads the local stream (at most ``buffer_size`` bytes at a time) and
   sends DATA frames; on local EOF it sends EOF.  Backpressure is natural: it does not
-  read again until the frame is written into the TLS stream.
+  read again until the frame is written into the TLS stream.  On a plain socket it runs
+  only while there are bytes: finding none, it leaves a callback with the gateway's
+  readiness poller and ends, and the poller starts it again when bytes arrive (an idle
+  tunnel then keeps one task, not two).
 * ``_pump_in`` reads frames.  DATA is written to the local stream before the next frame
   is read (so a slow local reader throttles the peer through TLS and TCP windows); EOF
   becomes ``send_eof()`` on the local stream (TCP half-close); ERROR aborts the tunnel;
