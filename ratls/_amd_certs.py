@@ -54,7 +54,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from ._errors import CertificateChainError, EvidenceFormatError, SignatureMismatch
 from ._nopublic import NoPublicConstructor
-from ._snp_report import ProductLine, TcbLayout
+from ._snp_report import SNP_SIGNED_SIZE, ProductLine, TcbLayout
 from ._steps import offload, run_inline
 
 if TYPE_CHECKING:
@@ -1259,7 +1259,9 @@ def verify_report_signature(report: SnpReport, public_key: ec.EllipticCurvePubli
     run_inline(report_signature_steps(report, public_key))
 
 
-def report_signature_steps(report: SnpReport, public_key: ec.EllipticCurvePublicKey) -> Steps[None]:
+def report_signature_steps(
+    report: SnpReport, public_key: ec.EllipticCurvePublicKey, *, raw: bytes | None = None
+) -> Steps[None]:
     """Verify an SNP report's signature: ECDSA P-384 with SHA-384 over bytes 0x000-0x29F.
 
     The ECDSA verification is yielded (:mod:`ratls._steps`), so a driver may make it on
@@ -1269,6 +1271,8 @@ def report_signature_steps(report: SnpReport, public_key: ec.EllipticCurvePublic
         report: the parsed report (its R and S are little-endian on the wire; the parser
             has already turned them into integers).
         public_key: the VCEK/VLEK public key from :class:`VerifiedAmdChain`.
+        raw: the received report that ``report`` was parsed from, if at hand: its signed
+            bytes are then checked as they arrived, without encoding the report again.
 
     Raises:
         SignatureMismatch: the key is not P-384 or the signature does not verify (with
@@ -1281,9 +1285,8 @@ def report_signature_steps(report: SnpReport, public_key: ec.EllipticCurvePublic
             "snp.signature", expected="an ECDSA P-384 key", actual=type(public_key).__name__
         )
     signature = encode_dss_signature(report.signature_r, report.signature_s)
-    check = functools.partial(
-        public_key.verify, signature, report.signed_bytes(), ec.ECDSA(hashes.SHA384())
-    )
+    signed = raw[:SNP_SIGNED_SIZE] if raw is not None else report.signed_bytes()
+    check = functools.partial(public_key.verify, signature, signed, ec.ECDSA(hashes.SHA384()))
     try:
         yield from offload(check)
     except InvalidSignature as exc:

@@ -237,7 +237,7 @@ def verify_snp_report_steps(
 
     key_kind = _key_kind(parsed.signer_info.signing_key)
     chain = _verified_chain(endorsements, report_product, key_kind, anchors, at)
-    yield from report_signature_steps(parsed, chain.leaf_public_key)
+    yield from report_signature_steps(parsed, chain.leaf_public_key, raw=raw)
     _check_tcb_matches_key(parsed.reported_tcb, chain, report_product)
     _check_chip_id(parsed, chain)
     return VerifiedSnpReport._create(report=parsed, chain=chain, product=report_product)

@@ -43,6 +43,7 @@ from ratls._amd_certs import (
     parse_der_ia5string,
     parse_der_integer,
     parse_der_octet_string,
+    report_signature_steps,
     spki_sha256,
     verify_amd_ca_chain,
     verify_amd_chain,
@@ -55,6 +56,7 @@ from ratls._errors import (
     SignatureMismatch,
 )
 from ratls._snp_report import ProductLine, TcbLayout, TcbVersion
+from ratls._steps import run_inline
 from ratls.sim import simulated_amd_sp
 
 if TYPE_CHECKING:
@@ -831,6 +833,20 @@ def test_report_signature_verifies_and_tampering_is_caught() -> None:
     with pytest.raises(SignatureMismatch) as info:
         verify_report_signature(tampered, sp.leaf_public_key)
     assert isinstance(info.value.__cause__, InvalidSignature)
+    assert info.value.claim == "snp.signature"
+
+
+def test_report_signature_is_checked_over_the_bytes_received() -> None:
+    # Given the raw report, the check covers its bytes as they arrived, not a new
+    # encoding of the parsed fields.
+    sp = simulated_amd_sp(ProductLine.MILAN)
+    report = sp.build_report(report_data=b"\x01" * 64)
+    raw = report.to_bytes()
+    run_inline(report_signature_steps(report, sp.leaf_public_key, raw=raw))
+    altered = bytearray(raw)
+    altered[0x50] ^= 1  # inside REPORT_DATA, which the signature covers
+    with pytest.raises(SignatureMismatch) as info:
+        run_inline(report_signature_steps(report, sp.leaf_public_key, raw=bytes(altered)))
     assert info.value.claim == "snp.signature"
 
 
