@@ -447,6 +447,11 @@ class _CountingTpm:
         return result
 
 
+def _measure_into_pcr23(tpm: Tpm) -> Callable[[], None]:
+    """Extend PCR 23 with a new random digest at each call (as IMA measures files)."""
+    return lambda: tpm.pcr_extend(23, {SHA256: os.urandom(32)})
+
+
 def _verifies(ident: VtpmIdentity, attestation: Attestation, values: Any, nonce: bytes) -> None:
     verify_quote(
         attest=attestation.attest[2:],
@@ -505,7 +510,7 @@ def test_pcrs_changing_after_the_quote_mean_another_quote(
 
     # Measured after every quote: the values read after one quote are the next one's.
     counting = _CountingTpm(tpm)
-    counting.after_quote = lambda: tpm.pcr_extend(23, {SHA256: os.urandom(32)})
+    counting.after_quote = _measure_into_pcr23(tpm)
     attestation, values = quote_and_pcrs(cast("Tpm", counting), ident, nonce, SELECTION)
     assert (counting.quotes, counting.reads) == (2, 1)
     _verifies(ident, attestation, values, nonce)
@@ -516,8 +521,7 @@ def test_pcrs_that_never_hold_still_are_an_attester_error(
 ) -> None:
     tpm, ident = vtpm
     counting = _CountingTpm(tpm)
-    counting.after_quote = lambda: tpm.pcr_extend(23, {SHA256: os.urandom(32)})
-    counting.after_read = counting.after_quote
+    counting.after_quote = counting.after_read = _measure_into_pcr23(tpm)
     with pytest.raises(AttesterError, match="changed between each of 3 quotes"):
         quote_and_pcrs(cast("Tpm", counting), ident, os.urandom(32), SELECTION)
     assert counting.quotes == QUOTE_ATTEMPTS
