@@ -45,6 +45,7 @@ __all__ = [
     "ProcessSettings",
     "Socks5Rule",
     "SocksUser",
+    "TcpSettings",
     "Timeouts",
     "TlsSettings",
     "load_config",
@@ -361,6 +362,43 @@ class TlsSettings:
     groups: tuple[str, ...] | None = None
 
 
+#: TCP keepalive: the first probe after a minute without a packet, then one every 10 s;
+#: a peer that answers none of 6 probes is taken for gone (about two minutes in all).
+DEFAULT_KEEPALIVE_IDLE: Final = 60
+DEFAULT_KEEPALIVE_INTERVAL: Final = 10
+DEFAULT_KEEPALIVE_COUNT: Final = 6
+# Linux's bounds for TCP_KEEPIDLE / TCP_KEEPINTVL (seconds) and TCP_KEEPCNT.
+_MAX_KEEPALIVE_SECONDS: Final = 32767
+_MAX_KEEPALIVE_COUNT: Final = 127
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpSettings:
+    """TCP keepalive on every TCP connection a gateway accepts or opens.
+
+    Clients, the link between the gateways and backends alike.  With the idle timeout
+    off (the default), a peer that vanished without a FIN or RST (a host that lost
+    power, a NAT or firewall that forgot the flow) would otherwise hold its tunnel open
+    until ``max_lifetime``.  Keepalive probes find it: the kernel resets the connection
+    after ``keepalive_count`` unanswered probes, and the tunnel ends with an access line
+    that says the peer stopped answering.  A live peer answers the probes, so quiet but
+    healthy tunnels stay open.  Changes apply to connections made after a reload.
+
+    Attributes:
+        keepalive: send keepalive probes (``SO_KEEPALIVE``).
+        keepalive_idle: seconds without a packet before the first probe (``TCP_KEEPIDLE``).
+        keepalive_interval: seconds between probes (``TCP_KEEPINTVL``).
+        keepalive_count: unanswered probes before the connection is reset
+            (``TCP_KEEPCNT``).
+    """
+
+    keepalive: bool = True
+    keepalive_idle: int = DEFAULT_KEEPALIVE_IDLE
+    keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL
+    keepalive_count: int = DEFAULT_KEEPALIVE_COUNT
+
+
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
@@ -572,6 +610,7 @@ class GatewayConfig:
 
     attestation: AttestationSettings
     tls: TlsSettings = field(default_factory=TlsSettings)
+    tcp: TcpSettings = field(default_factory=TcpSettings)
     process: ProcessSettings = field(default_factory=ProcessSettings)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
@@ -797,6 +836,23 @@ def _process(c: _Checker, root: Mapping[str, object]) -> ProcessSettings:
     return ProcessSettings(reuse_port=c.boolean(t, "reuse_port", "process"))
 
 
+def _tcp(c: _Checker, root: Mapping[str, object]) -> TcpSettings:
+    t = c.table(root, "tcp", "tcp")
+    c.unknown(t, {"keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count"}, "tcp")
+    d = TcpSettings()
+    seconds = {"low": 1, "high": _MAX_KEEPALIVE_SECONDS}
+    return TcpSettings(
+        keepalive=c.boolean(t, "keepalive", "tcp") if "keepalive" in t else d.keepalive,
+        keepalive_idle=c.integer(t, "keepalive_idle", "tcp", d.keepalive_idle, **seconds),
+        keepalive_interval=c.integer(
+            t, "keepalive_interval", "tcp", d.keepalive_interval, **seconds
+        ),
+        keepalive_count=c.integer(
+            t, "keepalive_count", "tcp", d.keepalive_count, low=1, high=_MAX_KEEPALIVE_COUNT
+        ),
+    )
+
+
 def _tls(c: _Checker, root: Mapping[str, object]) -> TlsSettings:
     t = c.table(root, "tls", "tls")
     c.unknown(t, {"groups"}, "tls")
@@ -972,11 +1028,22 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
     c = _Checker(source.parent if source is not None else None)
     c.unknown(
         data,
-        {"attestation", "tls", "process", "timeouts", "limits", "admin", "ingress", "egress"},
+        {
+            "attestation",
+            "tls",
+            "tcp",
+            "process",
+            "timeouts",
+            "limits",
+            "admin",
+            "ingress",
+            "egress",
+        },
         "",
     )
     attestation = _attestation(c, data)
     tls = _tls(c, data)
+    tcp = _tcp(c, data)
     process = _process(c, data)
     timeouts = _timeouts(c, data)
     limits = _limits(c, data)
@@ -1002,6 +1069,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
     return GatewayConfig(
         attestation=attestation,
         tls=tls,
+        tcp=tcp,
         process=process,
         timeouts=timeouts,
         limits=limits,

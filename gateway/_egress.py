@@ -47,6 +47,7 @@ from ._link import (
 )
 from ._proxy_protocol import build_proxy_header, claims_tlvs
 from ._runtime import (
+    apply_tcp_settings,
     connect_endpoint,
     connect_error_kind,
     connect_tcp,
@@ -176,6 +177,7 @@ async def handle_egress_connection(
         log_event("tunnel", side="egress", rule=listener.name, client=client, result=refusal)
         await abort_stream(raw)
         return
+    apply_tcp_settings(raw, runtime.config.tcp)
     record = runtime.new_record("egress", listener.name, client)
     metrics.tunnels_active.add(1, side="egress", rule=rule)
     started = trio.current_time()
@@ -316,6 +318,7 @@ async def _serve(
             }.get(kind, LinkReason.BACKEND_UNREACHABLE)
             await _refuse(channel, Refused(code=code, reason=f"backend {kind}"), fields)
             return
+        apply_tcp_settings(backend, runtime.config.tcp)
         route = decision.route
         if route is not None and route.proxy_protocol:
             header = build_proxy_header(

@@ -46,6 +46,7 @@ from ._link import (
 )
 from ._reader import StreamReader
 from ._runtime import (
+    apply_tcp_settings,
     connect_endpoint,
     connect_error_kind,
     describe_peer,
@@ -137,6 +138,7 @@ async def open_link(
     try:
         with trio.fail_after(timeouts.connect):
             raw = await connect_endpoint(egress)
+        apply_tcp_settings(raw, runtime.config.tcp)
     except trio.TooSlowError:
         return IngressFailure(
             result="egress-timeout",
@@ -284,6 +286,7 @@ async def _handle(
         log_event("tunnel", side="ingress", mode=mode, rule=rule, client=client, result=refusal)
         await _refuse_client(mode, raw, refusal)
         return
+    apply_tcp_settings(raw, runtime.config.tcp)
     record = runtime.new_record("ingress", rule, client)
     metrics.tunnels_active.add(1, side="ingress", rule=rule)
     started = trio.current_time()

@@ -32,7 +32,7 @@ from ._tunnel import Tunnel, TunnelSettings
 
 if TYPE_CHECKING:
     from ._attestation import GatewayIdentity
-    from ._config import EgressListener, Endpoint, GatewayConfig
+    from ._config import EgressListener, Endpoint, GatewayConfig, TcpSettings
     from ._tunnel import LinkChannel, TunnelAttestation, TunnelOutcome
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "JsonFormatter",
     "Runtime",
     "TunnelRecord",
+    "apply_tcp_settings",
     "connect_endpoint",
     "connect_error_kind",
     "connect_tcp",
@@ -399,6 +400,27 @@ async def _shared_tcp_listeners(
             listener.socket.close()
         raise
     return listeners
+
+
+def apply_tcp_settings(stream: trio.SocketStream, tcp: TcpSettings) -> None:
+    """Set TCP keepalive on one connection as ``[tcp]`` says; UNIX sockets are left alone.
+
+    A connection the peer reset in the meantime may refuse the options: that is ignored
+    here, because the first read or write reports the reset where it is handled.
+    """
+    sock = stream.socket
+    if not tcp.keepalive or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", tcp.keepalive_idle),
+            ("TCP_KEEPINTVL", tcp.keepalive_interval),
+            ("TCP_KEEPCNT", tcp.keepalive_count),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:  # all three exist on Linux
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 async def connect_endpoint(endpoint: Endpoint) -> trio.SocketStream:

@@ -31,6 +31,8 @@ The owner closes both streams afterwards (abortively, with a TCP RST, after an a
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import secrets
 import socket
 import struct
@@ -88,6 +90,7 @@ __all__ = [
     "close_link",
     "is_cancellation",
     "refusal_text",
+    "reset_detail",
 ]
 
 _T = TypeVar("_T")
@@ -119,6 +122,21 @@ def refusal_text(exc: BaseException) -> str:
     if isinstance(exc, RatlsError):
         return f"{type(exc).__name__}: {exc}"[:512]
     return type(exc).__name__
+
+
+def reset_detail(exc: BaseException) -> str:
+    """Why a local connection (client or backend) failed, for the access line and the peer.
+
+    The error class, and the system's words for the socket error under it.  ETIMEDOUT
+    on an established connection means the peer stopped answering: TCP keepalive probes
+    (``[tcp]``) or retransmissions went unanswered.
+    """
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    if not isinstance(cause, OSError) or cause.errno is None:
+        return type(exc).__name__
+    if cause.errno == errno.ETIMEDOUT:
+        return "the peer stopped answering (TCP keepalive or retransmission timed out)"
+    return f"{type(exc).__name__}: {os.strerror(cause.errno)}"
 
 
 def is_cancellation(exc: BaseException) -> bool:
@@ -425,7 +443,7 @@ class Tunnel:
 
     def _local_reset(self, exc: BaseException) -> None:
         code = LinkReason.CLIENT_RESET if self._local_is_client else LinkReason.BACKEND_RESET
-        self._abort(reason_name(code), f"{type(exc).__name__}", code=code, tell_peer=True)
+        self._abort(reason_name(code), reset_detail(exc), code=code, tell_peer=True)
 
     def _link_lost(self, detail: str) -> None:
         self._abort("link-lost", detail, code=None, tell_peer=False)

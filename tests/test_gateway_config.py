@@ -22,6 +22,7 @@ from gateway._config import (
     Endpoint,
     GatewayConfig,
     SocksUser,
+    TcpSettings,
     Timeouts,
     TlsSettings,
     load_config,
@@ -428,3 +429,45 @@ def test_tls_groups() -> None:
     assert _problems(_minimal(tls={"curves": ["X25519"]})) == [
         "tls.curves: unknown key (known: groups)"
     ]
+
+
+def test_tcp_keepalive_settings() -> None:
+    defaults = parse_config(_minimal()).tcp
+    assert defaults == TcpSettings()
+    assert defaults.keepalive  # on unless switched off
+    assert (defaults.keepalive_idle, defaults.keepalive_interval) == (60, 10)
+    assert defaults.keepalive_count == 6
+    config = parse_config(
+        _minimal(
+            tcp={
+                "keepalive": True,
+                "keepalive_idle": 300,
+                "keepalive_interval": 30,
+                "keepalive_count": 3,
+            }
+        )
+    )
+    assert config.tcp == TcpSettings(keepalive_idle=300, keepalive_interval=30, keepalive_count=3)
+    assert not parse_config(_minimal(tcp={"keepalive": False})).tcp.keepalive
+    assert _problems(
+        _minimal(
+            tcp={
+                "keepalive": "yes",
+                "keepalive_idle": 0,
+                "keepalive_interval": 32768,
+                "keepalive_count": 2.5,
+                "user_timeout": 10,
+            }
+        )
+    ) == [
+        "tcp.user_timeout: unknown key (known: keepalive, keepalive_count, keepalive_idle, "
+        "keepalive_interval)",
+        "tcp.keepalive: must be true or false",
+        "tcp.keepalive_idle: must be 1..32767",
+        "tcp.keepalive_interval: must be 1..32767",
+        "tcp.keepalive_count: must be an integer",
+    ]
+    assert _problems(_minimal(tcp={"keepalive_count": 128})) == [
+        "tcp.keepalive_count: must be 1..127"
+    ]
+    assert _problems(_minimal(tcp=5)) == ["tcp: must be a table"]
