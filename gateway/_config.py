@@ -740,6 +740,12 @@ class _Checker:
             return False
         return value
 
+    def unique(self, first: dict[str, str], name: str, where: str) -> None:
+        """Names key listeners, their metrics and reloads: unique within each kind."""
+        if name in first:
+            self.problem(f"{where}.name", f"duplicate name {name!r} (also {first[name]})")
+        first.setdefault(name, where)
+
     def claim_rules(self, table: Mapping[str, object], where: str) -> tuple[ClaimRule, ...]:
         value = table.get("require", {})
         if not isinstance(value, dict):
@@ -894,11 +900,15 @@ def _ingress(
 ) -> tuple[tuple[MappingRule, ...], tuple[HttpConnectRule, ...], tuple[Socks5Rule, ...]]:
     ingress = c.table(root, "ingress", "ingress")
     c.unknown(ingress, {"mapping", "http_connect", "socks5"}, "ingress")
+    mapping_names: dict[str, str] = {}
+    proxy_names: dict[str, str] = {}
+    socks_names: dict[str, str] = {}
     mappings: list[MappingRule] = []
     for i, t in enumerate(c.array(ingress, "mapping", "ingress.mapping")):
         where = f"ingress.mapping[{i}]"
         c.unknown(t, {"name", "listen", "egress", "target"}, where)
         name = c.name(t, where, f"mapping-{i}")
+        c.unique(mapping_names, name, where)
         listen = c.endpoint(t, "listen", where, listen=True)
         egress = c.endpoint(t, "egress", where, listen=False)
         target = _target(c, t, where)
@@ -909,6 +919,7 @@ def _ingress(
         where = f"ingress.http_connect[{i}]"
         c.unknown(t, {"name", "listen", "egress", "attestation_headers"}, where)
         name = c.name(t, where, f"http-connect-{i}")
+        c.unique(proxy_names, name, where)
         listen = c.endpoint(t, "listen", where, listen=True)
         egress = c.endpoint(t, "egress", where, listen=False)
         headers = c.boolean(t, "attestation_headers", where)
@@ -923,6 +934,7 @@ def _ingress(
         where = f"ingress.socks5[{i}]"
         c.unknown(t, {"name", "listen", "egress", "users"}, where)
         name = c.name(t, where, f"socks5-{i}")
+        c.unique(socks_names, name, where)
         listen = c.endpoint(t, "listen", where, listen=True)
         egress = c.endpoint(t, "egress", where, listen=False)
         users: list[SocksUser] = []
@@ -963,11 +975,13 @@ def _egress(
             routes[name] = EgressRoute(
                 name=name, backend=backend, proxy_protocol=proxy, require=require
             )
+    listener_names: dict[str, str] = {}
     listeners: list[EgressListener] = []
     for i, t in enumerate(c.array(egress, "listener", "egress.listener")):
         where = f"egress.listener[{i}]"
         c.unknown(t, {"name", "listen", "routes", "allow", "require"}, where)
         name = c.name(t, where, f"listener-{i}")
+        c.unique(listener_names, name, where)
         listen = c.endpoint(t, "listen", where, listen=True)
         names = t.get("routes", list(routes))
         chosen: list[str] = []

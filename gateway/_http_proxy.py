@@ -783,7 +783,8 @@ async def serve_http_proxy(
         record.target = str(request.target)
         if isinstance(request, AbsoluteRequest):
             fields.update(http="absolute-form", method=request.method)
-        opened = await open_link(runtime, rule.egress, request.target, client)
+        current = runtime.current_rule(rule)  # after a reload: the new egress and headers
+        opened = await open_link(runtime, current.egress, request.target, client)
         if isinstance(opened, IngressFailure):
             fields.update(result=opened.result, detail=opened.detail)
             status = status_for(opened.result, opened.code)
@@ -793,7 +794,7 @@ async def serve_http_proxy(
             return
         if isinstance(request, AbsoluteRequest):
             await _run_absolute(
-                runtime, rule, opened, raw, record, fields, request, reader.leftover()
+                runtime, current, opened, raw, record, fields, request, reader.leftover()
             )
             return
         if not await _send_quietly(raw, build_response(200)):

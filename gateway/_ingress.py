@@ -404,8 +404,9 @@ async def serve_mapping(
         record: TunnelRecord,
         fields: dict[str, Any],
     ) -> None:
-        record.target = str(rule.target)
-        opened = await open_link(runtime, rule.egress, rule.target, client)
+        current = runtime.current_rule(rule)  # after a reload: the new target and egress
+        record.target = str(current.target)
+        opened = await open_link(runtime, current.egress, current.target, client)
         if isinstance(opened, IngressFailure):
             # Raw TCP has no words: the client gets a RST, the reason goes to the log.
             fields.update(result=opened.result, detail=opened.detail, abort_client=True)
@@ -474,10 +475,11 @@ async def serve_socks5(
         record: TunnelRecord,
         fields: dict[str, Any],
     ) -> None:
+        current = runtime.current_rule(rule)  # after a reload: the new users and egress
         reader = StreamReader(raw, limit=_MAX_SOCKS_MESSAGE)
         try:
             with trio.fail_after(runtime.config.timeouts.proxy_request):
-                request = await negotiate(reader, raw, rule.users)
+                request = await negotiate(reader, raw, current.users)
         except trio.TooSlowError:
             fields.update(result="request-timeout")
             return
@@ -491,7 +493,7 @@ async def serve_socks5(
             fields.update(result="client-reset")
             return
         record.target = str(request.target)
-        opened = await open_link(runtime, rule.egress, request.target, client)
+        opened = await open_link(runtime, current.egress, request.target, client)
         if isinstance(opened, IngressFailure):
             fields.update(result=opened.result, detail=opened.detail)
             await _send_quietly(raw, build_reply(reply_for(opened.result, opened.code)))

@@ -21,11 +21,12 @@ import stat
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal, final
+from typing import TYPE_CHECKING, Final, Literal, TypeVar, final
 
 import trio
 
 from ._attestation import peer_summary
+from ._config import HttpConnectRule, MappingRule, Socks5Rule
 from ._deadlines import Deadlines
 from ._metrics import GatewayMetrics
 from ._tunnel import Tunnel, TunnelSettings
@@ -50,6 +51,16 @@ __all__ = [
     "open_endpoint_listeners",
     "source_of",
 ]
+
+_IngressRule = TypeVar("_IngressRule", MappingRule, HttpConnectRule, Socks5Rule)
+
+
+def _named(rules: tuple[_IngressRule, ...], name: str) -> _IngressRule | None:
+    for rule in rules:
+        if rule.name == name:
+            return rule
+    return None
+
 
 #: Name of the logger every gateway record goes to.
 LOGGER_NAME: Final = "ratls.gateway"
@@ -247,6 +258,23 @@ class Runtime:
         self.own_evidence_at: float | None = None
         self.draining = False
         self.started = time.time()
+
+    def current_rule(self, rule: _IngressRule) -> _IngressRule:
+        """The configuration now in force for the ingress rule ``rule`` (same kind and name).
+
+        Listeners capture their rule when they start; a reload replaces the configuration
+        (with the same listen addresses), and every new connection must follow the new
+        one: another target or egress, other SOCKS users, attestation headers on or off.
+        """
+        if isinstance(rule, MappingRule):
+            current = _named(self.config.mappings, rule.name)
+        elif isinstance(rule, HttpConnectRule):
+            current = _named(self.config.http_connect, rule.name)
+        else:
+            current = _named(self.config.socks5, rule.name)
+        if current is not None:
+            return current
+        return rule  # pragma: no cover - a reload cannot remove a listener's rule
 
     def egress_listener(self, name: str) -> EgressListener | None:
         """The current configuration of the egress listener called ``name``."""

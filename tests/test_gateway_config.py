@@ -471,3 +471,37 @@ def test_tcp_keepalive_settings() -> None:
         "tcp.keepalive_count: must be 1..127"
     ]
     assert _problems(_minimal(tcp=5)) == ["tcp: must be a table"]
+
+
+def test_rule_names_are_unique_within_each_kind() -> None:
+    egress = "127.0.0.1:9443"
+    doc = {
+        "attestation": {"attester": "x"},
+        "ingress": {
+            "mapping": [
+                {"name": "db", "listen": "127.0.0.1:5432", "egress": egress, "target": "db"},
+                {"name": "db", "listen": "127.0.0.1:5433", "egress": egress, "target": "db2"},
+                {"listen": "127.0.0.1:5434", "egress": egress, "target": "x"},  # mapping-2
+                {"name": "mapping-2", "listen": "127.0.0.1:5435", "egress": egress, "target": "y"},
+            ],
+            "http_connect": [
+                {"name": "p", "listen": "127.0.0.1:3128", "egress": egress},
+                {"name": "p", "listen": "127.0.0.1:3129", "egress": egress},
+            ],
+            # Another kind may reuse a name: listener keys are "socks5:db", "mapping:db".
+            "socks5": [{"name": "db", "listen": "127.0.0.1:1080", "egress": egress}],
+        },
+        "egress": {
+            "listener": [
+                {"name": "main", "listen": "127.0.0.1:9443"},
+                {"name": "main", "listen": "127.0.0.1:9444"},
+            ],
+            "route": [{"name": "web", "backend": "127.0.0.1:8080"}],
+        },
+    }
+    assert _problems(doc) == [
+        "ingress.mapping[1].name: duplicate name 'db' (also ingress.mapping[0])",
+        "ingress.mapping[3].name: duplicate name 'mapping-2' (also ingress.mapping[2])",
+        "ingress.http_connect[1].name: duplicate name 'p' (also ingress.http_connect[0])",
+        "egress.listener[1].name: duplicate name 'main' (also egress.listener[0])",
+    ]

@@ -944,6 +944,35 @@ async def test_policy_reload_tears_down_tunnels_to_removed_peers(
     assert tunnel_lines(caplog, "egress")[0]["result"] == "attestation-failed"
 
 
+async def test_reload_sends_new_connections_where_the_new_rules_say(
+    nursery: trio.Nursery,
+) -> None:
+    first = await start_backend(nursery)
+    second = await start_backend(nursery)
+    async with gateway_pair(first.port) as pair:
+        client = await connect(LOCALHOST, pair.port("mapping:web"))
+        await client.send_all(b"1")
+        assert await receive_exactly(client, 1) == b"1"
+        egress = pair.egress.address("egress:main")
+        assert isinstance(egress, tuple)
+        doc = ingress_doc(egress[1])
+        doc["ingress"]["mapping"][0]["target"] = f"localhost:{second.port}"
+        doc["ingress"]["socks5"][0]["users"] = [{"username": "u", "password": "p"}]
+        pair.ingress.reload(parse_config(doc), attestation=pair.ingress_att[0])
+        # New connections follow the new mapping target and SOCKS users...
+        moved = await connect(LOCALHOST, pair.port("mapping:web"))
+        await moved.send_all(b"2")
+        assert await receive_exactly(moved, 1) == b"2"
+        assert bytes(second.received) == b"2"
+        socks = await connect(LOCALHOST, pair.port("socks5:socks"))
+        await socks.send_all(b"\x05\x01\x00")  # offers "no authentication" only
+        assert await receive_exactly(socks, 2) == b"\x05\xff"  # no acceptable method now
+        # ...while the tunnel opened before the reload stays where it was.
+        await client.send_all(b"3")
+        assert await receive_exactly(client, 1) == b"3"
+        assert bytes(first.received) == b"13"
+
+
 async def test_proxy_protocol_v2_carries_verified_claims(nursery: trio.Nursery) -> None:
     seen: list[bytes] = []
 
