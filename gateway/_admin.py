@@ -66,7 +66,7 @@ def status_document(runtime: Runtime) -> dict[str, object]:
         "attester": config.attestation.attester,
         "ingress": [
             *(
-                {"mode": "mapping", "name": r.name, "listen": str(r.listen)}
+                {"mode": "mapping", "name": r.name, "listen": r.listen_text}
                 for r in config.mappings
             ),
             *(

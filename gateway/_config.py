@@ -11,6 +11,7 @@ long-lived TCP (idle timeout off, generous half-close drain), see :class:`Timeou
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import math
@@ -300,6 +301,9 @@ DEFAULT_RATE_BURST: Final = 20
 DEFAULT_BUFFER_SIZE: Final = 128 * 1024
 # Largest configurable read size: a DATA frame must stay below the link's frame limit.
 MAX_BUFFER_SIZE: Final = 256 * 1024
+#: Most ports one port-mapping rule may listen on (``listen = "host:first-last"``); each
+#: is a listening socket (two for a name with IPv4 and IPv6 addresses).
+MAX_MAPPING_PORTS: Final = 1024
 
 
 @final
@@ -456,13 +460,45 @@ class MappingRule:
         name: a label for logs and metrics.
         listen: where clients connect.
         egress: the egress gateway's attested listener.
-        target: a route name on the egress, or an address it is allowed to reach.
+        target: a route name on the egress, or an address it is allowed to reach; for a
+            port range, the address of the first target port.
+        ports: how many consecutive ports, from ``listen.port`` on, this rule listens
+            on (``listen = "host:first-last"``); each maps to the target port at the
+            same offset (``target = "host:first-last"``, a range of the same length).
     """
 
     name: str
     listen: Endpoint
     egress: Endpoint
     target: AddressTarget | RouteTarget
+    ports: int = 1
+
+    @property
+    def listen_ports(self) -> range:
+        """The ports this rule listens on: ``listen.port`` and the ``ports - 1`` after it."""
+        return range(self.listen.port, self.listen.port + self.ports)
+
+    @property
+    def listen_text(self) -> str:
+        """``listen`` as written: ``host:first-last`` for a port range."""
+        if self.ports == 1:
+            return str(self.listen)
+        return f"{self.listen}-{self.listen.port + self.ports - 1}"
+
+    def target_for(self, local_port: int) -> AddressTarget | RouteTarget:
+        """The target of a connection that arrived on ``local_port``.
+
+        In a port range the n-th listening port maps to the n-th target port.
+
+        Raises:
+            ValueError: ``local_port`` is not one of this rule's ports.
+        """
+        if self.ports == 1:
+            return self.target
+        if local_port not in self.listen_ports or not isinstance(self.target, AddressTarget):
+            raise ValueError(f"port {local_port} is not in {self.listen_text}")
+        offset = local_port - self.listen.port
+        return AddressTarget(host=self.target.host, port=self.target.port + offset)
 
 
 @final
@@ -778,6 +814,61 @@ class _Checker:
         return value
 
 
+_PORT_RANGE: Final = re.compile(r"(?P<host>.+):(?P<low>[0-9]{1,5})-(?P<high>[0-9]{1,5})")
+
+
+def _port_range(
+    checker: _Checker, table: Mapping[str, object], key: str, where: str
+) -> tuple[dict[str, object], int] | None:
+    """``host:first-last`` at ``table[key]``: the table with ``host:first`` there, and the count.
+
+    Anything else comes back unchanged with a count of 1; None after a problem.
+    """
+    text = table.get(key)
+    match = _PORT_RANGE.fullmatch(text) if isinstance(text, str) else None
+    if match is None or not isinstance(text, str) or text.startswith("unix:"):
+        return dict(table), 1
+    low, high = int(match["low"]), int(match["high"])
+    if not 1 <= low <= high <= 65535:
+        checker.problem(f"{where}.{key}", f"port range {low}-{high} is not first-last in 1..65535")
+        return None
+    if high - low + 1 > MAX_MAPPING_PORTS:
+        checker.problem(
+            f"{where}.{key}", f"{high - low + 1} ports; a rule maps {MAX_MAPPING_PORTS} at most"
+        )
+        return None
+    return {**table, key: f"{match['host']}:{low}"}, high - low + 1
+
+
+def _mapping(c: _Checker, t: Mapping[str, object], where: str, name: str) -> MappingRule | None:
+    listen_span = _port_range(c, t, "listen", where)
+    target_span = _port_range(c, t, "target", where)
+    listen = c.endpoint(listen_span[0], "listen", where, listen=True) if listen_span else None
+    egress = c.endpoint(t, "egress", where, listen=False)
+    target = _target(c, target_span[0], where) if target_span else None
+    if not (listen and egress and target and listen_span and target_span):
+        return None
+    ports, target_ports = listen_span[1], target_span[1]
+    if ports == 1 and target_ports == 1:
+        return MappingRule(name=name, listen=listen, egress=egress, target=target)
+    if listen.kind != "tcp":  # pragma: no cover - a unix: path never matches a port range
+        return None
+    if not isinstance(target, AddressTarget):
+        c.problem(
+            f"{where}.target",
+            "a port range maps port by port: give the target as host:first-last",
+        )
+        return None
+    if target_ports != ports:
+        c.problem(
+            f"{where}.target",
+            f"{target_ports} target port(s) for {ports} listening port(s): "
+            "the ranges must have the same length",
+        )
+        return None
+    return MappingRule(name=name, listen=listen, egress=egress, target=target, ports=ports)
+
+
 def _target(
     checker: _Checker, table: Mapping[str, object], where: str
 ) -> AddressTarget | RouteTarget | None:
@@ -909,11 +1000,9 @@ def _ingress(
         c.unknown(t, {"name", "listen", "egress", "target"}, where)
         name = c.name(t, where, f"mapping-{i}")
         c.unique(mapping_names, name, where)
-        listen = c.endpoint(t, "listen", where, listen=True)
-        egress = c.endpoint(t, "egress", where, listen=False)
-        target = _target(c, t, where)
-        if listen and egress and target:
-            mappings.append(MappingRule(name=name, listen=listen, egress=egress, target=target))
+        rule = _mapping(c, t, where, name)
+        if rule is not None:
+            mappings.append(rule)
     proxies: list[HttpConnectRule] = []
     for i, t in enumerate(c.array(ingress, "http_connect", "ingress.http_connect")):
         where = f"ingress.http_connect[{i}]"
@@ -1068,7 +1157,11 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         c.problem("", "nothing to do: no [[ingress.*]] rule and no [[egress.listener]]")
     seen: dict[str, str] = {}
     for where, endpoint in (
-        *((f"ingress.mapping[{i}].listen", r.listen) for i, r in enumerate(mappings)),
+        *(
+            (f"ingress.mapping[{i}].listen", dataclasses.replace(r.listen, port=port))
+            for i, r in enumerate(mappings)
+            for port in r.listen_ports
+        ),
         *((f"ingress.http_connect[{i}].listen", r.listen) for i, r in enumerate(proxies)),
         *((f"ingress.socks5[{i}].listen", r.listen) for i, r in enumerate(socks)),
         *((f"egress.listener[{i}].listen", r.listen) for i, r in enumerate(listeners)),

@@ -63,7 +63,7 @@ _SELF_CHECK_MAX_DELAY: Final = 30.0
 
 def _listen_keys(config: GatewayConfig) -> dict[str, str]:
     keys = {f"egress:{x.name}": str(x.listen) for x in config.listeners}
-    keys.update({f"mapping:{r.name}": str(r.listen) for r in config.mappings})
+    keys.update({f"mapping:{r.name}": r.listen_text for r in config.mappings})
     keys.update({f"http-connect:{r.name}": str(r.listen) for r in config.http_connect})
     keys.update({f"socks5:{r.name}": str(r.listen) for r in config.socks5})
     if config.admin is not None:

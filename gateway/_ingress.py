@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
@@ -366,11 +366,25 @@ async def _serve(
     handler: Handler,
     handler_nursery: trio.Nursery | None,
     task_status: trio.TaskStatus[list[trio.SocketListener]],
+    *,
+    ports: int = 1,
 ) -> NoReturn:
-    listeners = await open_endpoint_listeners(
-        endpoint, reuse_port=runtime.config.process.reuse_port
-    )
-    log_event("listening", side="ingress", mode=mode, rule=rule, address=str(endpoint))
+    """Listen on ``endpoint`` (and the ``ports - 1`` ports after it) and run ``handler``."""
+    endpoints = [endpoint]
+    if ports > 1:
+        endpoints = [replace(endpoint, port=p) for p in range(endpoint.port, endpoint.port + ports)]
+    listeners: list[trio.SocketListener] = []
+    try:
+        for each in endpoints:
+            listeners += await open_endpoint_listeners(
+                each, reuse_port=runtime.config.process.reuse_port
+            )
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    address = str(endpoint) if ports == 1 else f"{endpoint}-{endpoint.port + ports - 1}"
+    log_event("listening", side="ingress", mode=mode, rule=rule, address=address)
 
     async def accept(raw: trio.SocketStream) -> None:
         await _handle(runtime, mode, rule, raw, handler)
@@ -405,15 +419,27 @@ async def serve_mapping(
         fields: dict[str, Any],
     ) -> None:
         current = runtime.current_rule(rule)  # after a reload: the new target and egress
-        record.target = str(current.target)
-        opened = await open_link(runtime, current.egress, current.target, client)
+        # In a port range, the port the client chose picks the target port.
+        port = raw.socket.getsockname()[1] if current.ports > 1 else current.listen.port
+        target = current.target_for(port)
+        record.target = str(target)
+        opened = await open_link(runtime, current.egress, target, client)
         if isinstance(opened, IngressFailure):
             # Raw TCP has no words: the client gets a RST, the reason goes to the log.
             fields.update(result=opened.result, detail=opened.detail, abort_client=True)
             return
         await _run_tunnel(runtime, opened, raw, record, fields)
 
-    await _serve(runtime, rule.listen, "mapping", rule.name, handler, handler_nursery, task_status)
+    await _serve(
+        runtime,
+        rule.listen,
+        "mapping",
+        rule.name,
+        handler,
+        handler_nursery,
+        task_status,
+        ports=rule.ports,
+    )
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -125,21 +125,27 @@ def _ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
-def stable_port() -> int:
+def stable_port(count: int = 1) -> int:
     """A free loopback port outside the ephemeral range, for listeners that restart.
 
+    Args:
+        count: how many consecutive ports must be free (the first is returned), for
+            port-range listeners.
+
     Raises:
-        OSError: no free port was found below the ephemeral range.
+        OSError: no free port (block) was found below the ephemeral range.
     """
     low, _ = _ephemeral_range()
     first = 10000 if low > 12000 else 1024
     rng = random.Random()  # noqa: S311 - spreading ports, not secrets
     for _ in range(200):
-        port = rng.randrange(first, low)
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        port = rng.randrange(first, low - count)
+        with contextlib.ExitStack() as held:
             try:
-                s.bind((LOCALHOST, port))
+                for each in range(port, port + count):
+                    s = held.enter_context(socket.socket())
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((LOCALHOST, each))
             except OSError:
                 continue
             return port

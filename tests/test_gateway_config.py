@@ -505,3 +505,68 @@ def test_rule_names_are_unique_within_each_kind() -> None:
         "ingress.http_connect[1].name: duplicate name 'p' (also ingress.http_connect[0])",
         "egress.listener[1].name: duplicate name 'main' (also egress.listener[0])",
     ]
+
+
+def _mapping_problems(listen: str, target: str) -> list[str]:
+    rule = {"name": "kv", "listen": listen, "egress": "127.0.0.1:9443", "target": target}
+    return _problems({"attestation": {"attester": "x"}, "ingress": {"mapping": [rule]}})
+
+
+def test_port_range_mappings() -> None:
+    rule = {
+        "name": "kv",
+        "listen": "127.0.0.1:8000-8009",
+        "egress": "127.0.0.1:9443",
+        "target": "10.0.0.5:18000-18009",
+    }
+    [mapping] = parse_config(
+        {"attestation": {"attester": "x"}, "ingress": {"mapping": [rule]}}
+    ).mappings
+    assert mapping.ports == 10
+    assert mapping.listen == Endpoint(kind="tcp", host="127.0.0.1", port=8000)
+    assert mapping.listen_text == "127.0.0.1:8000-8009"
+    assert list(mapping.listen_ports) == list(range(8000, 8010))
+    assert mapping.target_for(8000) == AddressTarget(host="10.0.0.5", port=18000)
+    assert mapping.target_for(8009) == AddressTarget(host="10.0.0.5", port=18009)
+    with pytest.raises(ValueError, match=r"port 8010 is not in 127\.0\.0\.1:8000-8009"):
+        mapping.target_for(8010)
+    [v6] = parse_config(
+        {
+            "attestation": {"attester": "x"},
+            "ingress": {"mapping": [{**rule, "listen": "[::1]:80-81", "target": "db:1-2"}]},
+        }
+    ).mappings
+    assert (v6.listen_text, v6.target_for(81)) == ("[::1]:80-81", AddressTarget(host="db", port=2))
+    where = "ingress.mapping[0]"
+    assert _mapping_problems("127.0.0.1:8000-8009", "web") == [
+        f"{where}.target: a port range maps port by port: give the target as host:first-last"
+    ]
+    assert _mapping_problems("127.0.0.1:8000-8009", "10.0.0.5:18000") == [
+        f"{where}.target: 1 target port(s) for 10 listening port(s): the ranges must have "
+        "the same length"
+    ]
+    assert _mapping_problems("127.0.0.1:8000", "10.0.0.5:1-2") == [
+        f"{where}.target: 2 target port(s) for 1 listening port(s): the ranges must have "
+        "the same length"
+    ]
+    assert _mapping_problems("127.0.0.1:9-8", "10.0.0.5:1-2") == [
+        f"{where}.listen: port range 9-8 is not first-last in 1..65535"
+    ]
+    assert _mapping_problems("127.0.0.1:0-1", "10.0.0.5:65535-65536") == [
+        f"{where}.listen: port range 0-1 is not first-last in 1..65535",
+        f"{where}.target: port range 65535-65536 is not first-last in 1..65535",
+    ]
+    assert _mapping_problems("127.0.0.1:1000-2024", "10.0.0.5:1000-2024") == [
+        f"{where}.listen: 1025 ports; a rule maps 1024 at most",
+        f"{where}.target: 1025 ports; a rule maps 1024 at most",
+    ]
+    # Every port of a range counts when listen addresses are compared.
+    other = {"name": "one", "listen": "127.0.0.1:8005", "egress": "127.0.0.1:9443", "target": "x"}
+    assert _problems({"attestation": {"attester": "x"}, "ingress": {"mapping": [rule, other]}}) == [
+        "ingress.mapping[1].listen: 127.0.0.1:8005 is already used by ingress.mapping[0].listen"
+    ]
+    # Proxies listen on one port.
+    proxy = {"listen": "127.0.0.1:3128-3129", "egress": "127.0.0.1:9443"}
+    assert _problems({"attestation": {"attester": "x"}, "ingress": {"http_connect": [proxy]}}) == [
+        "ingress.http_connect[0].listen: port '3128-3129' is not 0..65535"
+    ]

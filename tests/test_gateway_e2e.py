@@ -31,6 +31,7 @@ from gateway_helpers import (
     http_connect,
     receive_all,
     receive_exactly,
+    stable_port,
     start_gateway,
     tunnel_lines,
     wait_for,
@@ -98,10 +99,10 @@ BackendHandler = Callable[[Backend, trio.SocketStream], Awaitable[None]]
 
 
 async def start_backend(
-    nursery: trio.Nursery, handler: BackendHandler = _echo, host: str = LOCALHOST
+    nursery: trio.Nursery, handler: BackendHandler = _echo, host: str = LOCALHOST, port: int = 0
 ) -> Backend:
     sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    await sock.bind((host, 0))
+    await sock.bind((host, port))
     sock.listen(16)
     listener = trio.SocketListener(sock)
     backend = Backend(port=sock.getsockname()[1])
@@ -942,6 +943,44 @@ async def test_policy_reload_tears_down_tunnels_to_removed_peers(
             await receive_all(client)
         await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 1)
     assert tunnel_lines(caplog, "egress")[0]["result"] == "attestation-failed"
+
+
+async def test_a_port_range_maps_port_by_port(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    first_backend = stable_port(3)
+    backends = [await start_backend(nursery, port=first_backend + i) for i in range(3)]
+    first_listen = stable_port(3)  # chosen while the backends hold theirs
+    span = f"{first_backend}-{first_backend + 2}"
+    async with gateway_pair(
+        backends[0].port,
+        egress_listener={"allow": [f"127.0.0.1:{span}"]},
+    ) as pair:
+        egress = pair.egress.address("egress:main")
+        assert isinstance(egress, tuple)
+        mapping = {
+            "name": "kv",
+            "listen": f"127.0.0.1:{first_listen}-{first_listen + 2}",
+            "egress": f"127.0.0.1:{egress[1]}",
+            "target": f"127.0.0.1:{span}",
+        }
+        async with trio.open_nursery() as inner:
+            ingress = await start_gateway(
+                inner,
+                parse_config(ingress_doc(egress[1], ingress={"mapping": [mapping]})),
+                pair.ingress_att[0],
+            )
+            assert len(ingress.listeners["mapping:kv"]) == 3
+            for i in (2, 0, 1):
+                client = await connect(LOCALHOST, first_listen + i)
+                await client.send_all(b"to %d" % i)
+                assert await receive_exactly(client, 4) == b"to %d" % i
+                await client.aclose()
+            await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 3)
+            inner.cancel_scope.cancel()
+    assert [bytes(b.received) for b in backends] == [b"to 0", b"to 1", b"to 2"]
+    targets = sorted(line["target"] for line in tunnel_lines(caplog, "ingress"))
+    assert targets == [f"127.0.0.1:{first_backend + i}" for i in range(3)]
 
 
 async def test_reload_sends_new_connections_where_the_new_rules_say(
