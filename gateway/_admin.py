@@ -74,6 +74,10 @@ def status_document(runtime: Runtime) -> dict[str, object]:
                 for r in config.http_connect
             ),
             *({"mode": "socks5", "name": r.name, "listen": str(r.listen)} for r in config.socks5),
+            *(
+                {"mode": "transparent", "name": r.name, "listen": str(r.listen)}
+                for r in config.transparent
+            ),
         ],
         "egress": [
             {"name": x.name, "listen": str(x.listen), "routes": list(x.routes)}

@@ -49,6 +49,7 @@ __all__ = [
     "TcpSettings",
     "Timeouts",
     "TlsSettings",
+    "TransparentRule",
     "load_config",
     "parse_config",
     "parse_endpoint",
@@ -554,6 +555,27 @@ class Socks5Rule:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TransparentRule:
+    """Transparent capture: connections that netfilter REDIRECTed to ``listen``.
+
+    Each connection goes to the address the client originally dialled (read from the
+    kernel's connection tracking, ``SO_ORIGINAL_DST``) through ``egress``, whose
+    allowlist decides as for any address target.  A connection made to ``listen``
+    directly has no other destination and is refused.
+
+    Attributes:
+        name: a label for logs and metrics.
+        listen: the TCP address the REDIRECT rules send connections to.
+        egress: the egress gateway's attested listener.
+    """
+
+    name: str
+    listen: Endpoint
+    egress: Endpoint
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimRule:
     """An access rule on a verified peer's claims: ``path`` must be one of ``allowed``.
 
@@ -639,6 +661,7 @@ class GatewayConfig:
         mappings: port-mapping ingress rules.
         http_connect: HTTP CONNECT ingress rules.
         socks5: SOCKS5 ingress rules.
+        transparent: transparent-capture ingress rules.
         listeners: egress listeners.
         routes: egress routes, by name.
         source: the file it came from, if any.
@@ -654,6 +677,7 @@ class GatewayConfig:
     mappings: tuple[MappingRule, ...] = ()
     http_connect: tuple[HttpConnectRule, ...] = ()
     socks5: tuple[Socks5Rule, ...] = ()
+    transparent: tuple[TransparentRule, ...] = ()
     listeners: tuple[EgressListener, ...] = ()
     routes: Mapping[str, EgressRoute] = field(default_factory=dict)
     source: Path | None = None
@@ -661,7 +685,7 @@ class GatewayConfig:
     @property
     def has_ingress(self) -> bool:
         """Whether any ingress rule is configured."""
-        return bool(self.mappings or self.http_connect or self.socks5)
+        return bool(self.mappings or self.http_connect or self.socks5 or self.transparent)
 
 
 # --------------------------------------------------------------------------- loader
@@ -988,9 +1012,14 @@ def _attestation(c: _Checker, root: Mapping[str, object]) -> AttestationSettings
 
 def _ingress(
     c: _Checker, root: Mapping[str, object]
-) -> tuple[tuple[MappingRule, ...], tuple[HttpConnectRule, ...], tuple[Socks5Rule, ...]]:
+) -> tuple[
+    tuple[MappingRule, ...],
+    tuple[HttpConnectRule, ...],
+    tuple[Socks5Rule, ...],
+    tuple[TransparentRule, ...],
+]:
     ingress = c.table(root, "ingress", "ingress")
-    c.unknown(ingress, {"mapping", "http_connect", "socks5"}, "ingress")
+    c.unknown(ingress, {"mapping", "http_connect", "socks5", "transparent"}, "ingress")
     mapping_names: dict[str, str] = {}
     proxy_names: dict[str, str] = {}
     socks_names: dict[str, str] = {}
@@ -1039,7 +1068,20 @@ def _ingress(
                 users.append(SocksUser(username=username, password=password))
         if listen and egress:
             socks.append(Socks5Rule(name=name, listen=listen, egress=egress, users=tuple(users)))
-    return tuple(mappings), tuple(proxies), tuple(socks)
+    transparent: list[TransparentRule] = []
+    transparent_names: dict[str, str] = {}
+    for i, t in enumerate(c.array(ingress, "transparent", "ingress.transparent")):
+        where = f"ingress.transparent[{i}]"
+        c.unknown(t, {"name", "listen", "egress"}, where)
+        name = c.name(t, where, f"transparent-{i}")
+        c.unique(transparent_names, name, where)
+        listen = c.endpoint(t, "listen", where, listen=True)
+        egress = c.endpoint(t, "egress", where, listen=False)
+        if listen is not None and listen.kind != "tcp":
+            c.problem(f"{where}.listen", "netfilter redirects TCP: give host:port")
+        elif listen and egress:
+            transparent.append(TransparentRule(name=name, listen=listen, egress=egress))
+    return tuple(mappings), tuple(proxies), tuple(socks), tuple(transparent)
 
 
 def _egress(
@@ -1151,9 +1193,9 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
     timeouts = _timeouts(c, data)
     limits = _limits(c, data)
     admin = _admin(c, data)
-    mappings, proxies, socks = _ingress(c, data)
+    mappings, proxies, socks, transparent = _ingress(c, data)
     listeners, routes = _egress(c, data)
-    if not (mappings or proxies or socks or listeners) and not c.problems:
+    if not (mappings or proxies or socks or transparent or listeners) and not c.problems:
         c.problem("", "nothing to do: no [[ingress.*]] rule and no [[egress.listener]]")
     seen: dict[str, str] = {}
     for where, endpoint in (
@@ -1164,6 +1206,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         ),
         *((f"ingress.http_connect[{i}].listen", r.listen) for i, r in enumerate(proxies)),
         *((f"ingress.socks5[{i}].listen", r.listen) for i, r in enumerate(socks)),
+        *((f"ingress.transparent[{i}].listen", r.listen) for i, r in enumerate(transparent)),
         *((f"egress.listener[{i}].listen", r.listen) for i, r in enumerate(listeners)),
         *((("admin.listen", admin.listen),) if admin else ()),
     ):
@@ -1184,6 +1227,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         mappings=mappings,
         http_connect=proxies,
         socks5=socks,
+        transparent=transparent,
         listeners=listeners,
         routes=routes,
         source=source,

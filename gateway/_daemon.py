@@ -38,7 +38,7 @@ from ._attestation import close_attestation, make_identity, resolve_attestation
 from ._config import ConfigError, ConfigProblem, GatewayConfig
 from ._egress import serve_egress
 from ._http_proxy import serve_http_proxy
-from ._ingress import serve_mapping, serve_socks5
+from ._ingress import serve_mapping, serve_socks5, serve_transparent
 from ._runtime import Runtime, log_event
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def _listen_keys(config: GatewayConfig) -> dict[str, str]:
     keys.update({f"mapping:{r.name}": r.listen_text for r in config.mappings})
     keys.update({f"http-connect:{r.name}": str(r.listen) for r in config.http_connect})
     keys.update({f"socks5:{r.name}": str(r.listen) for r in config.socks5})
+    keys.update({f"transparent:{r.name}": str(r.listen) for r in config.transparent})
     if config.admin is not None:
         keys["admin"] = str(config.admin.listen)
     return keys
@@ -78,7 +79,8 @@ class RunningGateway:
     Attributes:
         runtime: the shared state (config, identity, metrics, live tunnels).
         listeners: bound listeners by key: ``"egress:NAME"``, ``"mapping:NAME"``,
-            ``"http-connect:NAME"``, ``"socks5:NAME"``, ``"admin"``.
+            ``"http-connect:NAME"``, ``"socks5:NAME"``, ``"transparent:NAME"``,
+            ``"admin"``.
     """
 
     def __init__(self, runtime: Runtime) -> None:
@@ -278,6 +280,10 @@ async def _serve(
                 for s in config.socks5:
                     gateway.listeners[f"socks5:{s.name}"] = await accept.start(
                         partial(serve_socks5, runtime, s, handler_nursery=tunnels)
+                    )
+                for t in config.transparent:
+                    gateway.listeners[f"transparent:{t.name}"] = await accept.start(
+                        partial(serve_transparent, runtime, t, handler_nursery=tunnels)
                     )
                 if config.admin is not None:
                     gateway.listeners["admin"] = await admin_nursery.start(

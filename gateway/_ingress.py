@@ -55,6 +55,7 @@ from ._runtime import (
     source_of,
 )
 from ._socks import SocksError, SocksReply, build_reply, negotiate, reply_for
+from ._transparent import NotRedirected, original_destination
 from ._tunnel import (
     LinkChannel,
     TunnelAttestation,
@@ -67,7 +68,7 @@ from ._tunnel import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from ._config import Endpoint, MappingRule, Socks5Rule
+    from ._config import Endpoint, MappingRule, Socks5Rule, TransparentRule
     from ._runtime import Runtime, TunnelRecord
     from ._tunnel import TunnelOutcome
 
@@ -81,6 +82,7 @@ __all__ = [
     "open_link",
     "serve_mapping",
     "serve_socks5",
+    "serve_transparent",
 ]
 
 # Largest SOCKS5 message: a request with a 255-byte domain name is 262 bytes.
@@ -422,13 +424,7 @@ async def serve_mapping(
         # In a port range, the port the client chose picks the target port.
         port = raw.socket.getsockname()[1] if current.ports > 1 else current.listen.port
         target = current.target_for(port)
-        record.target = str(target)
-        opened = await open_link(runtime, current.egress, target, client)
-        if isinstance(opened, IngressFailure):
-            # Raw TCP has no words: the client gets a RST, the reason goes to the log.
-            fields.update(result=opened.result, detail=opened.detail, abort_client=True)
-            return
-        await _run_tunnel(runtime, opened, raw, record, fields)
+        await _raw_tunnel(runtime, current.egress, target, raw, client, record, fields)
 
     await _serve(
         runtime,
@@ -439,6 +435,58 @@ async def serve_mapping(
         handler_nursery,
         task_status,
         ports=rule.ports,
+    )
+
+
+async def _raw_tunnel(
+    runtime: Runtime,
+    egress: Endpoint,
+    target: AddressTarget | RouteTarget,
+    raw: trio.SocketStream,
+    client: str,
+    record: TunnelRecord,
+    fields: dict[str, Any],
+) -> None:
+    """Open ``target`` through ``egress`` for a raw TCP client, and carry its bytes."""
+    record.target = str(target)
+    opened = await open_link(runtime, egress, target, client)
+    if isinstance(opened, IngressFailure):
+        # Raw TCP has no words: the client gets a RST, the reason goes to the log.
+        fields.update(result=opened.result, detail=opened.detail, abort_client=True)
+        return
+    await _run_tunnel(runtime, opened, raw, record, fields)
+
+
+async def serve_transparent(
+    runtime: Runtime,
+    rule: TransparentRule,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve one transparent-capture listener forever (see :mod:`gateway._transparent`).
+
+    Raises:
+        OSError: the listen address cannot be bound.
+    """
+
+    async def handler(
+        runtime: Runtime,
+        raw: trio.SocketStream,
+        client: str,
+        record: TunnelRecord,
+        fields: dict[str, Any],
+    ) -> None:
+        current = runtime.current_rule(rule)  # after a reload: the new egress
+        try:
+            target = original_destination(raw.socket)
+        except NotRedirected as exc:
+            fields.update(result="not-redirected", detail=str(exc), abort_client=True)
+            return
+        await _raw_tunnel(runtime, current.egress, target, raw, client, record, fields)
+
+    await _serve(
+        runtime, rule.listen, "transparent", rule.name, handler, handler_nursery, task_status
     )
 
 

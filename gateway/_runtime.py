@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeVar, final
 import trio
 
 from ._attestation import peer_summary
-from ._config import HttpConnectRule, MappingRule, Socks5Rule
+from ._config import HttpConnectRule, MappingRule, Socks5Rule, TransparentRule
 from ._deadlines import Deadlines
 from ._metrics import GatewayMetrics
 from ._tunnel import Tunnel, TunnelSettings
@@ -52,7 +52,7 @@ __all__ = [
     "source_of",
 ]
 
-_IngressRule = TypeVar("_IngressRule", MappingRule, HttpConnectRule, Socks5Rule)
+_IngressRule = TypeVar("_IngressRule", MappingRule, HttpConnectRule, Socks5Rule, TransparentRule)
 
 
 def _named(rules: tuple[_IngressRule, ...], name: str) -> _IngressRule | None:
@@ -270,8 +270,10 @@ class Runtime:
             current = _named(self.config.mappings, rule.name)
         elif isinstance(rule, HttpConnectRule):
             current = _named(self.config.http_connect, rule.name)
-        else:
+        elif isinstance(rule, Socks5Rule):
             current = _named(self.config.socks5, rule.name)
+        else:
+            current = _named(self.config.transparent, rule.name)
         if current is not None:
             return current
         return rule  # pragma: no cover - a reload cannot remove a listener's rule

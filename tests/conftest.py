@@ -17,6 +17,10 @@ REQUIRED_IN_CI = (
     "tpm2_checkquote",
     "tpm2_rc_decode",
     "openssl",
+    "iptables",
+    "ip6tables",
+    "ip",
+    "unshare",
 )
 
 
@@ -30,7 +34,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if missing:
         raise pytest.UsageError(
             f"CI needs {', '.join(missing)} (Debian packages swtpm, swtpm-tools, tpm2-tools, "
-            "openssl): .ci/setup installs them"
+            "openssl, iptables, iproute2, util-linux): .ci/setup installs them"
         )
 
 
