@@ -39,6 +39,7 @@ evidence would accept a debug guest running anything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -705,6 +706,14 @@ class BoundActivation:
         return self.challenge.credential.to_tpm2_tools_file()
 
 
+@functools.lru_cache(maxsize=32)
+def _bundle_of(evidence: bytes) -> VtpmEvidence:
+    """The parsed bundle; remembered, so that a connection's activation check and its
+    verification share one parse (failures are not kept).
+    """
+    return parse_vtpm_evidence(evidence)
+
+
 def _profile_of(evidence: bytes) -> object:
     """Key 1 of an evidence map (limit: the larger of the two formats)."""
     document = _decode_map(evidence, max(MAX_SNP_EVIDENCE_SIZE, MAX_VTPM_EVIDENCE_SIZE))
@@ -821,7 +830,7 @@ class BoundVerifier:
         """
         if _profile_of(evidence) == SNP_PROFILE:
             return None
-        bundle = parse_vtpm_evidence(evidence)
+        bundle = _bundle_of(bytes(evidence))
         if bundle.profile is VtpmProfile.AZURE:
             return None
         if self._remembered_proof(bundle) is not None:
@@ -928,7 +937,7 @@ class BoundVerifier:
             )
         else:
             self._require("snp+vtpm")
-            bundle = parse_vtpm_evidence(evidence)
+            bundle = _bundle_of(bytes(evidence))
             if (activation is None) != (response is None):
                 raise BindingMismatch(
                     "tpm.ak.activation",

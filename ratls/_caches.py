@@ -3,8 +3,9 @@
 Verification remembers only results that cannot change for the same input, each keyed by
 the exact bytes it judged and never a failure: a verified AMD endorsement chain (kept
 only while the time of use lies inside all three certificates' validity), parsed AMD
-certificates and their extensions, passed self-signatures of peer TLS certificates, and
-passed credential activations per (EK, AK).
+certificates and their extensions, passed self-signatures of peer TLS certificates,
+parsed TPM public areas (EKs and AKs, with their Names and keys), and passed credential
+activations per (EK, AK).
 Operators watch the hit ratios (the gateway exports them on ``/metrics``); a low one
 means peers keep presenting new endorsements, or the memo is too small for the fleet.
 """
@@ -18,6 +19,7 @@ from ._amd_certs import _load_amd_certificate
 from ._bound import ACTIVATION_MEMORY_SIZE, activation_memory_counts
 from ._snp_verify import CHAIN_CACHE_SIZE, _leaf_extensions, chain_cache_counts
 from ._tls_context import _check_self_signature
+from ._tpm_structs import _parse_tpmt_public
 
 __all__ = ["CacheStats", "verification_cache_stats"]
 
@@ -52,7 +54,8 @@ def verification_cache_stats() -> dict[str, CacheStats]:
     Returns:
         ``amd_chain`` (verified VCEK/VLEK -> ASK/ASVK -> ARK chains), ``amd_certificate``
         (parsed AMD certificates), ``amd_extensions`` (decoded VCEK/VLEK extensions) and
-        ``tls_self_signature`` (peer TLS certificates whose self-signature passed) and
+        ``tls_self_signature`` (peer TLS certificates whose self-signature passed),
+        ``tpm_public`` (parsed TPM public areas: the EKs and AKs of vTPM peers) and
         ``vtpm_activation`` (credential activations remembered per EK and AK, summed over
         the process's verifiers; its capacity is one verifier's).
     """
@@ -70,6 +73,7 @@ def verification_cache_stats() -> dict[str, CacheStats]:
         ("amd_certificate", _load_amd_certificate),
         ("amd_extensions", _leaf_extensions),
         ("tls_self_signature", _check_self_signature),
+        ("tpm_public", _parse_tpmt_public),
     ):
         info = memo.cache_info()
         stats[name] = CacheStats(

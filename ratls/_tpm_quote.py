@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Final, final
 
 from cryptography.exceptions import InvalidSignature
@@ -44,6 +45,7 @@ from ._errors import (
     SignatureMismatch,
 )
 from ._nopublic import NoPublicConstructor
+from ._steps import offload, run_inline
 from ._tpm_structs import (
     AK_REQUIRED_ATTRIBUTES,
     ObjectAttributes,
@@ -63,7 +65,9 @@ from ._tpm_structs import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Callable, Collection, Mapping
+
+    from ._steps import Steps
 
 __all__ = [
     "DEFAULT_QUOTE_HASHES",
@@ -73,6 +77,7 @@ __all__ = [
     "appraise_pcrs",
     "compute_pcr_digest",
     "verify_quote",
+    "verify_quote_steps",
 ]
 
 #: Hashes accepted for quote signatures unless the caller says otherwise.  SHA-1 is left
@@ -194,9 +199,9 @@ def _check_ak(ak: TpmtPublic, allowed_hashes: Collection[TpmAlgId]) -> tuple[Tpm
     return scheme.scheme, scheme.hash_alg
 
 
-def _verify_signature(
+def _signature_steps(
     ak: TpmtPublic, sig: TpmtSignature, scheme: TpmAlgId, hash_alg: TpmAlgId, message: bytes
-) -> None:
+) -> Steps[None]:
     if sig.sig_alg is not scheme:
         raise SignatureMismatch(
             "tpm.quote.signature.sig_alg",
@@ -213,22 +218,24 @@ def _verify_signature(
         )
     key = ak.public_key()
     algorithm = hash_algorithm(hash_alg)
-    try:
-        if isinstance(key, rsa.RSAPublicKey):
-            pad: padding.AsymmetricPadding
-            if scheme is TpmAlgId.RSAPSS:
-                pad = padding.PSS(
-                    mgf=padding.MGF1(hash_algorithm(hash_alg)),
-                    salt_length=algorithm.digest_size,
-                )
-            else:
-                pad = padding.PKCS1v15()
-            key.verify(sig.sig, message, pad, algorithm)
-        else:
-            der = encode_dss_signature(
-                int.from_bytes(sig.signature_r, "big"), int.from_bytes(sig.signature_s, "big")
+    check: Callable[[], None]
+    if isinstance(key, rsa.RSAPublicKey):
+        pad: padding.AsymmetricPadding
+        if scheme is TpmAlgId.RSAPSS:
+            pad = padding.PSS(
+                mgf=padding.MGF1(hash_algorithm(hash_alg)),
+                salt_length=algorithm.digest_size,
             )
-            key.verify(der, message, ec.ECDSA(algorithm))
+        else:
+            pad = padding.PKCS1v15()
+        check = partial(key.verify, sig.sig, message, pad, algorithm)
+    else:
+        der = encode_dss_signature(
+            int.from_bytes(sig.signature_r, "big"), int.from_bytes(sig.signature_s, "big")
+        )
+        check = partial(key.verify, der, message, ec.ECDSA(algorithm))
+    try:
+        yield from offload(check)  # the driver may make it on another core
     except InvalidSignature as exc:
         raise SignatureMismatch(
             "tpm.quote.signature",
@@ -323,6 +330,30 @@ def verify_quote(
         BindingMismatch: the PCR values do not produce the signed pcrDigest, a value is
             outside the signed selection, or the qualified signer differs.
     """
+    return run_inline(
+        verify_quote_steps(
+            attest=attest,
+            signature=signature,
+            ak_public=ak_public,
+            expected_extra_data=expected_extra_data,
+            pcr_values=pcr_values,
+            allowed_hashes=allowed_hashes,
+            expected_qualified_signer=expected_qualified_signer,
+        )
+    )
+
+
+def verify_quote_steps(
+    *,
+    attest: bytes,
+    signature: bytes,
+    ak_public: TpmtPublic,
+    expected_extra_data: bytes,
+    pcr_values: Mapping[TpmAlgId, Mapping[int, bytes]],
+    allowed_hashes: Collection[TpmAlgId] = DEFAULT_QUOTE_HASHES,
+    expected_qualified_signer: bytes | None = None,
+) -> Steps[VerifiedQuote]:
+    """:func:`verify_quote` as :mod:`ratls._steps`: the signature check is yielded."""
     scheme, hash_alg = _check_ak(ak_public, allowed_hashes)
     parsed = parse_tpms_attest(attest)
     if parsed.type is not TpmSt.ATTEST_QUOTE or not isinstance(parsed.attested, TpmsQuoteInfo):
@@ -330,7 +361,7 @@ def verify_quote(
             "tpm.quote.type", expected=TpmSt.ATTEST_QUOTE.name, actual=parsed.type.name
         )
     sig = parse_tpmt_signature(signature)
-    _verify_signature(ak_public, sig, scheme, hash_alg, bytes(attest))
+    yield from _signature_steps(ak_public, sig, scheme, hash_alg, bytes(attest))
     if not hmac.compare_digest(parsed.extra_data, bytes(expected_extra_data)):
         raise NonceMismatch(
             "tpm.quote.extra_data", expected=bytes(expected_extra_data), actual=parsed.extra_data

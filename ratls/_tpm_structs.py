@@ -24,6 +24,7 @@ quote verification and :mod:`ratls._tpm_credential` for MakeCredential.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
@@ -1019,6 +1020,12 @@ class TpmtPublic:
     auth_policy: bytes = b""
     parameters: TpmsRsaParms | TpmsEccParms
     unique: bytes | TpmsEccPoint
+    # Computed on first use and kept: a verifier meets the same EK and AK on every
+    # connection from a peer, and parse_tpmt_public hands out one object per public area.
+    _name: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def to_bytes(self) -> bytes:
         """Marshal as TPMT_PUBLIC (the bytes the Name is computed over)."""
@@ -1045,7 +1052,11 @@ class TpmtPublic:
         Raises:
             EvidenceFormatError: ``name_alg`` is not a supported hash.
         """
-        return _u16(self.name_alg) + _digest(self.name_alg, self.to_bytes())
+        name = self._name
+        if name is None:
+            name = _u16(self.name_alg) + _digest(self.name_alg, self.to_bytes())
+            object.__setattr__(self, "_name", name)
+        return name
 
     def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         """The public key as a ``cryptography`` object.
@@ -1057,6 +1068,13 @@ class TpmtPublic:
             EvidenceFormatError: the modulus length differs from ``key_bits``, the curve is
                 unsupported, or the point is not on the curve.
         """
+        key = self._key
+        if key is None:
+            key = self._load_public_key()
+            object.__setattr__(self, "_key", key)
+        return key
+
+    def _load_public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         params = self.parameters
         if isinstance(params, TpmsRsaParms) and isinstance(self.unique, bytes):
             n = self.unique
@@ -1201,12 +1219,24 @@ def _read_public(r: _Reader) -> TpmtPublic:
     )
 
 
+#: Distinct public areas whose parse (and Name and key, see TpmtPublic) is remembered.
+PUBLIC_AREA_MEMO_SIZE: Final = 256
+
+
 def parse_tpmt_public(data: bytes) -> TpmtPublic:
     """Parse a TPMT_PUBLIC of an RSA or ECC key.
+
+    The same bytes give the same (immutable) object: the last
+    :data:`PUBLIC_AREA_MEMO_SIZE` distinct public areas are remembered, failures never.
 
     Raises:
         EvidenceFormatError: another object type, unknown algorithms, wrong length.
     """
+    return _parse_tpmt_public(bytes(data))
+
+
+@functools.lru_cache(maxsize=PUBLIC_AREA_MEMO_SIZE)
+def _parse_tpmt_public(data: bytes) -> TpmtPublic:
     r = _Reader(data, "TPMT_PUBLIC")
     out = _read_public(r)
     r.end()

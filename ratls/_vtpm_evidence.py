@@ -83,7 +83,7 @@ from ._tpm_quote import (
     PcrPolicy,
     VerifiedQuote,
     appraise_pcrs,
-    verify_quote,
+    verify_quote_steps,
 )
 from ._tpm_structs import (
     TpmAlgId,
@@ -918,7 +918,7 @@ def verify_vtpm_evidence_steps(
             )
 
     # 6. The quote.
-    quote = verify_quote(
+    quote = yield from verify_quote_steps(
         attest=evidence.quote_attest,
         signature=evidence.quote_signature,
         ak_public=ak,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import cbor2
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -545,11 +546,11 @@ def test_vtpm_accepted_when_policy_allows_unproven(vtpm_attester: SimulatedVtpmA
 
 
 @needs_swtpm
-def test_vtpm_verification_yields_only_the_report_signature(
+def test_vtpm_verification_yields_the_two_signature_checks(
     vtpm_attester: SimulatedVtpmAttester,
 ) -> None:
-    # As for bare SNP evidence, the one call a stream may make on a worker thread is the
-    # SNP report's ECDSA P-384 check; a forged report signature still fails there.
+    # The calls a stream may make on a worker thread are the SNP report's ECDSA P-384
+    # check and the quote's signature check; forged signatures still fail there.
     binder = os.urandom(64)
     evidence = vtpm_attester.evidence(binder)
     steps = BoundVerifier(unproven_ok()).verify_steps(evidence, binder)
@@ -561,7 +562,7 @@ def test_vtpm_verification_yields_only_the_report_signature(
             call = steps.send(call())
     except StopIteration as stop:
         result = stop.value
-    assert calls == 1
+    assert calls == 2
     assert isinstance(result, AttestationResult)
     inline = verify(evidence, binder, unproven_ok())
     assert result.profile == inline.profile == "svsm"
@@ -586,6 +587,26 @@ def test_vtpm_report_with_a_forged_signature_refused(
     with pytest.raises(SignatureMismatch) as info:
         verify(forged, binder, unproven_ok())
     assert info.value.claim == "snp.signature"
+
+
+@needs_swtpm
+async def test_vtpm_quote_with_a_forged_signature_refused_on_a_worker(
+    vtpm_attester: SimulatedVtpmAttester,
+) -> None:
+    from ratls._offload import drive
+    from ratls._vtpm_evidence import parse_vtpm_evidence
+
+    binder = os.urandom(64)
+    bundle = parse_vtpm_evidence(vtpm_attester.evidence(binder))
+    signature = bytearray(bundle.quote_signature)
+    signature[-1] ^= 1  # the last byte of the ECDSA S
+    forged = dataclasses.replace(bundle, quote_signature=bytes(signature)).to_bytes()
+    for offload in (False, True):  # made here, and made on the worker pool
+        steps = BoundVerifier(unproven_ok()).verify_steps(forged, binder)
+        with pytest.raises(SignatureMismatch) as info:
+            await drive(steps, offload=offload)
+        assert info.value.claim == "tpm.quote.signature"
+        assert isinstance(info.value.__cause__, InvalidSignature)
 
 
 @needs_swtpm

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import os
 import shutil
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway._metrics import GatewayMetrics
 from ratls._bound import BoundVerifier, SimulatedSnpAttester, SimulatedVtpmAttester
 from ratls._caches import CacheStats, verification_cache_stats
-from ratls._errors import CertificateChainError
+from ratls._errors import CertificateChainError, EvidenceFormatError
 from ratls._policy import Policy, SnpPolicy, TrustPolicy
 from ratls._snp_report import ProductLine
+from ratls._tpm_structs import ObjectAttributes, TpmtPublic, parse_tpmt_public
 from ratls.sim import SimulatedAmdSp, simulated_amd_sp
 
 POLICY = Policy(
@@ -70,6 +73,7 @@ def test_every_memo_is_reported() -> None:
         "amd_certificate",
         "amd_extensions",
         "tls_self_signature",
+        "tpm_public",
         "vtpm_activation",
     }
     assert all(isinstance(s, CacheStats) and s.capacity > 0 for s in stats.values())
@@ -110,3 +114,29 @@ def test_remembered_activations_are_counted(sp: SimulatedAmdSp) -> None:
     after = verification_cache_stats()["vtpm_activation"]
     assert (after.hits - before.hits, after.misses - before.misses) == (1, 1)
     assert after.entries >= 1
+
+
+def test_public_areas_are_parsed_once_and_their_names_and_keys_kept() -> None:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    attributes = ObjectAttributes.SIGN | ObjectAttributes.FIXED_TPM
+    area = TpmtPublic.from_public_key(key, object_attributes=attributes).to_bytes()
+    before = verification_cache_stats()["tpm_public"]
+    first = parse_tpmt_public(area)
+    again = parse_tpmt_public(bytes(bytearray(area)))  # equal bytes, the same object
+    assert again is first
+    after = verification_cache_stats()["tpm_public"]
+    assert (after.hits - before.hits, after.misses - before.misses) == (1, 1)
+    assert first.name() is first.name()  # computed once
+    assert first.public_key() is first.public_key()
+    assert first.public_key().public_numbers() == key.public_numbers()
+    # A copy has its own memo and the same values; the memo is not part of equality.
+    copy = dataclasses.replace(first)
+    assert copy == first
+    assert copy.name() == first.name()
+    # Failures are not remembered: the same bad bytes fail every time, as misses.
+    bad = area[:-1]
+    for _ in range(2):
+        with pytest.raises(EvidenceFormatError):
+            parse_tpmt_public(bad)
+    final = verification_cache_stats()["tpm_public"]
+    assert final.misses - after.misses == 2
