@@ -139,6 +139,8 @@ class SimulatedSvsm:
         if profile is VtpmProfile.AZURE:
             raise ValueError("the azure profile is verified, not simulated, here")
         self._sp = sp
+        # The VCEK, ASK and ARK in DER, sent with every bundle: encoded once.
+        self._certs = _certs_der(sp)
         self._profile = VtpmProfile(profile)
         self._measurement = measurement
         self._report_version = report_version
@@ -395,7 +397,7 @@ class SimulatedSvsm:
             "ak_public": identity.ak_public,
             "quote_attest": attestation.attest[2:],
             "quote_signature": attestation.signature,
-            "certs": _certs_der(self._sp),
+            "certs": self._certs,
             "activation_proof": activation_proof,
         }
         if self._profile is VtpmProfile.SVSM:
