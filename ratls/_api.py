@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from OpenSSL import SSL
 
 from ._attesters_registry import make_attestation_config, make_attester, make_verifier
-from ._bound import SNP_MEDIA_TYPE, parse_snp_evidence
+from ._bound import SNP_MEDIA_TYPE, VTPM_MEDIA_TYPE, parse_snp_evidence
 from ._errors import (
     CertificateChainError,
     PolicyError,
@@ -412,36 +412,48 @@ def evidence_identity(
 
     The attester's SNP evidence for REPORT_DATA = SHA-256(claims) || zeros goes into the
     interoperable RA-TLS extension and its endorsement chain into id-pe-cmw, with the
-    profile's validity (:func:`~ratls._evidence_cert.default_validity`).
+    profile's validity (:func:`~ratls._evidence_cert.default_validity`).  An SNP + vTPM
+    attester also puts its bundle into id-pe-cmw: a quote over SHA-256(claims) and, for
+    the ``svsm`` profile, the VMPL-0 report over that nonce; the tagged report is one the
+    guest OS requests at its own VMPL.  A certificate cannot answer a credential
+    challenge, so its AK stays unproven (docs/evidence-certificates.md).
 
     Args:
         attester: an SNP attester (``sim``, ``snp`` or an object whose ``evidence``
-            returns bound-mode SNP evidence); None gives a plain ephemeral identity.
+            returns bound-mode SNP evidence), an SNP + vTPM one that can request guest
+            reports (``SimulatedVtpmAttester``, ``VtpmBoundAttester`` over the SVSM), or
+            None for a plain ephemeral identity.
         key_type: ``ec-p256``, ``ec-p384`` or ``ed25519``.
 
     Returns:
         The key and the signed certificate.
 
     Raises:
-        ValueError: an RSA key type, or an attester whose evidence is not SNP-only.
+        ValueError: an RSA key type, or an attester whose evidence cert mode cannot carry.
         AttesterError: the attester could not produce evidence.
     """
     if attester is None:
         return generate_ephemeral_identity(key_type)
     media_type = getattr(attester, "media_type", None)
-    if media_type != SNP_MEDIA_TYPE:
+    guest_snp = getattr(attester, "guest_snp_evidence", None)
+    bundle = getattr(attester, "certificate_bundle", None)
+    vtpm = media_type == VTPM_MEDIA_TYPE and callable(guest_snp) and callable(bundle)
+    if media_type != SNP_MEDIA_TYPE and not vtpm:
         raise ValueError(
-            f"cert mode carries SNP evidence; attester {attester!r} produces {media_type} "
-            "(use mode='bound' for vTPM evidence)"
+            f"cert mode carries SNP or SNP + vTPM evidence; attester {attester!r} produces "
+            f"{media_type} without the guest reports cert mode needs (use mode='bound')"
         )
     key = _cert_key(key_type)
+    produce = cast("Callable[[bytes], bytes]", guest_snp if vtpm else attester.evidence)
 
     def snp(report_data: bytes) -> tuple[bytes, SnpEndorsements | None]:
-        evidence = parse_snp_evidence(attester.evidence(report_data))
+        evidence = parse_snp_evidence(produce(report_data))
         return evidence.snp_report, evidence.endorsements()
 
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = AttestedCertificateBuilder().private_key(key).snp_evidence(snp).sign(now=now)
+    builder = AttestedCertificateBuilder().private_key(key).snp_evidence(snp)
+    if vtpm:
+        builder = builder.vtpm_evidence(cast("Callable[[bytes, bytes], bytes]", bundle))
+    certificate = builder.sign(now=datetime.datetime.now(datetime.UTC))
     return key, certificate
 
 

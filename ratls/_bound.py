@@ -80,6 +80,7 @@ from ._vtpm_evidence import (
     to_attestation_result,
     verify_vtpm_evidence_steps,
 )
+from .attesters._svsm_vtpm import GuestEvidence
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -545,6 +546,55 @@ class VtpmBoundAttester:
                 )
         return bundle.to_bytes()
 
+    def guest_snp_evidence(self, report_data: bytes) -> bytes:
+        """For ``cert`` mode: bare SNP evidence of a report the guest OS requests itself.
+
+        Args:
+            report_data: the 64 bytes of REPORT_DATA (SHA-256(claims) || zeros).
+
+        Returns:
+            The encoded :class:`SnpEvidence` (report and endorsements).
+
+        Raises:
+            AttesterError: the source cannot request guest reports (an Azure CVM), or
+                the request failed.
+        """
+        request = getattr(self._source, "guest_evidence", None)
+        if not callable(request):
+            raise AttesterError(
+                f"{self._source!r} cannot request an SNP report for the guest itself, "
+                "which cert mode carries; use bound mode"
+            )
+        with self._lock:
+            guest = request(bytes(report_data))
+        if not isinstance(guest, GuestEvidence):  # pragma: no cover - the source's contract
+            raise AttesterError("the vTPM source returned no guest report")
+        if guest.cert_table is not None:
+            return SnpEvidence(snp_report=guest.report, cert_table=guest.cert_table).to_bytes()
+        return SnpEvidence(snp_report=guest.report, certs=guest.certs or ()).to_bytes()
+
+    def certificate_bundle(self, binder: bytes, nonce: bytes) -> bytes:
+        """For ``cert`` mode: a bundle whose quote carries ``binder`` and report ``nonce``.
+
+        Args:
+            binder: the quote's qualifying data (SHA-256(claims)).
+            nonce: the SVSM attestation nonce (SHA-256(claims) || zeros).
+
+        Returns:
+            The encoded :class:`~ratls._vtpm_evidence.VtpmEvidence`.
+
+        Raises:
+            AttesterError: the TPM or the SVSM refused, or is unavailable.
+        """
+        with self._lock:
+            if self._selection is None:
+                bundle = self._source.collect_evidence(binder=binder, nonce=nonce)
+            else:
+                bundle = self._source.collect_evidence(
+                    binder=binder, nonce=nonce, selection=self._selection
+                )
+        return bundle.to_bytes()
+
     def activate(self, credential: Credential) -> bytes:
         """Answer a verifier's credential-activation challenge with the vTPM.
 
@@ -650,6 +700,14 @@ class SimulatedVtpmAttester:
     def activate(self, credential: Credential) -> bytes:
         """Answer a credential-activation challenge (see :class:`VtpmBoundAttester`)."""
         return self._attester().activate(credential)
+
+    def guest_snp_evidence(self, report_data: bytes) -> bytes:
+        """A VMPL-1 report for ``cert`` mode (see :meth:`VtpmBoundAttester.guest_snp_evidence`)."""
+        return self._attester().guest_snp_evidence(report_data)
+
+    def certificate_bundle(self, binder: bytes, nonce: bytes) -> bytes:
+        """A bundle for ``cert`` mode (see :meth:`VtpmBoundAttester.certificate_bundle`)."""
+        return self._attester().certificate_bundle(binder, nonce)
 
     def respond(self, challenge: bytes) -> bytes:
         """Answer an encoded challenge (see :meth:`VtpmBoundAttester.respond`)."""

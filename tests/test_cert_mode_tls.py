@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import re
@@ -28,7 +29,7 @@ from ratls._api import (
     serve_attested,
     start_attested_server,
 )
-from ratls._bound import SimulatedSnpAttester, SimulatedVtpmAttester
+from ratls._bound import VTPM_MEDIA_TYPE, SimulatedSnpAttester, SimulatedVtpmAttester
 from ratls._errors import (
     BindingMismatch,
     CertificateChainError,
@@ -45,7 +46,7 @@ from ratls._evidence_cert import (
     endpoint_certificate_builder,
     inspect_evidence_certificate,
 )
-from ratls._policy import Policy, SnpPolicy, TrustPolicy
+from ratls._policy import Policy, SnpPolicy, TrustPolicy, VtpmPolicy
 from ratls._result import AttestationResult
 from ratls._snp_report import ProductLine
 from ratls._snp_verify import SnpEndorsements
@@ -232,11 +233,71 @@ def test_evidence_identity_without_attester_is_plain() -> None:
     assert RatlsOID.TCG_DICE_TAGGED_EVIDENCE not in extensions
 
 
-def test_evidence_identity_refuses_rsa_and_vtpm(sp: SimulatedAmdSp) -> None:
+class BundleOnly:
+    """SNP + vTPM evidence without guest reports (like an Azure CVM, whose guest has none)."""
+
+    media_type = VTPM_MEDIA_TYPE
+
+    def evidence(self, binder: bytes) -> bytes:  # pragma: no cover - refused before use
+        raise AssertionError("not called")
+
+
+def test_evidence_identity_refuses_rsa_and_vtpm_without_guest_reports(
+    sp: SimulatedAmdSp,
+) -> None:
     with pytest.raises(ValueError, match="ec-p256"):
         evidence_identity(SimulatedSnpAttester(sp), "rsa-3072")
-    with pytest.raises(ValueError, match="bound"):
-        evidence_identity(SimulatedVtpmAttester(sp))
+    with pytest.raises(ValueError, match="use mode='bound'"):
+        evidence_identity(BundleOnly())
+
+
+@pytest.fixture(scope="module")
+def cvms(sp: SimulatedAmdSp) -> Iterator[tuple[SimulatedVtpmAttester, SimulatedVtpmAttester]]:
+    if shutil.which("swtpm") is None:
+        pytest.skip("swtpm not installed")
+    with SimulatedVtpmAttester(sp) as server_vm, SimulatedVtpmAttester(sp) as client_vm:
+        yield server_vm, client_vm
+
+
+def test_vtpm_evidence_certificate_carries_both(
+    cvms: tuple[SimulatedVtpmAttester, SimulatedVtpmAttester],
+) -> None:
+    _key, cert = evidence_identity(cvms[0])
+    found = inspect_evidence_certificate(cert)
+    assert found.binding is BindingStatus.VERIFIED  # the tagged report binds the key
+    assert found.cmw is not None
+    assert found.cmw.vtpm is not None  # and the bundle rides in id-pe-cmw
+
+
+async def test_mutual_cert_mode_with_vtpm_evidence(
+    cvms: tuple[SimulatedVtpmAttester, SimulatedVtpmAttester],
+) -> None:
+    server_vm, client_vm = cvms
+    seen: list[object] = []
+
+    async def handler(stream: Stream) -> None:
+        seen.append(stream.peer_attestation)
+        await echo(stream)
+
+    # A certificate cannot answer a credential challenge: the AKs stay unproven, which
+    # the policy must accept in so many words.
+    unproven_ok = dataclasses.replace(POLICY, vtpm=VtpmPolicy(allow_unproven_ak=True))
+    async with cert_server(handler, attester=server_vm, policy=unproven_ok) as port:
+        stream = await open_attested_stream(
+            "127.0.0.1", port, attester=client_vm, policy=unproven_ok, mode="cert"
+        )
+        async with stream:
+            await stream.send_all(b"quote me")
+            assert await stream.receive_some() == b"quote me"
+            result = stream.peer_attestation
+    for peer in (result, seen[0]):
+        assert isinstance(peer, AttestationResult)
+        assert (peer.profile, peer.ak_binding, peer.replayable) == ("svsm", "unproven", True)
+    # Under the default, the server's unproven AK is refused by name.
+    async with cert_server(echo, attester=server_vm, policy=unproven_ok) as port:
+        refused = await _client_refuses(port, POLICY)
+    assert isinstance(refused, PolicyViolation)
+    assert refused.claim == "vtpm.ak_binding"
 
 
 # --------------------------------------------------------------------------- negative

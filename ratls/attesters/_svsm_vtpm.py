@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, final
 
 from .._errors import AttesterError, RatlsError
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PCR_SELECTION",
     "QUOTE_ATTEMPTS",
+    "GuestEvidence",
     "GuestVtpmAttester",
     "VtpmAttester",
     "quote_and_pcrs",
@@ -65,6 +67,27 @@ class VtpmAttester(Protocol):
     def activate(self, credential: Credential) -> bytes:
         """Answer a credential challenge with the vTPM (TPM2_ActivateCredential)."""
         ...
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuestEvidence:
+    """A guest-requested SNP report and what endorses it (exactly one of the two).
+
+    Sources that can ask for one (the simulator, :class:`GuestVtpmAttester`; not an Azure
+    CVM, whose guest has no SNP guest interface) offer ``guest_evidence(report_data)``:
+    ``cert`` mode puts that report in the interoperable RA-TLS extension (REPORT_DATA =
+    SHA-256(claims) || zeros), while the VMPL-0 report in the bundle binds the vTPM.
+
+    Attributes:
+        report: the raw report.
+        certs: DER VCEK|VLEK, ASK|ASVK, ARK.
+        cert_table: the extended-report certificate table from the host.
+    """
+
+    report: bytes
+    certs: tuple[bytes, bytes, bytes] | None = None
+    cert_table: bytes | None = None
 
 
 #: Quotes made before giving up when the PCRs change between a quote and their reading.
@@ -138,6 +161,8 @@ class GuestVtpmAttester:
         certs: DER VCEK|VLEK, ASK|ASVK, ARK to send when the host supplies no
             certificate table.
         endorsement_auth: the endorsement hierarchy's auth value.
+        guest_vmpl: the VMPL the guest OS runs at under the SVSM (1 by default), for the
+            report of :meth:`guest_evidence`.
 
     Raises:
         ValueError: for the azure profile (read the HCL report with tpm2-tools instead).
@@ -152,11 +177,13 @@ class GuestVtpmAttester:
         tpm_factory: Callable[[], Tpm] | None = None,
         certs: tuple[bytes, bytes, bytes] | None = None,
         endorsement_auth: bytes = b"",
+        guest_vmpl: int = 1,
     ) -> None:
         if profile is VtpmProfile.AZURE:
             raise ValueError("the azure profile has no attester here")
         self._profile = VtpmProfile(profile)
         self._snp = snp if snp is not None else SnpGuestAttester()
+        self._guest_vmpl = guest_vmpl
         self._tpm = tpm
         self._tpm_factory = tpm_factory or (lambda: Tpm(DeviceTransport()))
         self._certs = certs
@@ -190,6 +217,23 @@ class GuestVtpmAttester:
             credential.encrypted_secret,
             endorsement_auth=self._endorsement_auth,
         )
+
+    def guest_evidence(self, report_data: bytes) -> GuestEvidence:
+        """A report at the guest's own VMPL over ``report_data``, for ``cert`` mode.
+
+        Raises:
+            AttesterUnavailable: no configfs-tsm or /dev/sev-guest.
+            AttesterError: the kernel refused, or no endorsements are at hand.
+        """
+        guest = self._snp.get_report(report_data, vmpl=self._guest_vmpl)
+        if guest.certs is not None:
+            return GuestEvidence(report=guest.report, cert_table=guest.certs)
+        if self._certs is None:
+            raise AttesterError(
+                "the host supplied no certificate table; pass certs= (VCEK, ASK, ARK from "
+                "AMD's KDS)"
+            )
+        return GuestEvidence(report=guest.report, certs=self._certs)
 
     def _endorsements(self, table: bytes | None) -> dict[str, object]:
         if table is not None:

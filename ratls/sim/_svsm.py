@@ -45,8 +45,8 @@ from .._tpm_structs import TpmAlgId
 from .._vtpm_evidence import VtpmEvidence, VtpmProfile
 from ..attesters._snp_guest import SVSM_VTPM_SERVICE_GUID
 from ..attesters._svsm_vtpm import DEFAULT_PCR_SELECTION as DEFAULT_PCR_SELECTION
+from ..attesters._svsm_vtpm import GuestEvidence, quote_and_pcrs
 from ..attesters._svsm_vtpm import VtpmAttester as VtpmAttester
-from ..attesters._svsm_vtpm import quote_and_pcrs
 from ._swtpm import Swtpm, VtpmIdentity, activate_credential, manufacture_vtpm, store_report_in_nv
 
 if TYPE_CHECKING:
@@ -271,6 +271,14 @@ class SimulatedSvsm:
             manifest=manifest,
             certs=self._sp.cert_table() if with_certs else None,
         )
+
+    def guest_evidence(self, report_data: bytes) -> GuestEvidence:
+        """A VMPL-1 report over ``report_data`` with the simulator's certificates.
+
+        Raises:
+            ValueError: ``report_data`` is not 64 bytes.
+        """
+        return GuestEvidence(report=self.guest_report(report_data), certs=self._certs)
 
     def guest_report(self, report_data: bytes, *, vmpl: int = 1) -> bytes:
         """A report the guest OS requests itself, at its own VMPL (1 by default).
