@@ -5,13 +5,17 @@ memory BIOs, ``AttestedTLSStream``), so the ratios isolate what attestation adds
 
 * **handshakes per second**, sequential and with ``--in-flight`` connections at once:
   mutual TLS 1.3 with attestation off (fixed certificates) against mutual attested TLS
-  through the public API (``serve_attested`` / ``open_attested_stream``), in three
+  through the public API (``serve_attested`` / ``open_attested_stream``), in four
   variants: ``bound`` mode with simulated SEV-SNP evidence made fresh for each side of
-  each connection; ``cert`` mode (a fresh client key and evidence certificate per
-  connection, the server's certificate renewed on its timer); and ``bound`` mode with
-  simulated SNP + vTPM evidence (``svsm`` profile: a fresh VMPL-0 report, a swtpm quote
-  and a credential activation per side and connection; each side has its own swtpm;
-  skipped without swtpm).  Evidence is verified and appraised on both sides;
+  each connection; ``cert`` mode; ``bound`` mode with simulated SNP + vTPM evidence
+  (``svsm`` profile: a fresh VMPL-0 report and a swtpm quote per side and connection, the
+  credential activation remembered after the first; each side has its own swtpm;
+  skipped without swtpm); and ``cert`` mode with SNP + vTPM evidence (a guest report, a
+  quote and a VMPL-0 report in each certificate; AKs unproven).  Cert-mode evidence is
+  replayable by design: each side's evidence certificate is made once per attester and
+  renewed every 60 s, and a verified certificate is remembered while its evidence is
+  valid, so a cert-mode connection makes and checks no new evidence.  Evidence is verified and
+  appraised on both sides;
 * **throughput** of one established stream, plain against attested (after the exchange an
   attested stream is a plain TLS stream, so this should be ~1.0);
 * the cost split: producing and verifying one side's evidence (both sides of every
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import re
 import shutil
@@ -42,7 +47,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ratls._api import open_attested_stream, serve_attested
 from ratls._bound import BoundVerifier, SimulatedSnpAttester, SimulatedVtpmAttester
-from ratls._policy import Policy, SnpPolicy, TrustPolicy
+from ratls._policy import Policy, SnpPolicy, TrustPolicy, VtpmPolicy
 from ratls._snp_report import ProductLine
 from ratls._tls_context import (
     generate_ephemeral_identity,
@@ -66,6 +71,8 @@ POLICY = Policy(
 )
 # SNP + vTPM peers: the same measurement; the simulated vTPM's PCRs are not pinned here.
 VTPM_POLICY = POLICY
+# Cert mode cannot prove a vTPM's AK by activation: its policy accepts unproven AKs.
+CERT_VTPM_POLICY = dataclasses.replace(POLICY, vtpm=VtpmPolicy(allow_unproven_ak=True))
 CHUNK = 65536
 
 
@@ -269,6 +276,8 @@ async def main(args: argparse.Namespace) -> None:
             server_vm = vms.enter_context(SimulatedVtpmAttester(sp))
             vtpm_connect = attested_client(client_vm, policy=VTPM_POLICY)
             variants.append(("bound, SNP+vTPM", vtpm_connect, server_vm, "bound", VTPM_POLICY))
+            cert_vtpm = attested_client(client_vm, mode="cert", policy=CERT_VTPM_POLICY)
+            variants.append(("cert, SNP+vTPM", cert_vtpm, server_vm, "cert", CERT_VTPM_POLICY))
         await run_all(args, plain_connect, variants)
 
 
