@@ -14,8 +14,8 @@ memory BIOs, ``AttestedTLSStream``), so the ratios isolate what attestation adds
   quote and a VMPL-0 report in each certificate; AKs unproven).  Cert-mode evidence is
   replayable by design: each side's evidence certificate is made once per attester and
   renewed every 60 s, and a verified certificate is remembered while its evidence is
-  valid, so a cert-mode connection makes and checks no new evidence.  Evidence is verified and
-  appraised on both sides;
+  valid, so a cert-mode connection makes and checks no new evidence.  Evidence is
+  verified and appraised on both sides;
 * **throughput** of one established stream, plain against attested (after the exchange an
   attested stream is a plain TLS stream, so this should be ~1.0);
 * the cost split: producing and verifying one side's evidence (both sides of every
