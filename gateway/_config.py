@@ -617,12 +617,16 @@ class EgressRoute:
         name: the route name used in OPEN.
         backend: where the backend listens (TCP or UNIX).
         proxy_protocol: send a PROXY protocol v2 header with the verified peer claims.
+        http_headers: the route carries HTTP/1.x: add the verified peer claims to every
+            request as ``X-Ratls-Peer-*`` fields, after removing any the client sent
+            (:mod:`gateway._http_inject`).
         require: claim rules the peer must satisfy to use this route (all of them).
     """
 
     name: str
     backend: Endpoint
     proxy_protocol: bool = False
+    http_headers: bool = False
     require: tuple[ClaimRule, ...] = ()
 
 
@@ -1092,19 +1096,24 @@ def _egress(
     routes: dict[str, EgressRoute] = {}
     for i, t in enumerate(c.array(egress, "route", "egress.route")):
         where = f"egress.route[{i}]"
-        c.unknown(t, {"name", "backend", "proxy_protocol", "require"}, where)
+        c.unknown(t, {"name", "backend", "proxy_protocol", "http_headers", "require"}, where)
         if "name" not in t:
             c.problem(f"{where}.name", "missing")
             continue
         name = c.name(t, where, "")
         backend = c.endpoint(t, "backend", where, listen=False)
         proxy = c.boolean(t, "proxy_protocol", where)
+        http_headers = c.boolean(t, "http_headers", where)
         require = c.claim_rules(t, where)
         if name in routes:
             c.problem(f"{where}.name", f"duplicate route name {name!r}")
         elif name and backend:
             routes[name] = EgressRoute(
-                name=name, backend=backend, proxy_protocol=proxy, require=require
+                name=name,
+                backend=backend,
+                proxy_protocol=proxy,
+                http_headers=http_headers,
+                require=require,
             )
     listener_names: dict[str, str] = {}
     listeners: list[EgressListener] = []

@@ -32,6 +32,8 @@ from ratls._tls_stream import AttestedTLSStream
 
 from ._attestation import peer_claims, peer_summary
 from ._direct_socket import direct_if_socket
+from ._http_inject import HeaderInjector, InjectingStream
+from ._http_proxy import attestation_headers
 from ._link import (
     LINK_VERSION,
     SUPPORTED_VERSIONS,
@@ -352,9 +354,14 @@ async def _serve(
                 peer_result=stream.peer_attestation,
                 verified_at=trio.current_time(),
             )
-        outcome = await runtime.run_tunnel(
-            record, fields, channel, backend, attestation=attestation
-        )
+        local: trio.abc.Stream = backend
+        if route is not None and route.http_headers:
+            # The ingress side's verified claims go into every request head.
+            injected = attestation_headers(stream.peer_attestation)
+            local = InjectingStream(backend, HeaderInjector(injected))
+        outcome = await runtime.run_tunnel(record, fields, channel, local, attestation=attestation)
+        if isinstance(local, InjectingStream) and local.failure is not None:
+            fields.update(result="bad-request", detail=local.failure)
         if outcome.aborted:
             await abort_stream(backend)
             backend = None
