@@ -179,9 +179,11 @@ class HeaderInjector:
             self._state = _State.CHUNK_LINE
             return
         lengths = [value for name, value in fields if name.lower() == "content-length"]
-        length = int(lengths[0]) if lengths else 0
-        if length >= 1 << 63:
+        # Digits only (checked by _check_framing); 19 digits already exceed 2**63, and
+        # int() refuses strings of more than 4300 digits with a ValueError.
+        if lengths and (len(lengths[0]) > 19 or int(lengths[0]) >= 1 << 63):
             self._refuse("Content-Length too large")
+        length = int(lengths[0]) if lengths else 0
         if length:
             self._remaining = length
             self._state = _State.BODY

@@ -125,6 +125,7 @@ def test_any_split_gives_the_same_rewrite(stream: bytes, cuts: list[int]) -> Non
             "too large",
         ),
         (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431, "too long"),
+        (b"POST / HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 400, "too large"),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"e" * 5000, 431, "long"),
     ],
 )
