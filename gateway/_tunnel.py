@@ -127,11 +127,14 @@ def refusal_text(exc: BaseException) -> str:
 def reset_detail(exc: BaseException) -> str:
     """Why a local connection (client or backend) failed, for the access line and the peer.
 
-    The error class, and the system's words for the socket error under it.  ETIMEDOUT
+    The error class, and the system's words for the socket error under it (or our own
+    error under it, such as an HTTP request the egress would not forward).  ETIMEDOUT
     on an established connection means the peer stopped answering: TCP keepalive probes
     (``[tcp]``) or retransmissions went unanswered.
     """
     cause = exc if isinstance(exc, OSError) else exc.__cause__
+    if isinstance(cause, RatlsError):  # e.g. a request the egress refused to forward
+        return f"{type(cause).__name__}: {cause}"[:512]
     if not isinstance(cause, OSError) or cause.errno is None:
         return type(exc).__name__
     if cause.errno == errno.ETIMEDOUT:

@@ -232,3 +232,13 @@ async def test_the_backend_reads_the_ingress_claims_and_never_forged_ones(
     )
     await wait_for(lambda: len(seen) == 2)
     assert seen[1] == b""  # the refused request's bytes never reached the backend
+
+    def ingress_details() -> list[str]:
+        return [
+            str(fields.get("detail", ""))
+            for record in caplog.records
+            if isinstance(fields := getattr(record, "fields", None), dict)
+            and fields.get("side") == "ingress"
+        ]
+
+    await wait_for(lambda: any("Upgrade" in detail for detail in ingress_details()))

@@ -25,6 +25,7 @@ from gateway_helpers import (
 )
 
 from gateway._config import TcpSettings
+from gateway._http_connect import HttpRequestError
 from gateway._runtime import apply_tcp_settings
 from gateway._tunnel import reset_detail
 
@@ -156,6 +157,11 @@ def test_reset_details_name_the_socket_error() -> None:
         f"ConnectionResetError: {os.strerror(errno.ECONNRESET)}"
     )
     assert reset_detail(trio.ClosedResourceError()) == "ClosedResourceError"
+    refused = trio.BrokenResourceError("an Upgrade")
+    refused.__cause__ = HttpRequestError(501, "an Upgrade would end HTTP on this connection")
+    assert reset_detail(refused) == (
+        "HttpRequestError: 501: an Upgrade would end HTTP on this connection"
+    )
     assert reset_detail(ConnectionResetError("no errno")) == "ConnectionResetError"
 
 
