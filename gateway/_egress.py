@@ -32,7 +32,7 @@ from ratls._tls_stream import AttestedTLSStream
 
 from ._attestation import peer_claims, peer_summary
 from ._direct_socket import direct_if_socket
-from ._http_inject import HeaderInjector, InjectingStream
+from ._http_inject import HeaderInjector, injecting_stream
 from ._http_proxy import attestation_headers
 from ._link import (
     LINK_VERSION,
@@ -48,6 +48,7 @@ from ._link import (
     reason_name,
 )
 from ._proxy_protocol import build_proxy_header, claims_tlvs
+from ._rewriting import RewritingStream
 from ._runtime import (
     apply_tcp_settings,
     connect_endpoint,
@@ -358,9 +359,9 @@ async def _serve(
         if route is not None and route.http_headers:
             # The ingress side's verified claims go into every request head.
             injected = attestation_headers(stream.peer_attestation)
-            local = InjectingStream(backend, HeaderInjector(injected))
+            local = injecting_stream(backend, HeaderInjector(injected))
         outcome = await runtime.run_tunnel(record, fields, channel, local, attestation=attestation)
-        if isinstance(local, InjectingStream) and local.failure is not None:
+        if isinstance(local, RewritingStream) and local.failure is not None:
             fields.update(result="bad-request", detail=local.failure)
         if outcome.aborted:
             await abort_stream(backend)

@@ -35,15 +35,16 @@ import re
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Final, NoReturn, final
 
-import trio
-
 from ._http_connect import MAX_REQUEST_HEAD, HttpRequestError
 from ._http_proxy import _REQUEST_LINE, _check_framing, _head_lines, _is_ours, _split_fields
+from ._rewriting import RewritingStream
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["HeaderInjector", "InjectingStream"]
+    import trio
+
+__all__ = ["HeaderInjector", "injecting_stream"]
 
 # Longest chunk-size line (size, extensions, CRLF) accepted.
 _MAX_CHUNK_LINE: Final = 4096
@@ -151,7 +152,7 @@ class HeaderInjector:
         lines = _head_lines(head, MAX_REQUEST_HEAD)
         if lines is None or not lines[0]:
             self._refuse("malformed request head")
-        if any(b"\r" in line or b"\n" in line or b"\0" in line for line in lines):
+        if not _clean(lines):
             self._refuse("a bare CR, LF or NUL in the request head")
         match = _REQUEST_LINE.fullmatch(lines[0])
         if match is None:
@@ -167,12 +168,10 @@ class HeaderInjector:
         if any(name.lower() == "upgrade" for name, _ in fields):
             self._refuse("an Upgrade would end HTTP on this connection", 501)
         _check_framing(fields, minor)
-        kept = [
-            line for line, (name, _) in zip(lines[1:], fields, strict=True) if not _is_ours(name)
-        ]
         self._next_body(fields)
         self.requests += 1
-        return b"".join(line + b"\r\n" for line in [lines[0], *kept]) + self._added + b"\r\n"
+        kept = _without_ours(lines[1:], fields)
+        return lines[0] + b"\r\n" + kept + self._added + b"\r\n"
 
     def _next_body(self, fields: list[tuple[str, str]]) -> None:
         if any(name.lower() == "transfer-encoding" for name, _ in fields):
@@ -206,66 +205,36 @@ class HeaderInjector:
         if section == b"\r\n":
             return b"\r\n"
         lines = _head_lines(section, MAX_REQUEST_HEAD)
-        if lines is None or any(b"\r" in line or b"\n" in line or b"\0" in line for line in lines):
+        if lines is None or not _clean(lines):
             self._refuse("malformed trailer section")
         fields = _split_fields(lines)
         if fields is None:
             self._refuse("malformed trailer field")
-        kept = [line for line, (name, _) in zip(lines, fields, strict=True) if not _is_ours(name)]
-        return b"".join(line + b"\r\n" for line in kept) + b"\r\n"
+        return _without_ours(lines, fields) + b"\r\n"
 
     def _refuse(self, reason: str, status: int = 400) -> NoReturn:
         raise HttpRequestError(status, reason)
 
 
-@final
-class InjectingStream(trio.abc.HalfCloseableStream):
-    """A backend's stream as the tunnel sees it: requests go through a :class:`HeaderInjector`.
+def _clean(lines: list[bytes]) -> bool:
+    """No bare CR or LF (a line end only CRLF may make) and no NUL in any line."""
+    return not any(b"\r" in line or b"\n" in line or b"\0" in line for line in lines)
+
+
+def _without_ours(lines: list[bytes], fields: list[tuple[str, str]]) -> bytes:
+    """The field lines whose names are not ``X-Ratls-*``, each with its CRLF."""
+    return b"".join(
+        line + b"\r\n" for line, (name, _) in zip(lines, fields, strict=True) if not _is_ours(name)
+    )
+
+
+def injecting_stream(
+    stream: trio.abc.HalfCloseableStream, injector: HeaderInjector
+) -> RewritingStream:
+    """A backend's stream as the tunnel sees it: requests go through ``injector``.
 
     Receiving (the responses) is passed through.  When a request is refused, nothing of
-    it is sent, :attr:`failure` says why, and the send raises ``BrokenResourceError`` so
+    it is sent, ``failure`` says why, and the send raises ``BrokenResourceError`` so
     that the tunnel ends.
-
-    Args:
-        stream: the backend's stream.
-        injector: the request rewriter.
     """
-
-    def __init__(self, stream: trio.abc.HalfCloseableStream, injector: HeaderInjector) -> None:
-        self._stream = stream
-        self._injector = injector
-        #: Why a request was refused (None while all is well).
-        self.failure: str | None = None
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Rewrite request heads and send.
-
-        Raises:
-            trio.BrokenResourceError: the backend went away, or a request was refused.
-            trio.ClosedResourceError: the stream was closed.
-        """
-        if self.failure is not None:
-            raise trio.BrokenResourceError(self.failure)
-        try:
-            out = self._injector.feed(bytes(data))
-        except HttpRequestError as exc:
-            self.failure = str(exc)
-            raise trio.BrokenResourceError(self.failure) from exc
-        if out:
-            await self._stream.send_all(out)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """Passed through to the backend's stream."""
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        """Half-close towards the backend."""
-        await self._stream.send_eof()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Passed through from the backend (the responses)."""
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def aclose(self) -> None:
-        """Close the backend's stream."""
-        await self._stream.aclose()
+    return RewritingStream(stream, injector.feed)

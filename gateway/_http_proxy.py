@@ -77,6 +77,7 @@ from ._ingress import (
 )
 from ._link import AddressTarget
 from ._reader import RequestTooLarge, StreamReader, TruncatedRequest
+from ._rewriting import RewritingStream
 from ._tunnel import close_link
 
 if TYPE_CHECKING:
@@ -89,13 +90,13 @@ __all__ = [
     "VIA_PSEUDONYM",
     "AbsoluteRequest",
     "HttpResponseError",
-    "ProxiedClientStream",
     "ResponseHead",
     "ResponseRewriter",
     "attestation_headers",
     "parse_absolute_request",
     "parse_proxy_request",
     "parse_response_head",
+    "proxied_client_stream",
     "rewrite_request",
     "rewrite_response_head",
     "serve_http_proxy",
@@ -626,69 +627,15 @@ class ResponseRewriter:
         raise HttpResponseError("the backend closed in the middle of its response head")
 
 
-@final
-class ProxiedClientStream(trio.abc.HalfCloseableStream):
-    """The client's stream as the tunnel sees it: responses go through a rewriter.
+def proxied_client_stream(stream: trio.SocketStream, rewriter: ResponseRewriter) -> RewritingStream:
+    """The client's stream as the tunnel sees it: responses go through ``rewriter``.
 
-    Receiving is passed through (the request body).  Sending feeds the backend's bytes
-    to a :class:`ResponseRewriter`.  When the response cannot be relayed, nothing more
-    is sent, :attr:`failure` says why, and the send raises ``BrokenResourceError`` so
-    that the tunnel ends; its owner then answers 502.
-
-    Args:
-        stream: the client's socket stream.
-        rewriter: the response rewriter.
+    Receiving is passed through (the request body).  When the response cannot be
+    relayed, nothing more is sent, ``failure`` says why, and the send raises
+    ``BrokenResourceError`` so that the tunnel ends; its owner then answers 502.  At EOF
+    the response must have had a complete head.
     """
-
-    def __init__(self, stream: trio.SocketStream, rewriter: ResponseRewriter) -> None:
-        self._stream = stream
-        self._rewriter = rewriter
-        #: Why the backend's response was refused (None while all is well).
-        self.failure: str | None = None
-
-    def _fail(self, exc: HttpResponseError) -> NoReturn:
-        self.failure = exc.reason
-        raise trio.BrokenResourceError(exc.reason) from exc
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Rewrite (while in the heads) and send.
-
-        Raises:
-            trio.BrokenResourceError: the client went away, or the response is bad.
-            trio.ClosedResourceError: the stream was closed.
-        """
-        if self.failure is not None:
-            raise trio.BrokenResourceError(self.failure)
-        try:
-            out = self._rewriter.feed(bytes(data))
-        except HttpResponseError as exc:
-            self._fail(exc)
-        if out:
-            await self._stream.send_all(out)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """Passed through to the client's stream."""
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        """The backend finished: check its response had a head, then half-close.
-
-        Raises:
-            trio.BrokenResourceError: no complete response head came.
-        """
-        try:
-            self._rewriter.finish()
-        except HttpResponseError as exc:
-            self._fail(exc)
-        await self._stream.send_eof()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Passed through to the client's stream (the request body)."""
-        return await self._stream.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        """Close the client's stream."""
-        await self._stream.aclose()
+    return RewritingStream(stream, rewriter.feed, rewriter.finish)
 
 
 # --------------------------------------------------------------------------- serving
@@ -705,7 +652,7 @@ async def _run_absolute(
     pipelined: bytes,
 ) -> None:
     extra = attestation_headers(opened.attestation.peer_result) if rule.attestation_headers else ()
-    client = ProxiedClientStream(raw, ResponseRewriter(extra))
+    client = proxied_client_stream(raw, ResponseRewriter(extra))
     await _run_tunnel(
         runtime, opened, client, record, fields, initial_data=rewrite_request(request) + pipelined
     )

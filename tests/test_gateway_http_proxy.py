@@ -43,13 +43,13 @@ from gateway._http_proxy import (
     MAX_RESPONSE_HEAD,
     AbsoluteRequest,
     HttpResponseError,
-    ProxiedClientStream,
     ResponseHead,
     ResponseRewriter,
     attestation_headers,
     parse_absolute_request,
     parse_proxy_request,
     parse_response_head,
+    proxied_client_stream,
     rewrite_request,
     rewrite_response_head,
     serve_http_proxy,
@@ -536,13 +536,13 @@ async def test_proxied_client_stream_contract() -> None:
         trio.SocketStream(trio.socket.from_stdlib_socket(b)),
     )
     async with ours, theirs:
-        client = ProxiedClientStream(ours, ResponseRewriter())
+        client = proxied_client_stream(ours, ResponseRewriter())
         await client.wait_send_all_might_not_block()
         await theirs.send_all(b"request body")
         assert await client.receive_some(100) == b"request body"
         await client.send_all(b"HTTP/1.1 200 OK\r\nX-Ratls-A: f\r\n\r\nbody")
         await client.send_all(b"")  # after the head, even empty sends just pass
-        bad = ProxiedClientStream(ours, ResponseRewriter())
+        bad = proxied_client_stream(ours, ResponseRewriter())
         with pytest.raises(trio.BrokenResourceError) as info:
             await bad.send_all(b"nonsense\r\n\r\n")
         assert isinstance(info.value.__cause__, HttpResponseError)
@@ -551,7 +551,7 @@ async def test_proxied_client_stream_contract() -> None:
         assert await receive_all(theirs) == (
             b"HTTP/1.1 200 OK\r\nVia: 1.1 ratls-gateway\r\nConnection: close\r\n\r\nbody"
         )
-        broken = ProxiedClientStream(ours, ResponseRewriter())
+        broken = proxied_client_stream(ours, ResponseRewriter())
         with pytest.raises(trio.BrokenResourceError):
             await broken.send_eof()
         assert broken.failure == "the backend closed without a response"
