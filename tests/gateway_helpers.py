@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -43,6 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import pytest
 import trio
 
 from gateway._config import parse_config
@@ -50,8 +52,6 @@ from gateway._daemon import RunningGateway, run_gateway
 from gateway._testing import HmacTestAttester, HmacTestVerifier, hmac_test_attestation
 
 if TYPE_CHECKING:
-    import pytest
-
     from gateway._config import GatewayConfig
     from ratls._exchange import AttestationConfig
 
@@ -150,6 +150,47 @@ def stable_port(count: int = 1) -> int:
                 continue
             return port
     raise OSError("no free port below the ephemeral range")
+
+
+# --------------------------------------------------------------------------- namespaces
+
+
+def run_in_network_namespace(script: str, *, tools: Sequence[str] = ()) -> dict[str, Any]:
+    """Run ``tests/<script>`` in a fresh user and network namespace; return its JSON.
+
+    Such a script may add addresses and iptables rules without touching this machine.
+    Skips where namespaces or ``tools`` are missing, except under CI (``CI`` set), where
+    that is a failure: CI installs them (.ci/setup).
+    """
+    reason = None
+    for tool in ("unshare", "ip", "iptables", *tools):
+        if shutil.which(tool) is None:
+            reason = f"{tool} is not installed"
+            break
+    else:
+        probe = subprocess.run(
+            ["unshare", "-rn", "iptables", "-t", "nat", "-L", "OUTPUT"],  # noqa: S607 - on PATH
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode != 0:
+            reason = f"no user and network namespace with netfilter: {probe.stderr.strip()}"
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the network-namespace tests: {reason}")
+        pytest.skip(reason)
+    path = Path(__file__).resolve().parent / script
+    done = subprocess.run(  # noqa: S603 - our own interpreter and script
+        ["unshare", "-rn", sys.executable, str(path)],  # noqa: S607 - unshare is on PATH
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 # --------------------------------------------------------------------------- bytes

@@ -1,9 +1,11 @@
 """TCP keepalive on the gateway's connections (``[tcp]``), and the reasons a reset is logged.
 
-Loopback peers never vanish silently (the kernel answers keepalive probes for any socket
-that exists), so what is checked here is that every connection a gateway accepts or
-opens carries the configured keepalive options, read back from the kernel, and that a
-connection that timed out is reported as a peer that stopped answering.
+Every connection a gateway accepts or opens must carry the configured keepalive options
+(read back from the kernel). Loopback peers never vanish silently, since the kernel
+answers keepalive probes for any socket that exists, so the behaviour itself is tested
+in a network namespace (``tests/netns_keepalive.py``) where iptables drops an open
+tunnel's client packets: the ingress must find the client gone by its probes alone and
+log it as a peer that stopped answering.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gateway_helpers import (
     connect,
     gateway_pair,
     receive_exactly,
+    run_in_network_namespace,
     start_backend,
     wait_for,
 )
@@ -177,3 +180,16 @@ async def test_keepalive_on_ipv6() -> None:
         async with client, server:
             apply_tcp_settings(server, SETTINGS)
             assert keepalive_of(server.socket) == (1, 321, 7, 4)
+
+
+def test_a_vanished_client_is_found_by_keepalive_probes() -> None:
+    # In a network namespace, iptables drops every packet of an open tunnel's client
+    # connection: no FIN, no RST, only unanswered keepalive probes (1 s idle, 1 s apart,
+    # 2 probes) can end it.
+    result = run_in_network_namespace("netns_keepalive.py")
+    line = result["line"]
+    assert line["result"] == "client-reset"
+    assert (
+        line["detail"] == "the peer stopped answering (TCP keepalive or retransmission timed out)"
+    )
+    assert 2.5 < result["seconds"] < 20  # idle + probes; not some other timeout

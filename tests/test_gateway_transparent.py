@@ -8,25 +8,18 @@ the connection to the ingress, and it arrives at the backend through an attested
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import socket
 import struct
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import trio
+from gateway_helpers import run_in_network_namespace
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway._config import ConfigError, Endpoint, TransparentRule, parse_config
 from gateway._link import AddressTarget
 from gateway._transparent import NotRedirected, original_destination, parse_original_destination
-
-HERE = Path(__file__).resolve().parent
 
 
 def sockaddr_in(host: str, port: int) -> bytes:
@@ -115,37 +108,8 @@ def test_transparent_rules_parse() -> None:
     )
 
 
-def _namespaces_available() -> str | None:
-    """Why the netfilter test cannot run here, or None."""
-    for tool in ("unshare", "ip", "iptables", "ip6tables"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    probe = subprocess.run(
-        ["unshare", "-rn", "iptables", "-t", "nat", "-L", "OUTPUT"],  # noqa: S607 - on PATH
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return f"no user and network namespace with netfilter: {probe.stderr.strip()}"
-    return None
-
-
 def test_redirected_connections_reach_their_destination_through_the_tunnel() -> None:
-    reason = _namespaces_available()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI runs the netfilter test: {reason}")
-        pytest.skip(reason)
-    done = subprocess.run(  # noqa: S603 - our own interpreter and script
-        ["unshare", "-rn", sys.executable, str(HERE / "netns_transparent.py")],  # noqa: S607
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    results = json.loads(done.stdout)
+    results = run_in_network_namespace("netns_transparent.py", tools=["ip6tables"])
     # Both families: the client dialled the service, the backend answered through the tunnel.
     assert results["redirected_v4"] == {"answer": "echo:hello", "error": None}
     assert results["redirected_v6"] == {"answer": "echo:hello", "error": None}
