@@ -556,22 +556,27 @@ class Socks5Rule:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransparentRule:
-    """Transparent capture: connections that netfilter REDIRECTed to ``listen``.
+    """Transparent capture: connections that netfilter diverted to ``listen``.
 
-    Each connection goes to the address the client originally dialled (read from the
-    kernel's connection tracking, ``SO_ORIGINAL_DST``) through ``egress``, whose
-    allowlist decides as for any address target.  A connection made to ``listen``
+    Each connection goes to the address the client originally dialled through
+    ``egress``, whose allowlist decides as for any address target.  With ``redirect``
+    (iptables/nftables REDIRECT) the kernel's connection tracking names that address
+    (``SO_ORIGINAL_DST``); with ``tproxy`` (the TPROXY target, which leaves addresses
+    untouched) the listener is bound with ``IP_TRANSPARENT`` and the connection's own
+    local address is the original destination.  A connection made to ``listen``
     directly has no other destination and is refused.
 
     Attributes:
         name: a label for logs and metrics.
-        listen: the TCP address the REDIRECT rules send connections to.
+        listen: the TCP address the netfilter rules send connections to.
         egress: the egress gateway's attested listener.
+        mode: ``redirect`` or ``tproxy``.
     """
 
     name: str
     listen: Endpoint
     egress: Endpoint
+    mode: Literal["redirect", "tproxy"] = "redirect"
 
 
 @final
@@ -1076,15 +1081,25 @@ def _ingress(
     transparent_names: dict[str, str] = {}
     for i, t in enumerate(c.array(ingress, "transparent", "ingress.transparent")):
         where = f"ingress.transparent[{i}]"
-        c.unknown(t, {"name", "listen", "egress"}, where)
+        c.unknown(t, {"name", "listen", "egress", "mode"}, where)
         name = c.name(t, where, f"transparent-{i}")
         c.unique(transparent_names, name, where)
         listen = c.endpoint(t, "listen", where, listen=True)
         egress = c.endpoint(t, "egress", where, listen=False)
-        if listen is not None and listen.kind != "tcp":
-            c.problem(f"{where}.listen", "netfilter redirects TCP: give host:port")
+        mode = t.get("mode", "redirect")
+        if mode not in ("redirect", "tproxy"):
+            c.problem(f"{where}.mode", 'must be "redirect" or "tproxy"')
+        elif listen is not None and listen.kind != "tcp":
+            c.problem(f"{where}.listen", "netfilter diverts TCP: give host:port")
         elif listen and egress:
-            transparent.append(TransparentRule(name=name, listen=listen, egress=egress))
+            transparent.append(
+                TransparentRule(
+                    name=name,
+                    listen=listen,
+                    egress=egress,
+                    mode="tproxy" if mode == "tproxy" else "redirect",
+                )
+            )
     return tuple(mappings), tuple(proxies), tuple(socks), tuple(transparent)
 
 

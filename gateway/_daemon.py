@@ -66,7 +66,12 @@ def _listen_keys(config: GatewayConfig) -> dict[str, str]:
     keys.update({f"mapping:{r.name}": r.listen_text for r in config.mappings})
     keys.update({f"http-connect:{r.name}": str(r.listen) for r in config.http_connect})
     keys.update({f"socks5:{r.name}": str(r.listen) for r in config.socks5})
-    keys.update({f"transparent:{r.name}": str(r.listen) for r in config.transparent})
+    keys.update(
+        {
+            f"transparent:{r.name}": f"{r.listen} {r.mode}"  # tproxy binds differently
+            for r in config.transparent
+        }
+    )
     if config.admin is not None:
         keys["admin"] = str(config.admin.listen)
     return keys

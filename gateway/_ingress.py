@@ -55,7 +55,7 @@ from ._runtime import (
     source_of,
 )
 from ._socks import SocksError, SocksReply, build_reply, negotiate, reply_for
-from ._transparent import NotRedirected, original_destination
+from ._transparent import NotRedirected, original_destination, tproxy_destination
 from ._tunnel import (
     LinkChannel,
     TunnelAttestation,
@@ -360,6 +360,26 @@ def _peername(stream: trio.SocketStream) -> object:
         return None
 
 
+async def _listen(
+    runtime: Runtime, endpoint: Endpoint, *, ports: int = 1, transparent: bool = False
+) -> list[trio.SocketListener]:
+    """Bind ``endpoint`` (and the ``ports - 1`` ports after it); all or nothing."""
+    endpoints = [endpoint]
+    if ports > 1:
+        endpoints = [replace(endpoint, port=p) for p in range(endpoint.port, endpoint.port + ports)]
+    listeners: list[trio.SocketListener] = []
+    try:
+        for each in endpoints:
+            listeners += await open_endpoint_listeners(
+                each, reuse_port=runtime.config.process.reuse_port, transparent=transparent
+            )
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
 async def _serve(
     runtime: Runtime,
     endpoint: Endpoint,
@@ -370,21 +390,14 @@ async def _serve(
     task_status: trio.TaskStatus[list[trio.SocketListener]],
     *,
     ports: int = 1,
+    listeners: list[trio.SocketListener] | None = None,
 ) -> NoReturn:
-    """Listen on ``endpoint`` (and the ``ports - 1`` ports after it) and run ``handler``."""
-    endpoints = [endpoint]
-    if ports > 1:
-        endpoints = [replace(endpoint, port=p) for p in range(endpoint.port, endpoint.port + ports)]
-    listeners: list[trio.SocketListener] = []
-    try:
-        for each in endpoints:
-            listeners += await open_endpoint_listeners(
-                each, reuse_port=runtime.config.process.reuse_port
-            )
-    except BaseException:
-        for listener in listeners:
-            listener.socket.close()
-        raise
+    """Listen on ``endpoint`` (and the ``ports - 1`` ports after it) and run ``handler``.
+
+    ``listeners`` bound by the caller are used instead (transparent capture binds its own).
+    """
+    if listeners is None:
+        listeners = await _listen(runtime, endpoint, ports=ports)
     address = str(endpoint) if ports == 1 else f"{endpoint}-{endpoint.port + ports - 1}"
     log_event("listening", side="ingress", mode=mode, rule=rule, address=address)
 
@@ -479,14 +492,26 @@ async def serve_transparent(
     ) -> None:
         current = runtime.current_rule(rule)  # after a reload: the new egress
         try:
-            target = original_destination(raw.socket)
+            if rule.mode == "tproxy":
+                target = tproxy_destination(raw.socket, listen_port)
+            else:
+                target = original_destination(raw.socket)
         except NotRedirected as exc:
             fields.update(result="not-redirected", detail=str(exc), abort_client=True)
             return
         await _raw_tunnel(runtime, current.egress, target, raw, client, record, fields)
 
+    listeners = await _listen(runtime, rule.listen, transparent=rule.mode == "tproxy")
+    listen_port = listeners[0].socket.getsockname()[1]
     await _serve(
-        runtime, rule.listen, "transparent", rule.name, handler, handler_nursery, task_status
+        runtime,
+        rule.listen,
+        "transparent",
+        rule.name,
+        handler,
+        handler_nursery,
+        task_status,
+        listeners=listeners,
     )
 
 

@@ -382,7 +382,7 @@ async def _unix_listener(path: str, backlog: int) -> trio.SocketListener:
 
 
 async def open_endpoint_listeners(
-    endpoint: Endpoint, *, backlog: int = 128, reuse_port: bool = False
+    endpoint: Endpoint, *, backlog: int = 128, reuse_port: bool = False, transparent: bool = False
 ) -> list[trio.SocketListener]:
     """Listeners for ``endpoint`` (one per address family for a TCP name).
 
@@ -390,22 +390,34 @@ async def open_endpoint_listeners(
         endpoint: where to listen.
         backlog: the accept queue length.
         reuse_port: bind TCP sockets with ``SO_REUSEPORT`` (``[process] reuse_port``).
+        transparent: bind TCP sockets with ``IP_TRANSPARENT``/``IPV6_TRANSPARENT``, so
+            that they accept connections netfilter's TPROXY target diverts to them
+            (needs ``CAP_NET_ADMIN``).
 
     Raises:
-        OSError: the address cannot be bound.
+        OSError: the address cannot be bound, or an option is refused (``EPERM`` for
+            ``transparent`` without ``CAP_NET_ADMIN``).
     """
     if endpoint.kind == "unix":
         return [await _unix_listener(endpoint.path, backlog)]
-    if reuse_port:
-        return await _shared_tcp_listeners(endpoint.host, endpoint.port, backlog)
+    if reuse_port or transparent:
+        return await _tcp_listeners(
+            endpoint.host, endpoint.port, backlog, reuse_port=reuse_port, transparent=transparent
+        )
     return await trio.open_tcp_listeners(endpoint.port, host=endpoint.host, backlog=backlog)
 
 
-async def _shared_tcp_listeners(
-    host: str | None, port: int, backlog: int
+# IP_TRANSPARENT (linux/in.h) and IPV6_TRANSPARENT (linux/in6.h); Python names only the first.
+_IP_TRANSPARENT: Final = getattr(socket, "IP_TRANSPARENT", 19)
+_IPV6_TRANSPARENT: Final = getattr(socket, "IPV6_TRANSPARENT", 75)
+
+
+async def _tcp_listeners(
+    host: str | None, port: int, backlog: int, *, reuse_port: bool, transparent: bool
 ) -> list[trio.SocketListener]:
-    # trio.open_tcp_listeners, plus SO_REUSEPORT: one socket per address the name has.
-    if not hasattr(socket, "SO_REUSEPORT"):
+    # trio.open_tcp_listeners, plus options that must be set before bind (SO_REUSEPORT,
+    # IP_TRANSPARENT), which trio offers no way to set: one socket per address the name has.
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise OSError(errno.ENOPROTOOPT, "SO_REUSEPORT is not available on this system")
     infos = await trio.socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -416,9 +428,14 @@ async def _shared_tcp_listeners(
             sock = trio.socket.socket(family, kind, proto)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if transparent and family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_TRANSPARENT, 1)
+                elif transparent:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_TRANSPARENT, 1)
                 await sock.bind(address)
                 sock.listen(backlog)
             except BaseException:

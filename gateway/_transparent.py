@@ -1,4 +1,4 @@
-"""Transparent capture: where a netfilter-REDIRECTed connection was originally going.
+"""Transparent capture: where a netfilter-diverted connection was originally going.
 
 An ``iptables -t nat ... -j REDIRECT --to-ports P`` rule (or its nftables equivalent)
 rewrites the destination of matching connections to a local port, where the ingress's
@@ -8,10 +8,14 @@ returns it as a ``struct sockaddr_in`` (``IP6T_SO_ORIGINAL_DST``: ``sockaddr_in6
 ip6tables).  That address becomes the tunnel's target, checked by the egress's
 allowlist like any other.
 
+The TPROXY target instead leaves addresses untouched and hands the connection to a
+listener bound with ``IP_TRANSPARENT``: its local address is the original destination
+(:func:`tproxy_destination`).
+
 Parsing the kernel's answer is pure (:func:`parse_original_destination`); only
-:func:`original_destination` touches a socket.  A connection with no translated
-destination (one made to the capture port directly, which would otherwise tunnel to the
-gateway itself) is refused with :class:`NotRedirected`.
+:func:`original_destination` and :func:`tproxy_destination` touch a socket.  A
+connection with no diverted destination (one made to the capture port directly, which
+would otherwise tunnel to the gateway itself) is refused with :class:`NotRedirected`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "NotRedirected",
     "original_destination",
     "parse_original_destination",
+    "tproxy_destination",
 ]
 
 #: ``SO_ORIGINAL_DST`` at level ``SOL_IP`` (linux/netfilter_ipv4.h).
@@ -105,3 +110,27 @@ def original_destination(sock: trio.socket.SocketType) -> AddressTarget:
             "the gateway; only REDIRECTed connections are tunnelled)"
         )
     return target
+
+
+def tproxy_destination(sock: trio.socket.SocketType, listen_port: int) -> AddressTarget:
+    """Where the client of a connection diverted by netfilter's TPROXY target was going.
+
+    TPROXY leaves the addresses as they were, so the accepted connection's local address
+    is the destination the client dialled (the listener is bound with
+    ``IP_TRANSPARENT``).  A local port equal to the listener's means a direct connection
+    to the capture port: choose one no captured service uses.
+
+    Raises:
+        NotRedirected: a direct connection, or no local address.
+    """
+    try:
+        local = sock.getsockname()
+    except OSError as exc:
+        raise NotRedirected(f"no local address: {exc.strerror or exc}") from exc
+    host, port = str(local[0]), int(local[1])
+    if port == listen_port:
+        raise NotRedirected(
+            f"a direct connection to the capture port {listen_port} (it would loop through "
+            "the gateway; only diverted connections are tunnelled)"
+        )
+    return AddressTarget(host=host, port=port)

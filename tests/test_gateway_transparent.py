@@ -1,9 +1,11 @@
 """Transparent capture (``[[ingress.transparent]]``): the kernel's answer, config, netfilter.
 
-The end-to-end test runs ``tests/netns_transparent.py`` in a new user and network
-namespace (``unshare -rn``), where it may add addresses and iptables/ip6tables REDIRECT
-rules without touching the machine: a client dials a service address, netfilter sends
-the connection to the ingress, and it arrives at the backend through an attested tunnel.
+The end-to-end tests run ``tests/netns_transparent.py`` (REDIRECT, IPv4 and IPv6) and
+``tests/netns_tproxy.py`` (TPROXY, the client in a second namespace behind a veth pair)
+in a new user and network namespace (``unshare -rn``), where they may add addresses,
+routes and iptables rules without touching the machine: a client dials a service
+address, netfilter sends the connection to the ingress, and it arrives at the backend
+through an attested tunnel.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from hypothesis import strategies as st
 
 from gateway._config import ConfigError, Endpoint, TransparentRule, parse_config
 from gateway._link import AddressTarget
-from gateway._transparent import NotRedirected, original_destination, parse_original_destination
+from gateway._transparent import (
+    NotRedirected,
+    original_destination,
+    parse_original_destination,
+    tproxy_destination,
+)
 
 
 def sockaddr_in(host: str, port: int) -> bytes:
@@ -92,8 +99,8 @@ def test_transparent_rules_parse() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(doc)
     assert [str(p) for p in info.value.problems] == [
-        "ingress.transparent[1].listen: netfilter redirects TCP: give host:port",
-        "ingress.transparent[2].x: unknown key (known: egress, listen, name)",
+        "ingress.transparent[1].listen: netfilter diverts TCP: give host:port",
+        "ingress.transparent[2].x: unknown key (known: egress, listen, mode, name)",
         "ingress.transparent[2].name: duplicate name 'capture' (also ingress.transparent[0])",
     ]
     del rules[1:]
@@ -127,3 +134,49 @@ def test_redirected_connections_reach_their_destination_through_the_tunnel() -> 
     }
     modes = {line["mode"] for line in results["tunnels"]}
     assert modes == {"transparent"}
+
+
+def test_tproxy_diverted_connections_keep_their_addresses_and_reach_the_backend() -> None:
+    # The client sits in its own network namespace behind a veth pair; TPROXY hands its
+    # connection to the ingress with the addresses untouched.
+    results = run_in_network_namespace("netns_tproxy.py", tools=["nsenter"])
+    assert results["diverted"] == "echo:hello"
+    assert results["direct"] == "ConnectionResetError"  # the capture port itself: cut
+    lines = {
+        (line["client"].split(":")[0], line["target"], line["result"])
+        for line in results["tunnels"]
+    }
+    assert lines == {
+        ("10.88.0.2", "10.77.0.5:5432", "ok"),  # the client's own address, no NAT
+        ("127.0.0.1", "", "not-redirected"),
+    }
+
+
+async def test_a_direct_connection_to_a_tproxy_listener_is_refused() -> None:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server = await listener.accept()
+        async with client, server:
+            with pytest.raises(NotRedirected, match="direct connection to the capture port"):
+                tproxy_destination(server.socket, port)
+            # What TPROXY hands over has the client's destination as its local address.
+            assert tproxy_destination(server.socket, port + 1) == AddressTarget(
+                host="127.0.0.1", port=port
+            )
+
+
+def test_transparent_modes_parse() -> None:
+    rule = {"listen": "0.0.0.0:15001", "egress": "10.0.0.9:9443"}
+    doc: dict[str, object] = {"attestation": {"attester": "x"}}
+    doc["ingress"] = {"transparent": [{**rule, "mode": "tproxy"}]}
+    assert parse_config(doc).transparent[0].mode == "tproxy"
+    doc["ingress"] = {"transparent": [rule]}
+    assert parse_config(doc).transparent[0].mode == "redirect"
+    doc["ingress"] = {"transparent": [{**rule, "mode": "divert"}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert [str(p) for p in info.value.problems] == [
+        'ingress.transparent[0].mode: must be "redirect" or "tproxy"'
+    ]
