@@ -21,6 +21,7 @@ REQUIRED_IN_CI = (
     "ip6tables",
     "ip",
     "unshare",
+    "nsenter",
 )
 
 
