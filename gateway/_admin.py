@@ -75,7 +75,7 @@ def status_document(runtime: Runtime) -> dict[str, object]:
             ),
             *({"mode": "socks5", "name": r.name, "listen": str(r.listen)} for r in config.socks5),
             *(
-                {"mode": "transparent", "name": r.name, "listen": str(r.listen)}
+                {"mode": f"transparent-{r.mode}", "name": r.name, "listen": str(r.listen)}
                 for r in config.transparent
             ),
         ],

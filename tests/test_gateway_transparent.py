@@ -10,17 +10,19 @@ through an attested tunnel.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 
 import pytest
 import trio
-from gateway_helpers import run_in_network_namespace
+from gateway_helpers import KEY, admin_get, listen_port, run_in_network_namespace, start_gateway
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway._config import ConfigError, Endpoint, TransparentRule, parse_config
 from gateway._link import AddressTarget
+from gateway._testing import hmac_test_attestation
 from gateway._transparent import (
     NotRedirected,
     original_destination,
@@ -180,3 +182,21 @@ def test_transparent_modes_parse() -> None:
     assert [str(p) for p in info.value.problems] == [
         'ingress.transparent[0].mode: must be "redirect" or "tproxy"'
     ]
+
+
+async def test_status_lists_transparent_listeners(nursery: trio.Nursery) -> None:
+    doc = {
+        "attestation": {"attester": "test"},
+        "admin": {"listen": "127.0.0.1:0"},
+        "ingress": {
+            "transparent": [
+                {"name": "capture", "listen": "127.0.0.1:0", "egress": "127.0.0.1:9443"}
+            ]
+        },
+    }
+    gateway = await start_gateway(nursery, parse_config(doc), hmac_test_attestation(KEY)[0])
+    status, body = await admin_get(listen_port(gateway, "admin"), "/status")
+    assert status == 200
+    [entry] = json.loads(body)["ingress"]
+    assert entry == {"mode": "transparent-redirect", "name": "capture", "listen": "127.0.0.1:0"}
+    gateway.request_shutdown()
