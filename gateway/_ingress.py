@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IngressFailure",
     "OpenedLink",
+    "attest_egress",
     "open_link",
     "serve_mapping",
     "serve_socks5",
@@ -105,6 +106,9 @@ class IngressFailure:
     result: str
     code: LinkReason | int
     detail: str
+    #: The error behind it, for the operator (``ratls-gateway probe``); may name
+    #: reference values of our own policy, so it is never sent to a client or peer.
+    cause: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 @final
@@ -119,6 +123,86 @@ class OpenedLink:
 
     channel: LinkChannel
     attestation: TunnelAttestation
+
+
+async def attest_egress(
+    runtime: Runtime, egress: Endpoint
+) -> AttestedTLSStream[trio.abc.Stream] | IngressFailure:
+    """Connect to the egress and run the attested TLS handshake, both ways.
+
+    Never raises for network or attestation failures: they come back as
+    :class:`IngressFailure` (the stream is then already closed).  The stream returned
+    has passed attestation; the caller sends OPEN on it or closes it.
+    """
+    timeouts = runtime.config.timeouts
+    identity = runtime.identity
+    try:
+        with trio.fail_after(timeouts.connect):
+            raw = await connect_endpoint(egress)
+        apply_tcp_settings(raw, runtime.config.tcp)
+    except trio.TooSlowError as exc:
+        return IngressFailure(
+            result="egress-timeout",
+            code=LinkReason.BACKEND_TIMEOUT,
+            detail=f"egress gateway did not answer within {timeouts.connect:g} s",
+            cause=exc,
+        )
+    except OSError as exc:
+        return IngressFailure(
+            result="egress-unreachable",
+            code=LinkReason.BACKEND_UNREACHABLE,
+            detail=f"egress gateway {connect_error_kind(exc)}",
+            cause=exc,
+        )
+    stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
+        direct_if_socket(raw),
+        identity.client_context,
+        server_side=False,
+        attestation=identity.attestation,
+    )
+    failure: IngressFailure | None = None
+    try:
+        started = trio.current_time()
+        try:
+            with trio.fail_after(timeouts.handshake):
+                await stream.do_handshake()
+        except trio.TooSlowError as exc:
+            failure = IngressFailure(
+                result="handshake-timeout",
+                code=LinkReason.BACKEND_TIMEOUT,
+                detail=f"attested handshake took over {timeouts.handshake:g} s",
+                cause=exc,
+            )
+            return failure
+        except AttestationRefused as exc:
+            failure = IngressFailure(
+                result="attestation-failed",
+                code=LinkReason.ATTESTATION_FAILED,
+                detail=f"the egress refused our attestation: {exc.reason}",
+                cause=exc,
+            )
+            return failure
+        except RatlsError as exc:
+            failure = IngressFailure(
+                result="attestation-failed",
+                code=LinkReason.ATTESTATION_FAILED,
+                detail=f"the egress failed attestation: {refusal_text(exc)}",
+                cause=exc,
+            )
+            return failure
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            failure = IngressFailure(
+                result="handshake-failed",
+                code=LinkReason.BACKEND_UNREACHABLE,
+                detail="the egress closed the connection during the handshake",
+                cause=exc,
+            )
+            return failure
+        runtime.metrics.handshake_seconds.observe(trio.current_time() - started, side="ingress")
+        return stream
+    finally:
+        if failure is not None:
+            await close_link(stream, graceful=True)
 
 
 async def open_link(
@@ -137,64 +221,13 @@ async def open_link(
     """
     timeouts = runtime.config.timeouts
     identity = runtime.identity
-    try:
-        with trio.fail_after(timeouts.connect):
-            raw = await connect_endpoint(egress)
-        apply_tcp_settings(raw, runtime.config.tcp)
-    except trio.TooSlowError:
-        return IngressFailure(
-            result="egress-timeout",
-            code=LinkReason.BACKEND_TIMEOUT,
-            detail=f"egress gateway did not answer within {timeouts.connect:g} s",
-        )
-    except OSError as exc:
-        return IngressFailure(
-            result="egress-unreachable",
-            code=LinkReason.BACKEND_UNREACHABLE,
-            detail=f"egress gateway {connect_error_kind(exc)}",
-        )
-    stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
-        direct_if_socket(raw),
-        identity.client_context,
-        server_side=False,
-        attestation=identity.attestation,
-    )
+    attested = await attest_egress(runtime, egress)
+    if isinstance(attested, IngressFailure):
+        return attested
+    stream = attested
     channel = LinkChannel(stream, LinkRole.INGRESS, buffer_size=runtime.config.limits.buffer_size)
     failure: IngressFailure | None = None
     try:
-        started = trio.current_time()
-        try:
-            with trio.fail_after(timeouts.handshake):
-                await stream.do_handshake()
-        except trio.TooSlowError:
-            failure = IngressFailure(
-                result="handshake-timeout",
-                code=LinkReason.BACKEND_TIMEOUT,
-                detail=f"attested handshake took over {timeouts.handshake:g} s",
-            )
-            return failure
-        except AttestationRefused as exc:
-            failure = IngressFailure(
-                result="attestation-failed",
-                code=LinkReason.ATTESTATION_FAILED,
-                detail=f"the egress refused our attestation: {exc.reason}",
-            )
-            return failure
-        except RatlsError as exc:
-            failure = IngressFailure(
-                result="attestation-failed",
-                code=LinkReason.ATTESTATION_FAILED,
-                detail=f"the egress failed attestation: {refusal_text(exc)}",
-            )
-            return failure
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            failure = IngressFailure(
-                result="handshake-failed",
-                code=LinkReason.BACKEND_UNREACHABLE,
-                detail="the egress closed the connection during the handshake",
-            )
-            return failure
-        runtime.metrics.handshake_seconds.observe(trio.current_time() - started, side="ingress")
         try:
             with trio.fail_after(timeouts.connect + timeouts.handshake):
                 await channel.send(Open(target=target, client=client))

@@ -3,10 +3,12 @@
 ::
 
     ratls-gateway check CONFIG     validate CONFIG; print every problem with its location
+    ratls-gateway probe CONFIG     attest to each egress CONFIG names; explain the outcome
     ratls-gateway run CONFIG       run the gateway until SIGTERM/SIGINT (SIGHUP reloads)
 
 Logs are JSON lines on standard error (one access line per tunnel).  Exit status: 0 on
-success, 1 when the configuration is invalid or the gateway failed, 2 on usage errors.
+success, 1 when the configuration is invalid, the gateway failed or a probed egress did
+not pass attestation, 2 on usage errors.
 Under systemd (``Type=notify-reload``) ``run`` reports readiness, reloads, stopping and
 watchdog pings on ``$NOTIFY_SOCKET`` (gateway._systemd).
 """
@@ -14,6 +16,8 @@ watchdog pings on ``$NOTIFY_SOCKET`` (gateway._systemd).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import signal
 import sys
@@ -26,8 +30,9 @@ import trio
 from ratls._errors import RatlsError
 
 from ._attestation import close_attestation, resolve_attestation
-from ._config import ConfigError, load_config
+from ._config import ConfigError, load_config, parse_endpoint
 from ._daemon import DEFAULT_DRAIN_TIMEOUT, RunningGateway, run_gateway
+from ._probe import egresses_of, probe
 from ._ratls_provider import register_ratls_providers
 from ._runtime import LOGGER_NAME, JsonFormatter, log_event
 from ._systemd import SystemdNotifier
@@ -45,6 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a configuration file")
     check.add_argument("config", type=Path)
+    probe = sub.add_parser(
+        "probe",
+        help="attest to each egress the configuration names (or --egress), and explain",
+    )
+    probe.add_argument("config", type=Path)
+    probe.add_argument(
+        "--egress",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="an egress to probe instead of those of the ingress rules (repeatable)",
+    )
+    probe.add_argument("--json", action="store_true", help="one JSON object per egress")
     run = sub.add_parser("run", help="run the gateway daemon")
     run.add_argument("config", type=Path)
     run.add_argument(
@@ -63,6 +81,37 @@ def _print_problems(exc: ConfigError, path: Path) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
+def _probe(path: Path, egress_texts: Sequence[str], as_json: bool) -> int:
+    try:
+        config = load_config(path)
+        egresses = [parse_endpoint(text) for text in egress_texts] or egresses_of(config)
+    except ConfigError as exc:
+        _print_problems(exc, path)
+        return 1
+    except ValueError as exc:
+        print(f"--egress: {exc}", file=sys.stderr)
+        return 2
+    if not egresses:
+        print(f"{path}: no ingress rule names an egress; give --egress HOST:PORT", file=sys.stderr)
+        return 2
+    try:
+        results = trio.run(probe, config, egresses)
+    except RatlsError as exc:
+        print(f"{path}: attestation: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    for result in results:
+        if as_json:
+            print(json.dumps(dataclasses.asdict(result), sort_keys=True, default=str))
+        elif result.ok:
+            print(f"egress {result.egress}: attested ({result.tls}, {result.seconds * 1e3:.1f} ms)")
+            print(f"  peer: {result.peer}")
+            print(f"  claims: {json.dumps(result.claims, sort_keys=True, default=str)}")
+        else:
+            print(f"egress {result.egress}: {result.result} ({result.seconds * 1e3:.1f} ms)")
+            print(f"  {result.detail}")
+    return 0 if all(result.ok for result in results) else 1
+
+
 def _check(path: Path) -> int:
     try:
         config = load_config(path)
@@ -73,7 +122,10 @@ def _check(path: Path) -> int:
     except RatlsError as exc:
         print(f"{path}: attestation: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    ingress = len(config.mappings) + len(config.http_connect) + len(config.socks5)
+    ingress = sum(
+        len(rules)
+        for rules in (config.mappings, config.http_connect, config.socks5, config.transparent)
+    )
     print(
         f"{path}: OK ({ingress} ingress rule(s), {len(config.listeners)} egress listener(s), "
         f"{len(config.routes)} route(s), attester {config.attestation.attester!r})"
@@ -158,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_ratls_providers()
     if args.command == "check":
         return _check(args.config)
+    if args.command == "probe":
+        return _probe(args.config, args.egress, args.json)
     _setup_logging(args.log_level)
     try:
         trio.run(_run, args.config, args.drain_timeout)
