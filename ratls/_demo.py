@@ -2,7 +2,9 @@
 
 What it shows, in one process and on loopback sockets only:
 
-1. an ordinary backend service (plain HTTP, knows nothing about attestation);
+1. an ordinary backend service (plain HTTP, knows nothing about attestation, but reads
+   the ``X-Ratls-Peer-*`` headers in which the egress passes on what it verified about
+   the client side's gateway);
 2. a simulated confidential VM in front of it: a software AMD-SP (its own ARK/ASK/VCEK
    chain), a simulated SVSM at VMPL0 and a fresh swtpm vTPM, running the **egress
    gateway** with the ``sim+vtpm`` attester;
@@ -94,6 +96,7 @@ def _egress_toml(name: str, policy: Path, backend: tuple[str, int], measurement:
         f'[[egress.listener]]\nname = "main"\nlisten = "127.0.0.1:0"\nroutes = ["web"]\n'
         f'allow = ["{backend[0]}:{backend[1]}"]\n\n'
         f'[[egress.route]]\nname = "web"\nbackend = "{backend[0]}:{backend[1]}"\n'
+        "http_headers = true\n"
     )
 
 
@@ -125,8 +128,19 @@ class _Backend:
                         break
                     request += chunk
             self.received += request
-            line = bytes(request).split(b"\r\n", 1)[0].decode("latin-1", "replace")
-            body = f"hello from the {self.name}; you asked: {line}\n".encode()
+            lines = bytes(request).split(b"\r\n\r\n", 1)[0].decode("latin-1", "replace")
+            line, *fields = lines.split("\r\n")
+            vouched = [
+                value.strip()
+                for name, _, value in (field.partition(":") for field in fields)
+                if name.strip().lower() == "x-ratls-peer-measurement"
+            ]
+            said = (
+                f"; the gateway vouches for the client side: {vouched[0][:16]}..."
+                if vouched
+                else ""
+            )
+            body = f"hello from the {self.name}; you asked: {line}{said}\n".encode()
             head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             await stream.send_all(head + body)
 

@@ -28,6 +28,8 @@ def test_demo_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     # Traffic flowed through ingress -> attested tunnel -> egress -> backend, twice.
     assert out.count("response: HTTP/1.0 200 OK | hello from the confidential backend") == 2
+    # The backend learned the client side's verified launch measurement from a header.
+    assert out.count("the gateway vouches for the client side: 37449dfda6861d66...") == 2
     # The verified attestation is shown: SNP + vTPM, AK proven in the connection.
     assert "profile       svsm" in out
     assert "ak binding    activated" in out
