@@ -12,9 +12,7 @@ long it took.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,30 +23,13 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_helpers import KEY, egress_doc, ingress_doc, listen_port, start_gateway
+from netns_support import TunnelLines, run
 
 from gateway._config import parse_config
-from gateway._runtime import LOGGER_NAME
 from gateway._testing import hmac_test_attestation
 
 # First probe after 1 s of silence, then every second; 2 unanswered probes end it.
 TCP = {"keepalive_idle": 1, "keepalive_interval": 1, "keepalive_count": 2}
-
-
-def run(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, text=True)  # noqa: S603 - fixed argv
-
-
-class TunnelLines(logging.Handler):
-    """Keeps the access-log ``tunnel`` records."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = getattr(record, "fields", None)
-        if record.getMessage() == "tunnel" and isinstance(fields, dict):
-            self.lines.append({k: str(v) for k, v in fields.items()})
 
 
 async def echo(stream: trio.SocketStream) -> None:
@@ -63,9 +44,6 @@ async def echo(stream: trio.SocketStream) -> None:
 async def main() -> dict[str, Any]:
     run("ip", "link", "set", "lo", "up")
     lines = TunnelLines()
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.addHandler(lines)
-    logger.setLevel(logging.INFO)
     async with trio.open_nursery() as nursery:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         backend_port = listeners[0].socket.getsockname()[1]

@@ -11,7 +11,6 @@ backend listening on that very address.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -23,9 +22,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_helpers import KEY, egress_doc, ingress_doc, listen_port, start_gateway
+from netns_support import TunnelLines, run
 
 from gateway._config import parse_config
-from gateway._runtime import LOGGER_NAME
 from gateway._testing import hmac_test_attestation
 
 SERVICE = "10.77.0.5"
@@ -46,27 +45,6 @@ try:
 except OSError as exc:
     print(type(exc).__name__)
 """
-
-
-def run(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, text=True)  # noqa: S603 - fixed argv
-
-
-class TunnelLines(logging.Handler):
-    """Keeps the ingress's access-log ``tunnel`` records."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = getattr(record, "fields", None)
-        if (
-            record.getMessage() == "tunnel"
-            and isinstance(fields, dict)
-            and fields.get("side") == "ingress"
-        ):
-            self.lines.append({k: str(v) for k, v in fields.items()})
 
 
 def client_namespace() -> subprocess.Popen[bytes]:
@@ -100,10 +78,7 @@ async def main() -> dict[str, Any]:
     run("iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "veth0", "-p", "tcp",
         "-d", SERVICE, "--dport", str(PORT),
         "-j", "TPROXY", "--on-port", str(CAPTURE), "--tproxy-mark", "1")  # fmt: skip
-    lines = TunnelLines()
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.addHandler(lines)
-    logger.setLevel(logging.INFO)
+    lines = TunnelLines("ingress")
     results: dict[str, Any] = {}
     try:
         async with trio.open_nursery() as nursery:

@@ -15,10 +15,8 @@ operator excludes the gateway's traffic (``-m owner ! --uid-owner``, or by addre
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,9 @@ from gateway_helpers import (
     listen_port,
     start_gateway,
 )
+from netns_support import TunnelLines, run
 
 from gateway._config import parse_config
-from gateway._runtime import LOGGER_NAME
 from gateway._testing import hmac_test_attestation
 
 SERVICE_V4 = "10.77.0.5"
@@ -46,10 +44,6 @@ CLIENT_V6 = "fd77::2"
 PORT = 5432
 CLOSED_PORT = 5433  # redirected too, but not on the egress's allowlist
 CAPTURE = 15001
-
-
-def run(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, text=True)  # noqa: S603 - fixed argv
 
 
 def prepare_namespace() -> None:
@@ -94,29 +88,9 @@ async def client(source: str, host: str, port: int) -> dict[str, Any]:
     return {"answer": answer.decode(), "error": None}
 
 
-class TunnelLines(logging.Handler):
-    """Keeps the ingress's access-log ``tunnel`` records."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = getattr(record, "fields", None)
-        if (
-            record.getMessage() == "tunnel"
-            and isinstance(fields, dict)
-            and fields.get("side") == "ingress"
-        ):
-            self.lines.append({k: str(v) for k, v in fields.items()})
-
-
 async def main() -> dict[str, Any]:
     prepare_namespace()
-    lines = TunnelLines()
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.addHandler(lines)
-    logger.setLevel(logging.INFO)
+    lines = TunnelLines("ingress")
     results: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
         listeners = [
