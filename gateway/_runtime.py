@@ -412,6 +412,20 @@ _IP_TRANSPARENT: Final = getattr(socket, "IP_TRANSPARENT", 19)
 _IPV6_TRANSPARENT: Final = getattr(socket, "IPV6_TRANSPARENT", 75)
 
 
+def _set_transparent(sock: trio.socket.SocketType, family: int) -> None:
+    """Let ``sock`` accept connections for any address (TPROXY), or say what it needs."""
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_TRANSPARENT, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_TRANSPARENT, 1)
+    except PermissionError as exc:
+        raise PermissionError(
+            exc.errno,
+            'a TPROXY listener (mode = "tproxy") needs CAP_NET_ADMIN to set IP_TRANSPARENT',
+        ) from exc
+
+
 async def _tcp_listeners(
     host: str | None, port: int, backlog: int, *, reuse_port: bool, transparent: bool
 ) -> list[trio.SocketListener]:
@@ -432,10 +446,8 @@ async def _tcp_listeners(
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if transparent and family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_TRANSPARENT, 1)
-                elif transparent:
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_TRANSPARENT, 1)
+                if transparent:
+                    _set_transparent(sock, family)
                 await sock.bind(address)
                 sock.listen(backlog)
             except BaseException:

@@ -215,13 +215,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level)
     try:
         trio.run(_run, args.config, args.drain_timeout)
-    except ConfigError as exc:
-        _print_problems(exc, args.config)
-        return 1
-    except OSError as exc:
-        log_event("gateway failed", level=logging.ERROR, error=str(exc))
+    except (ConfigError, OSError, BaseExceptionGroup) as exc:
+        failure = _startup_failure(exc)
+        if failure is None:
+            raise
+        if isinstance(failure, ConfigError):
+            _print_problems(failure, args.config)
+        else:
+            log_event("gateway failed", level=logging.ERROR, error=str(failure))
         return 1
     return 0
+
+
+def _startup_failure(exc: BaseException) -> ConfigError | OSError | None:
+    """The configuration or OS error that stopped the gateway, out of trio's exception groups.
+
+    A port already in use or a refused socket option arrives wrapped in one group per
+    nursery; the operator should read one line, not a traceback.  None when anything
+    else is in there (a bug: let it be seen whole).
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, ConfigError | OSError):
+        return exc
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -15,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from gateway_helpers import sim_egress_config, spawn_gateway_cli
+from gateway_helpers import POLICY, sim_egress_config, spawn_gateway_cli
 from OpenSSL import SSL
 
 from gateway._admin import handle_admin_request
@@ -329,6 +333,51 @@ def test_cli_run_reload_and_sigterm(tmp_path: Path) -> None:
     assert "ready" in messages
     assert "shutdown requested" in messages
     assert messages[-1] == "stopped"
+
+
+def test_cli_run_says_plainly_why_it_cannot_start(tmp_path: Path) -> None:
+    # A port taken by someone else: one error line, no traceback.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "egress.toml"
+        config.write_text(
+            sim_egress_config(tmp_path)
+            .read_text()
+            .replace('listen = "unix:egress.sock"', f'listen = "127.0.0.1:{port}"')
+        )
+        process = spawn_gateway_cli(config)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    text = stderr.decode()
+    assert "Traceback" not in text
+    [line] = [json.loads(line) for line in text.splitlines() if '"gateway failed"' in line]
+    assert "Address already in use" in line["error"]
+
+
+def test_cli_run_names_the_capability_tproxy_needs(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None:  # pragma: no cover - util-linux is everywhere
+        pytest.skip("unshare is not installed")
+    config = tmp_path / "ingress.toml"
+    config.write_text(
+        '[attestation]\nattester = "sim"\n'
+        f'policy = "{POLICY}"\n'
+        "[[ingress.transparent]]\n"
+        'listen = "127.0.0.1:0"\negress = "127.0.0.1:9443"\nmode = "tproxy"\n'
+    )
+    # In a user namespace of its own the process lacks CAP_NET_ADMIN over this network.
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        ["unshare", "-r", sys.executable, "-m", "gateway.cli", "run", str(config)],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "needs CAP_NET_ADMIN to set IP_TRANSPARENT" in done.stderr
 
 
 async def test_vanishing_ingress_resets_the_backend(
