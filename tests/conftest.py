@@ -31,7 +31,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     if os.environ.get("RATLS_SKIP_SWTPM") == "1":
         raise pytest.UsageError("RATLS_SKIP_SWTPM=1 would skip the vTPM tests; CI runs them")
-    missing = [tool for tool in REQUIRED_IN_CI if shutil.which(tool) is None]
+    # iptables and ip live in /usr/sbin, which a non-root user's PATH may leave out.
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    missing = [tool for tool in REQUIRED_IN_CI if shutil.which(tool, path=path) is None]
     if missing:
         raise pytest.UsageError(
             f"CI needs {', '.join(missing)} (Debian packages swtpm, swtpm-tools, tpm2-tools, "

@@ -163,8 +163,11 @@ def run_in_network_namespace(script: str, *, tools: Sequence[str] = ()) -> dict[
     that is a failure: CI installs them (.ci/setup).
     """
     reason = None
+    # iptables and ip live in /usr/sbin, which a non-root user's PATH may leave out.
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    env = {**os.environ, "PATH": search}
     for tool in ("unshare", "ip", "iptables", *tools):
-        if shutil.which(tool) is None:
+        if shutil.which(tool, path=search) is None:
             reason = f"{tool} is not installed"
             break
     else:
@@ -173,6 +176,7 @@ def run_in_network_namespace(script: str, *, tools: Sequence[str] = ()) -> dict[
             capture_output=True,
             text=True,
             check=False,
+            env=env,
         )
         if probe.returncode != 0:
             reason = f"no user and network namespace with netfilter: {probe.stderr.strip()}"
@@ -180,13 +184,14 @@ def run_in_network_namespace(script: str, *, tools: Sequence[str] = ()) -> dict[
         if os.environ.get("CI"):
             pytest.fail(f"CI runs the network-namespace tests: {reason}")
         pytest.skip(reason)
-    path = Path(__file__).resolve().parent / script
+    program = Path(__file__).resolve().parent / script
     done = subprocess.run(  # noqa: S603 - our own interpreter and script
-        ["unshare", "-rn", sys.executable, str(path)],  # noqa: S607 - unshare is on PATH
+        ["unshare", "-rn", sys.executable, str(program)],  # noqa: S607 - unshare is on PATH
         capture_output=True,
         text=True,
         check=False,
         timeout=120,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
