@@ -579,6 +579,10 @@ class TransparentRule:
     mode: Literal["redirect", "tproxy"] = "redirect"
 
 
+#: Any ingress rule: every kind names a listener, an egress and a name.
+IngressRule = MappingRule | HttpConnectRule | Socks5Rule | TransparentRule
+
+
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimRule:
@@ -692,9 +696,16 @@ class GatewayConfig:
     source: Path | None = None
 
     @property
+    def ingress_rules(
+        self,
+    ) -> tuple[MappingRule | HttpConnectRule | Socks5Rule | TransparentRule, ...]:
+        """Every ingress rule, of every kind, in configuration order within each kind."""
+        return (*self.mappings, *self.http_connect, *self.socks5, *self.transparent)
+
+    @property
     def has_ingress(self) -> bool:
         """Whether any ingress rule is configured."""
-        return bool(self.mappings or self.http_connect or self.socks5 or self.transparent)
+        return bool(self.ingress_rules)
 
 
 # --------------------------------------------------------------------------- loader

@@ -526,7 +526,7 @@ async def serve_transparent(
         current = runtime.current_rule(rule)  # after a reload: the new egress
         try:
             if rule.mode == "tproxy":
-                target = tproxy_destination(raw.socket, listen_port)
+                target = tproxy_destination(raw.socket, capture_ports)
             else:
                 target = original_destination(raw.socket)
         except NotRedirected as exc:
@@ -535,7 +535,7 @@ async def serve_transparent(
         await _raw_tunnel(runtime, current.egress, target, raw, client, record, fields)
 
     listeners = await _listen(runtime, rule.listen, transparent=rule.mode == "tproxy")
-    listen_port = listeners[0].socket.getsockname()[1]
+    capture_ports = frozenset(listener.socket.getsockname()[1] for listener in listeners)
     await _serve(
         runtime,
         rule.listen,

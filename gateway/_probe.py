@@ -65,9 +65,8 @@ class ProbeResult:
 def egresses_of(config: GatewayConfig) -> list[Endpoint]:
     """The distinct egress endpoints the configuration's ingress rules use, in order."""
     seen: dict[str, Endpoint] = {}
-    for rules in (config.mappings, config.http_connect, config.socks5, config.transparent):
-        for rule in rules:
-            seen.setdefault(str(rule.egress), rule.egress)
+    for rule in config.ingress_rules:
+        seen.setdefault(str(rule.egress), rule.egress)
     return list(seen.values())
 
 

@@ -29,6 +29,8 @@ from ratls._errors import RatlsError
 from ._link import AddressTarget
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     import trio
 
 __all__ = [
@@ -112,13 +114,16 @@ def original_destination(sock: trio.socket.SocketType) -> AddressTarget:
     return target
 
 
-def tproxy_destination(sock: trio.socket.SocketType, listen_port: int) -> AddressTarget:
+def tproxy_destination(
+    sock: trio.socket.SocketType, capture_ports: Collection[int]
+) -> AddressTarget:
     """Where the client of a connection diverted by netfilter's TPROXY target was going.
 
     TPROXY leaves the addresses as they were, so the accepted connection's local address
     is the destination the client dialled (the listener is bound with
-    ``IP_TRANSPARENT``).  A local port equal to the listener's means a direct connection
-    to the capture port: choose one no captured service uses.
+    ``IP_TRANSPARENT``).  A local port that is one of the listener's own
+    (``capture_ports``: one per bound address) means a direct connection to the capture
+    port: choose one no captured service uses.
 
     Raises:
         NotRedirected: a direct connection, or no local address.
@@ -128,9 +133,9 @@ def tproxy_destination(sock: trio.socket.SocketType, listen_port: int) -> Addres
     except OSError as exc:
         raise NotRedirected(f"no local address: {exc.strerror or exc}") from exc
     host, port = str(local[0]), int(local[1])
-    if port == listen_port:
+    if port in capture_ports:
         raise NotRedirected(
-            f"a direct connection to the capture port {listen_port} (it would loop through "
+            f"a direct connection to the capture port {port} (it would loop through "
             "the gateway; only diverted connections are tunnelled)"
         )
     return AddressTarget(host=host, port=port)

@@ -122,10 +122,7 @@ def _check(path: Path) -> int:
     except RatlsError as exc:
         print(f"{path}: attestation: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    ingress = sum(
-        len(rules)
-        for rules in (config.mappings, config.http_connect, config.socks5, config.transparent)
-    )
+    ingress = len(config.ingress_rules)
     print(
         f"{path}: OK ({ingress} ingress rule(s), {len(config.listeners)} egress listener(s), "
         f"{len(config.routes)} route(s), attester {config.attestation.attester!r})"

@@ -61,6 +61,7 @@ def test_each_request_head_gets_the_claims_and_loses_forged_ones() -> None:
 
 # Field names, but not those that decide framing or end HTTP (tested one by one below).
 _RESERVED = frozenset({"connection", "upgrade", "transfer-encoding", "content-length"})
+FORGED = "forged-by-the-client"
 _NAME = st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(
     lambda name: name not in _RESERVED
 )
@@ -72,7 +73,7 @@ def requests(draw: st.DrawFn) -> bytes:
     """One well-framed HTTP/1.1 request: fields (some forged), and some body framing."""
     fields = draw(st.lists(st.tuples(_NAME, _VALUE), max_size=5))
     if draw(st.booleans()):
-        fields.append(("X-Ratls-Peer-" + draw(_NAME), "forged"))
+        fields.append(("X-Ratls-Peer-" + draw(_NAME), FORGED))
     head = b"GET /" + draw(_NAME).encode() + b" HTTP/1.1\r\n"
     head += b"".join(f"{n}: {v}\r\n".encode() for n, v in fields)
     framing = draw(st.sampled_from(["none", "length", "chunked"]))
@@ -83,21 +84,21 @@ def requests(draw: st.DrawFn) -> bytes:
         body = b"".join(chunks)
         return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
     coded = b"".join(b"%x\r\n" % len(c) + c + b"\r\n" for c in chunks)
-    trailers = b"X-Ratls-Peer-Trailer: forged\r\n" if draw(st.booleans()) else b""
+    trailers = b"X-Ratls-Peer-Trailer: " + FORGED.encode() + b"\r\n" if draw(st.booleans()) else b""
     return head + b"Transfer-Encoding: chunked\r\n\r\n" + coded + b"0\r\n" + trailers + b"\r\n"
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    stream=st.lists(requests(), min_size=1, max_size=4).map(b"".join),
+    pipelined=st.lists(requests(), min_size=1, max_size=4),
     cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=12),
 )
-def test_any_split_gives_the_same_rewrite(stream: bytes, cuts: list[int]) -> None:
+def test_any_split_gives_the_same_rewrite(pipelined: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(pipelined)
     whole = rewrite(stream)
     assert rewrite(stream, [c for c in cuts if c <= len(stream)]) == whole
-    heads = [part for part in whole.split(b"\r\n") if part.lower().startswith(b"x-ratls-")]
-    assert all(not head.endswith(b"forged") for head in heads)  # every forged field went
-    assert whole.count(ADDED_BYTES) == stream.count(b" HTTP/1.1\r\n")
+    assert FORGED.encode() not in whole  # every field the client forged went
+    assert whole.count(ADDED_BYTES) == len(pipelined)  # ours went into every head
 
 
 @pytest.mark.parametrize(

@@ -162,9 +162,9 @@ async def test_a_direct_connection_to_a_tproxy_listener_is_refused() -> None:
         server = await listener.accept()
         async with client, server:
             with pytest.raises(NotRedirected, match="direct connection to the capture port"):
-                tproxy_destination(server.socket, port)
+                tproxy_destination(server.socket, {port})
             # What TPROXY hands over has the client's destination as its local address.
-            assert tproxy_destination(server.socket, port + 1) == AddressTarget(
+            assert tproxy_destination(server.socket, {port + 1}) == AddressTarget(
                 host="127.0.0.1", port=port
             )
 
