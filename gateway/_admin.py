@@ -83,6 +83,15 @@ def status_document(runtime: Runtime) -> dict[str, object]:
             {"name": x.name, "listen": str(x.listen), "routes": list(x.routes)}
             for x in config.listeners
         ],
+        "prewarm": {
+            "links": config.prewarm.links,
+            "ready": {
+                str(egress): runtime.link_pool.ready(egress) if runtime.link_pool else 0
+                for egress in dict.fromkeys(rule.egress for rule in config.ingress_rules)
+            }
+            if config.prewarm.links
+            else {},
+        },
         "tunnels_active": len(runtime.tunnels),
         "tunnels": [record.as_dict() for record in runtime.tunnels.values()],
     }

@@ -43,6 +43,7 @@ __all__ = [
     "HttpConnectRule",
     "Limits",
     "MappingRule",
+    "PrewarmSettings",
     "ProcessSettings",
     "Socks5Rule",
     "SocksUser",
@@ -285,6 +286,19 @@ DEFAULT_IDLE_TIMEOUT: Final = 0.0
 DEFAULT_HALF_CLOSE_TIMEOUT: Final = 60.0
 # Maximum tunnel lifetime: off.
 DEFAULT_MAX_LIFETIME: Final = 0.0
+# How long an egress lets an attested link wait for its OPEN.  A fresh link sends OPEN
+# at once; a link an ingress made ahead of need (``[prewarm]``) waits for a client, up to
+# the ingress's ``prewarm.max_idle`` (20 s by default), which must stay below this.  The
+# peer has passed attestation and holds a tunnel slot (``limits.max_tunnels``) meanwhile.
+DEFAULT_OPEN_WAIT: Final = 30.0
+# Links an ingress keeps ready per egress: off by default (every tunnel attests afresh).
+DEFAULT_PREWARM_LINKS: Final = 0
+# A ready link older than this is closed and replaced: below the egress's default
+# ``timeouts.open_wait`` with margin, and short enough that a client's tunnel starts with
+# evidence at most this old (re-attestation counts from when the link was made).
+DEFAULT_PREWARM_MAX_IDLE: Final = 20.0
+#: Most ready links per egress: each is a TLS connection on both gateways.
+MAX_PREWARM_LINKS: Final = 64
 # A tunnel's peer is re-attested when its last verified evidence is this old; one hour
 # keeps a policy change or a compromised peer from living on in old tunnels for long.
 DEFAULT_MAX_ATTESTATION_AGE: Final = 3600.0
@@ -320,6 +334,8 @@ class Timeouts:
         max_lifetime: close any tunnel this old (0 = off).
         max_attestation_age: re-attest the peer of a tunnel this often (0 = never).
         proxy_request: time a proxy client (HTTP CONNECT, SOCKS5) has to say where to go.
+        open_wait: (egress) how long an attested link may wait for its OPEN; links an
+            ingress made ahead of need (``[prewarm]``) wait this long for a client.
     """
 
     connect: float = DEFAULT_CONNECT_TIMEOUT
@@ -329,6 +345,24 @@ class Timeouts:
     max_lifetime: float = DEFAULT_MAX_LIFETIME
     max_attestation_age: float = DEFAULT_MAX_ATTESTATION_AGE
     proxy_request: float = DEFAULT_HANDSHAKE_TIMEOUT
+    open_wait: float = DEFAULT_OPEN_WAIT
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrewarmSettings:
+    """Attested links an ingress makes ahead of need (see :mod:`gateway._prewarm`).
+
+    Attributes:
+        links: links kept ready for each egress that an ingress rule names (0 = off).
+            A client's tunnel takes one and skips the TCP connect, the TLS handshake and
+            both attestations: only OPEN's round trip is left.
+        max_idle: close and replace a ready link this old; keep it below the egress's
+            ``timeouts.open_wait``, after which the egress closes a link without OPEN.
+    """
+
+    links: int = DEFAULT_PREWARM_LINKS
+    max_idle: float = DEFAULT_PREWARM_MAX_IDLE
 
 
 @final
@@ -670,6 +704,7 @@ class GatewayConfig:
         process: how listening ports are shared with other gateway processes.
         timeouts: timeouts.
         limits: limits.
+        prewarm: links the ingress makes ahead of need.
         admin: the health/metrics endpoint, if any.
         mappings: port-mapping ingress rules.
         http_connect: HTTP CONNECT ingress rules.
@@ -686,6 +721,7 @@ class GatewayConfig:
     process: ProcessSettings = field(default_factory=ProcessSettings)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    prewarm: PrewarmSettings = field(default_factory=PrewarmSettings)
     admin: AdminConfig | None = None
     mappings: tuple[MappingRule, ...] = ()
     http_connect: tuple[HttpConnectRule, ...] = ()
@@ -941,6 +977,7 @@ def _timeouts(c: _Checker, root: Mapping[str, object]) -> Timeouts:
         "max_lifetime",
         "max_attestation_age",
         "proxy_request",
+        "open_wait",
     }
     c.unknown(t, keys, "timeouts")
     d = Timeouts()
@@ -952,6 +989,17 @@ def _timeouts(c: _Checker, root: Mapping[str, object]) -> Timeouts:
         max_lifetime=c.number(t, "max_lifetime", "timeouts", d.max_lifetime),
         max_attestation_age=c.number(t, "max_attestation_age", "timeouts", d.max_attestation_age),
         proxy_request=c.number(t, "proxy_request", "timeouts", d.proxy_request, allow_zero=False),
+        open_wait=c.number(t, "open_wait", "timeouts", d.open_wait, allow_zero=False),
+    )
+
+
+def _prewarm(c: _Checker, root: Mapping[str, object]) -> PrewarmSettings:
+    t = c.table(root, "prewarm", "prewarm")
+    c.unknown(t, {"links", "max_idle"}, "prewarm")
+    d = PrewarmSettings()
+    return PrewarmSettings(
+        links=c.integer(t, "links", "prewarm", d.links, low=0, high=MAX_PREWARM_LINKS),
+        max_idle=c.number(t, "max_idle", "prewarm", d.max_idle, allow_zero=False),
     )
 
 
@@ -1215,6 +1263,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
             "process",
             "timeouts",
             "limits",
+            "prewarm",
             "admin",
             "ingress",
             "egress",
@@ -1227,6 +1276,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
     process = _process(c, data)
     timeouts = _timeouts(c, data)
     limits = _limits(c, data)
+    prewarm = _prewarm(c, data)
     admin = _admin(c, data)
     mappings, proxies, socks, transparent = _ingress(c, data)
     listeners, routes = _egress(c, data)
@@ -1258,6 +1308,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         process=process,
         timeouts=timeouts,
         limits=limits,
+        prewarm=prewarm,
         admin=admin,
         mappings=mappings,
         http_connect=proxies,

@@ -39,6 +39,7 @@ from ._config import ConfigError, ConfigProblem, GatewayConfig
 from ._egress import serve_egress
 from ._http_proxy import serve_http_proxy
 from ._ingress import serve_mapping, serve_socks5, serve_transparent
+from ._prewarm import LinkPool
 from ._runtime import Runtime, log_event
 
 if TYPE_CHECKING:
@@ -175,6 +176,8 @@ class RunningGateway:
         runtime.admission.burst = limits.rate_burst
         for tunnel in list(runtime.live.values()):
             tunnel.request_reattest(attestation)
+        if runtime.link_pool is not None:
+            runtime.link_pool.wake()  # links of the old identity go; counts may change
         log_event("configuration reloaded", live_tunnels=len(runtime.live))
 
 
@@ -209,12 +212,20 @@ async def _self_check(runtime: Runtime, ready: trio.Event) -> None:
         return
 
 
+async def _run_link_pool(pool: LinkPool, ready: trio.Event) -> None:
+    """Make links ahead of need (``[prewarm]``) once our own evidence works."""
+    await ready.wait()
+    await pool.run()
+
+
 async def _rotate_identity(runtime: Runtime) -> None:
     while True:
         await trio.sleep(IDENTITY_ROTATION)
         runtime.identity = make_identity(
             runtime.identity.attestation, groups=runtime.config.tls.groups
         )
+        if runtime.link_pool is not None:
+            runtime.link_pool.wake()  # ready links carry the old certificate
         log_event("identity rotated", identity=repr(runtime.identity))
 
 
@@ -295,6 +306,9 @@ async def _serve(
                         serve_admin, runtime, config.admin.listen
                     )
                 accept.start_soon(_self_check, runtime, gateway._ready)
+                if config.has_ingress:
+                    runtime.link_pool = LinkPool(runtime)
+                    accept.start_soon(_run_link_pool, runtime.link_pool, gateway._ready)
                 admin_nursery.start_soon(_rotate_identity, runtime)
                 admin_nursery.start_soon(runtime.deadlines.run)  # outlives every tunnel
                 task_status.started(gateway)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from typing import TYPE_CHECKING, Any, NoReturn, final
+from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
 
@@ -38,6 +38,7 @@ from ._link import (
     LINK_VERSION,
     SUPPORTED_VERSIONS,
     AddressTarget,
+    LinkClosed,
     LinkReason,
     LinkRole,
     Open,
@@ -132,6 +133,11 @@ def _same_host(a: str, b: str) -> bool:
         return a.lower().rstrip(".") == b.lower().rstrip(".")
 
 
+#: Access-log results that are no failure: a clean tunnel, and a link an ingress made
+#: ahead of need and closed unused (``[prewarm]``).
+_NOT_FAILED: Final = frozenset({"ok", "unused"})
+
+
 async def serve_egress(
     runtime: Runtime,
     listener: EgressListener,
@@ -194,7 +200,7 @@ async def handle_egress_connection(
         runtime.admission.release()
         runtime.end_record(record)
         metrics.tunnels_active.add(-1, side="egress", rule=rule)
-        if fields["result"] != "ok":
+        if fields["result"] not in _NOT_FAILED:
             metrics.tunnels_failed.inc(reason=str(fields["result"]), side="egress", rule=rule)
         log_event(
             "tunnel",
@@ -241,11 +247,15 @@ async def _serve(
         try:
             with trio.fail_after(timeouts.handshake):
                 await stream.do_handshake()
-                runtime.metrics.handshake_seconds.observe(
-                    trio.current_time() - started, side="egress"
-                )
-                record.peer = peer_summary(stream.peer_attestation)
+            verified_at = trio.current_time()
+            runtime.metrics.handshake_seconds.observe(verified_at - started, side="egress")
+            record.peer = peer_summary(stream.peer_attestation)
+            # An ingress may make links ahead of need ([prewarm]): OPEN can come later.
+            with trio.move_on_after(timeouts.open_wait) as waiting:
                 event = await channel.receive()
+            if waiting.cancelled_caught:
+                fields.update(result="open-timeout", detail=f"no OPEN in {timeouts.open_wait:g} s")
+                return
         except trio.TooSlowError:
             fields.update(result="handshake-timeout", detail=f"{timeouts.handshake:g} s")
             return
@@ -270,6 +280,10 @@ async def _serve(
             return
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             fields.update(result="handshake-failed", detail=str(exc) or type(exc).__name__)
+            return
+        if isinstance(event, LinkClosed):
+            # The ingress closed an attested link it made ahead of need without using it.
+            fields.update(result="unused")
             return
         if not isinstance(event, Open):
             fields.update(result="protocol-error", detail=f"expected OPEN, got {event!r}")
@@ -353,7 +367,7 @@ async def _serve(
                 own_certificate=identity.certificate,
                 peer_certificate=peer_cert,
                 peer_result=stream.peer_attestation,
-                verified_at=trio.current_time(),
+                verified_at=verified_at,  # a link made ahead of need waited since
             )
         local: trio.abc.Stream = backend
         if route is not None and route.http_headers:

@@ -68,6 +68,7 @@ from ._tunnel import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from ._attestation import GatewayIdentity
     from ._config import Endpoint, MappingRule, Socks5Rule, TransparentRule
     from ._runtime import Runtime, TunnelRecord
     from ._tunnel import TunnelOutcome
@@ -126,16 +127,24 @@ class OpenedLink:
 
 
 async def attest_egress(
-    runtime: Runtime, egress: Endpoint
+    runtime: Runtime, egress: Endpoint, *, identity: GatewayIdentity | None = None
 ) -> AttestedTLSStream[trio.abc.Stream] | IngressFailure:
     """Connect to the egress and run the attested TLS handshake, both ways.
 
     Never raises for network or attestation failures: they come back as
     :class:`IngressFailure` (the stream is then already closed).  The stream returned
     has passed attestation; the caller sends OPEN on it or closes it.
+
+    Args:
+        runtime: the gateway's shared state.
+        egress: the egress's attested listener.
+        identity: ours to use (the runtime's current one by default); a caller that
+            records which identity a link has passes it, since a reload may replace
+            the runtime's during the handshake.
     """
     timeouts = runtime.config.timeouts
-    identity = runtime.identity
+    if identity is None:
+        identity = runtime.identity
     try:
         with trio.fail_after(timeouts.connect):
             raw = await connect_endpoint(egress)
@@ -161,6 +170,7 @@ async def attest_egress(
         attestation=identity.attestation,
     )
     failure: IngressFailure | None = None
+    attested = False
     try:
         started = trio.current_time()
         try:
@@ -199,16 +209,22 @@ async def attest_egress(
             )
             return failure
         runtime.metrics.handshake_seconds.observe(trio.current_time() - started, side="ingress")
+        attested = True
         return stream
     finally:
         if failure is not None:
             await close_link(stream, graceful=True)
+        elif not attested:  # cancelled (shutdown) or a bug: never leave the socket open
+            await trio.aclose_forcefully(stream)
 
 
 async def open_link(
     runtime: Runtime, egress: Endpoint, target: AddressTarget | RouteTarget, client: str
 ) -> OpenedLink | IngressFailure:
     """Connect to the egress, attest both ways, and OPEN ``target``.
+
+    With ``[prewarm]`` on, a link made ahead of need (already attested) is used when one
+    is ready; if its egress closed it before reading OPEN, a fresh link is opened.
 
     Never raises for network or attestation failures: they come back as
     :class:`IngressFailure` (the stream is then already closed).
@@ -219,14 +235,50 @@ async def open_link(
         target: what to open.
         client: the client's address, for the egress's logs and PROXY headers.
     """
-    timeouts = runtime.config.timeouts
+    pool = runtime.link_pool
+    ready = pool.take(egress) if pool is not None else None
+    if ready is not None:
+        opened = await _open_target(
+            runtime, ready.stream, ready.identity, ready.made_at, target, client, ready=True
+        )
+        runtime.metrics.prewarm_links.inc(outcome="used" if opened is not None else "dead")
+        if opened is not None:
+            return opened
+        # The egress closed the link before it read OPEN (it restarted, or its
+        # open_wait ran out): nothing of the client's was sent, so open afresh.
     identity = runtime.identity
-    attested = await attest_egress(runtime, egress)
+    attested = await attest_egress(runtime, egress, identity=identity)
     if isinstance(attested, IngressFailure):
         return attested
-    stream = attested
+    opened = await _open_target(
+        runtime, attested, identity, trio.current_time(), target, client, ready=False
+    )
+    if opened is None:  # pragma: no cover - only a ready link comes back unanswered
+        return IngressFailure(
+            result="protocol-error", code=LinkReason.PROTOCOL_ERROR, detail="no answer to OPEN"
+        )
+    return opened
+
+
+async def _open_target(
+    runtime: Runtime,
+    stream: AttestedTLSStream[trio.abc.Stream],
+    identity: GatewayIdentity,
+    verified_at: float,
+    target: AddressTarget | RouteTarget,
+    client: str,
+    *,
+    ready: bool,
+) -> OpenedLink | IngressFailure | None:
+    """Send OPEN on an attested link and read the answer; the stream is closed on failure.
+
+    Returns None, for a ``ready`` (made ahead) link only, when the link turned out closed
+    before any answer: the caller may open a fresh one.
+    """
+    timeouts = runtime.config.timeouts
     channel = LinkChannel(stream, LinkRole.INGRESS, buffer_size=runtime.config.limits.buffer_size)
     failure: IngressFailure | None = None
+    gone = False
     try:
         try:
             with trio.fail_after(timeouts.connect + timeouts.handshake):
@@ -239,13 +291,26 @@ async def open_link(
                 detail="the egress did not answer OPEN in time",
             )
             return failure
-        except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if ready:
+                gone = True
+                return None
             failure = IngressFailure(
                 result="protocol-error",
                 code=LinkReason.PROTOCOL_ERROR,
                 detail=f"bad answer to OPEN: {type(exc).__name__}",
             )
             return failure
+        except RemoteProtocolError as exc:
+            failure = IngressFailure(
+                result="protocol-error",
+                code=LinkReason.PROTOCOL_ERROR,
+                detail=f"bad answer to OPEN: {type(exc).__name__}",
+            )
+            return failure
+        if isinstance(answer, LinkClosed) and ready:
+            gone = True
+            return None
         if isinstance(answer, Refused):
             failure = IngressFailure(
                 result=reason_name(answer.code), code=answer.code, detail=answer.reason
@@ -274,12 +339,12 @@ async def open_link(
                 own_certificate=identity.certificate,
                 peer_certificate=peer_cert,
                 peer_result=stream.peer_attestation,
-                verified_at=trio.current_time(),
+                verified_at=verified_at,
             ),
         )
     finally:
-        if failure is not None:
-            await close_link(stream, graceful=True)
+        if failure is not None or gone:
+            await close_link(stream, graceful=not gone)
 
 
 async def _run_tunnel(

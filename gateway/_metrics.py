@@ -250,6 +250,15 @@ class GatewayMetrics:
             "Re-attestations of tunnel peers, by outcome.",
             ("side", "outcome"),
         )
+        self.prewarm_links = r.counter(
+            "ratls_gateway_prewarm_links_total",
+            "Links made ahead of need ([prewarm]), by what became of them: made, failed, "
+            "used, expired, dead, dropped.",
+            ("outcome",),
+        )
+        self.prewarm_ready = r.gauge(
+            "ratls_gateway_prewarm_ready", "Attested links ready for the next tunnel.", ("egress",)
+        )
 
         self.verify_cache_hits = r.counter(
             "ratls_gateway_verify_cache_hits_total",

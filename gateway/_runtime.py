@@ -34,6 +34,7 @@ from ._tunnel import Tunnel, TunnelSettings
 if TYPE_CHECKING:
     from ._attestation import GatewayIdentity
     from ._config import EgressListener, Endpoint, GatewayConfig, TcpSettings
+    from ._prewarm import LinkPool
     from ._tunnel import LinkChannel, TunnelAttestation, TunnelOutcome
 
 __all__ = [
@@ -258,6 +259,8 @@ class Runtime:
         self.own_evidence_at: float | None = None
         self.draining = False
         self.started = time.time()
+        #: Links made ahead of need (``[prewarm]``), while the daemon runs its pool.
+        self.link_pool: LinkPool | None = None
 
     def current_rule(self, rule: _IngressRule) -> _IngressRule:
         """The configuration now in force for the ingress rule ``rule`` (same kind and name).
