@@ -12,7 +12,10 @@ Each topology carries the same traffic along the same path::
   P-256 PKI made in a temporary directory (chain verified both ways);
 * **ratls**: ``ratls-gateway run`` as ingress (port mapping) and egress, both with the
   simulated SEV-SNP attester and the example policy that trusts the simulator: every
-  tunnel is a mutually attested TLS 1.3 connection with fresh evidence both ways.
+  tunnel is a mutually attested TLS 1.3 connection with fresh evidence both ways;
+* **ratls-prewarm** (only with ``--only``): the same, with ``[prewarm] links = 4`` on
+  the ingress, so a tunnel takes a link attested ahead of need and the handshake moves
+  out of its setup.
 
 Key exchange differs unless ``--groups`` aligns it: stunnel uses the system's OpenSSL
 (on Debian 12, 3.0, without ML-KEM: X25519), the Python topologies use the OpenSSL
@@ -24,8 +27,11 @@ Hop A, hop B and the backend are separate processes; the driver is this process.
 each topology, in rounds that alternate between topologies (so drift hits all alike):
 
 * **setup latency**: connect, send one byte, get it echoed by the backend; the first
-  tunnel after start ("cold": for ratls the AMD chain is not yet remembered) and the
-  median of later ones ("warm");
+  tunnel after start ("cold": for ratls the AMD chain is not yet remembered), the
+  median of later ones made back to back ("warm"), and the median of as many made
+  ``SPACING`` apart ("spaced": what a client arriving alone sees; back to back, a
+  topology that does work in the background, such as refilling ``ratls-prewarm``'s
+  ready links, meets that work in the next tunnel);
 * **tunnels per second**: that same exchange, ``--conc`` at once, ``--tunnels`` in all;
 * **memory per idle tunnel**: VmRSS of both hops before and after ``--idle`` tunnels
   are open and idle, per tunnel (kernel socket buffers not included); after closing
@@ -38,7 +44,7 @@ Every figure is also printed as a ratio to stunnel's in the same round; the summ
 the median over rounds (ratios: median of per-round ratios).
 
 Usage: .venv/bin/python bench/bench_gateway.py [--mib 256 | --gib] [--rounds 3]
-       [--tunnels 200] [--conc 8] [--idle 300] [--only raw,tls,stunnel,ratls]
+       [--tunnels 200] [--conc 8] [--idle 300] [--only raw,tls,stunnel,ratls,ratls-prewarm]
        [--groups X25519]
 """
 
@@ -77,6 +83,10 @@ SOURCE_CHUNK = 1 << 20
 SINK_CHUNK = 256 * 1024
 TICK = os.sysconf("SC_CLK_TCK")
 TOPOLOGIES = ("raw", "tls", "stunnel", "ratls")
+#: Seconds between the tunnels of the "spaced" setup latency.
+SPACING = 0.05
+#: Ready links of the ingress in the optional ``ratls-prewarm`` topology.
+PREWARM_LINKS = 4
 
 
 # --------------------------------------------------------------------------- helpers
@@ -399,7 +409,7 @@ def start_stunnel(backend: int, work: Path) -> Topology:
     return topo
 
 
-def start_ratls(backend: int, work: Path, *, groups: str = "") -> Topology:
+def start_ratls(backend: int, work: Path, *, groups: str = "", prewarm: int = 0) -> Topology:
     a, b = free_port(), free_port()
     admin_a, admin_b = free_port(), free_port()
     policy = REPO / "examples" / "policy.toml"
@@ -414,6 +424,8 @@ def start_ratls(backend: int, work: Path, *, groups: str = "") -> Topology:
         f'allow = ["{HOST}:{backend}"]\n'
         f'[[egress.route]]\nname = "sink"\nbackend = "{HOST}:{backend}"\n'
     )
+    if prewarm:
+        limits += f"[prewarm]\nlinks = {prewarm}\n"
     ingress = (
         f'{att}{limits}[admin]\nlisten = "{HOST}:{admin_a}"\n'
         f'[[ingress.mapping]]\nname = "sink"\nlisten = "{HOST}:{a}"\n'
@@ -421,7 +433,7 @@ def start_ratls(backend: int, work: Path, *, groups: str = "") -> Topology:
     )
     (work / "egress.toml").write_text(egress)
     (work / "ingress.toml").write_text(ingress)
-    topo = Topology("ratls", a)
+    topo = Topology("ratls-prewarm" if prewarm else "ratls", a)
     for conf in ("egress.toml", "ingress.toml"):
         argv = [sys.executable, "-m", "gateway.cli", "run", str(work / conf)]
         topo.hops.append(
@@ -448,6 +460,7 @@ STARTERS: dict[str, Callable[[int, Path], Topology]] = {
     "tls": start_tls,
     "stunnel": start_stunnel,
     "ratls": start_ratls,
+    "ratls-prewarm": functools.partial(start_ratls, prewarm=PREWARM_LINKS),
 }
 
 
@@ -479,11 +492,16 @@ def throughput(topo: Topology, size: int) -> tuple[float, float]:
     return size / float(seconds) / 1e6, (cpu1 - cpu0) / (size / 1e9)
 
 
-def setup_latency(topo: Topology, count: int) -> tuple[float, float]:
-    """(first tunnel, median of ``count`` later tunnels) setup-to-echo seconds."""
+def setup_latency(topo: Topology, count: int) -> tuple[float, float, float]:
+    """Setup-to-echo seconds: first tunnel, median of ``count`` back to back, median of
+    ``count`` made :data:`SPACING` apart."""
     cold = echo_once(topo.entry)
     warm = [echo_once(topo.entry) for _ in range(count)]
-    return cold, statistics.median(warm)
+    spaced = []
+    for _ in range(count):
+        time.sleep(SPACING)
+        spaced.append(echo_once(topo.entry))
+    return cold, statistics.median(warm), statistics.median(spaced)
 
 
 def tunnel_rate(topo: Topology, total: int, conc: int) -> float:
@@ -542,6 +560,7 @@ METRICS = (
     ("hop CPU s/GB", "cpu"),
     ("setup cold ms", "cold"),
     ("setup warm ms", "warm"),
+    ("setup spaced ms", "spaced"),
     ("tunnels/s", "rate"),
     ("KiB/idle tunnel", "mem"),
 )
@@ -581,9 +600,12 @@ def main(argv: list[str] | None = None) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     size = (1 << 30) if args.gib else args.mib << 20
-    names = [n for n in TOPOLOGIES if n in args.only.split(",")]
+    names = [n for n in STARTERS if n in args.only.split(",")]
     starters = dict(STARTERS)
     starters["ratls"] = functools.partial(start_ratls, groups=args.groups)
+    starters["ratls-prewarm"] = functools.partial(
+        start_ratls, groups=args.groups, prewarm=PREWARM_LINKS
+    )
     print(
         f"bench_gateway: {os.cpu_count()} CPUs, {size / (1 << 20):.0f} MiB per transfer, "
         f"{args.rounds} rounds, {args.tunnels} tunnels ({args.conc} at once), "
@@ -602,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 topo = starters[name](port, work)
                 try:
-                    cold, warm = setup_latency(topo, args.latency)
+                    cold, warm, spaced = setup_latency(topo, args.latency)
                     rate = tunnel_rate(topo, args.tunnels, args.conc)
                     mem = idle_memory(topo, args.idle)
                     mbps, cpu = throughput(topo, size)
@@ -613,11 +635,12 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu": cpu,
                     "cold": cold * 1e3,
                     "warm": warm * 1e3,
+                    "spaced": spaced * 1e3,
                     "rate": rate,
                     "mem": mem,
                 }
             print(f"\nround {rnd + 1} (order {', '.join(order)})")
-            print(f"  {'':8s}" + "".join(f"{label:>22s}" for label, _ in METRICS))
+            print(f"  {'':14s}" + "".join(f"{label:>22s}" for label, _ in METRICS))
             ref = this.get("stunnel")
             for name in names:
                 row = this[name]
@@ -628,9 +651,9 @@ def main(argv: list[str] | None = None) -> int:
                     results[name][key].append(row[key])
                     if base:
                         ratios[name][key].append(row[key] / base)
-                print(f"  {name:8s}" + "".join(cells))
+                print(f"  {name:14s}" + "".join(cells))
     print(f"\nsummary: median of {args.rounds} rounds (ratio to stunnel: median per-round ratio)")
-    print(f"  {'':8s}" + "".join(f"{label:>22s}" for label, _ in METRICS))
+    print(f"  {'':14s}" + "".join(f"{label:>22s}" for label, _ in METRICS))
     for name in names:
         cells = []
         for _, key in METRICS:
@@ -639,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{statistics.median(ratios[name][key]):6.2f}x" if ratios[name][key] else "  -    "
             )
             cells.append(f"{value:10.2f}  ({ratio})".rjust(22))
-        print(f"  {name:8s}" + "".join(cells))
+        print(f"  {name:14s}" + "".join(cells))
     print(f"\n(wall time {time.monotonic() - started:.0f} s)")
     return 0
 
