@@ -27,6 +27,7 @@ from OpenSSL import SSL
 from ratls._errors import RatlsError
 from ratls._tls_context import set_key_exchange_groups
 
+from ._activation import check_socket_name
 from ._link import AddressTarget, RouteTarget
 
 __all__ = [
@@ -95,16 +96,18 @@ class ConfigError(RatlsError):
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Endpoint:
-    """A listen or connect address: TCP (IPv4, IPv6, DNS name) or a UNIX socket.
+    """A listen or connect address: TCP (IPv4, IPv6, DNS name) or a UNIX socket; or, to
+    listen only, the sockets systemd passed under a name (socket activation).
 
     Attributes:
-        kind: ``"tcp"`` or ``"unix"``.
+        kind: ``"tcp"``, ``"unix"`` or ``"systemd"``.
         host: for tcp, an IP literal (IPv6 without brackets) or a DNS name.
         port: for tcp, 0-65535 (0 = any free port, for listeners in tests).
-        path: for unix, the socket path.
+        path: for unix, the socket path; for systemd, the sockets' name
+            (``FileDescriptorName=``).
     """
 
-    kind: Literal["tcp", "unix"]
+    kind: Literal["tcp", "unix", "systemd"]
     host: str = ""
     port: int = 0
     path: str = ""
@@ -112,6 +115,8 @@ class Endpoint:
     def __str__(self) -> str:
         if self.kind == "unix":
             return f"unix:{self.path}"
+        if self.kind == "systemd":
+            return f"systemd:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def as_target(self) -> AddressTarget:
@@ -156,7 +161,7 @@ def _check_host(host: str) -> None:
 
 
 def parse_endpoint(text: str, *, base_dir: Path | None = None) -> Endpoint:
-    """Parse ``host:port``, ``[v6]:port`` or ``unix:PATH``.
+    """Parse ``host:port``, ``[v6]:port``, ``unix:PATH`` or ``systemd:NAME``.
 
     Args:
         text: the endpoint as written in the config.
@@ -179,6 +184,10 @@ def parse_endpoint(text: str, *, base_dir: Path | None = None) -> Endpoint:
         if len(path.encode()) > 107:
             raise ValueError("UNIX socket path longer than 107 bytes")
         return Endpoint(kind="unix", path=path)
+    if text.startswith("systemd:"):
+        name = text[len("systemd:") :]
+        check_socket_name(name)
+        return Endpoint(kind="systemd", path=name)
     host, port_text = _split_host_port(text)
     _check_host(host)
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -804,6 +813,12 @@ class _Checker:
         if not listen and endpoint.kind == "tcp" and endpoint.port == 0:
             self.problem(f"{where}.{key}", "port 0 is only for listeners")
             return None
+        if not listen and endpoint.kind == "systemd":
+            self.problem(
+                f"{where}.{key}",
+                "systemd: names listening sockets passed to us; give host:port or unix:PATH",
+            )
+            return None
         return endpoint
 
     def number(
@@ -1296,7 +1311,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         *((("admin.listen", admin.listen),) if admin else ()),
     ):
         key = str(endpoint)
-        if (endpoint.kind == "unix" or endpoint.port != 0) and key in seen:
+        if (endpoint.kind != "tcp" or endpoint.port != 0) and key in seen:
             c.problem(where, f"{key} is already used by {seen[key]}")
         seen.setdefault(key, where)
     if c.problems:

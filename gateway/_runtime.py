@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeVar, final
 
 import trio
 
+from ._activation import take as take_passed_sockets
 from ._attestation import peer_summary
 from ._config import HttpConnectRule, MappingRule, Socks5Rule, TransparentRule
 from ._deadlines import Deadlines
@@ -387,7 +388,8 @@ async def _unix_listener(path: str, backlog: int) -> trio.SocketListener:
 async def open_endpoint_listeners(
     endpoint: Endpoint, *, backlog: int = 128, reuse_port: bool = False, transparent: bool = False
 ) -> list[trio.SocketListener]:
-    """Listeners for ``endpoint`` (one per address family for a TCP name).
+    """Listeners for ``endpoint`` (one per address family for a TCP name; every socket
+    systemd passed under the name for ``systemd:NAME``).
 
     Args:
         endpoint: where to listen.
@@ -403,6 +405,12 @@ async def open_endpoint_listeners(
     """
     if endpoint.kind == "unix":
         return [await _unix_listener(endpoint.path, backlog)]
+    if endpoint.kind == "systemd":
+        # Bound (and configured) by systemd; ours to accept on.
+        return [
+            trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            for sock in take_passed_sockets(endpoint.path)
+        ]
     if reuse_port or transparent:
         return await _tcp_listeners(
             endpoint.host, endpoint.port, backlog, reuse_port=reuse_port, transparent=transparent
@@ -493,6 +501,8 @@ async def connect_endpoint(endpoint: Endpoint) -> trio.SocketStream:
     """
     if endpoint.kind == "unix":
         return await trio.open_unix_socket(endpoint.path)
+    if endpoint.kind == "systemd":  # pragma: no cover - the config refuses it
+        raise OSError(errno.EINVAL, f"cannot connect to {endpoint}: it names listening sockets")
     return await connect_tcp(endpoint.host, endpoint.port)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import signal
@@ -29,6 +30,8 @@ import trio
 
 from ratls._errors import RatlsError
 
+from ._activation import adopt_from_environment as adopt_passed_sockets
+from ._activation import unclaimed as unclaimed_passed_sockets
 from ._attestation import close_attestation, resolve_attestation
 from ._config import ConfigError, load_config, parse_endpoint
 from ._daemon import DEFAULT_DRAIN_TIMEOUT, RunningGateway, run_gateway
@@ -170,6 +173,12 @@ async def _notify_systemd(gateway: RunningGateway, notifier: SystemdNotifier) ->
 
 async def _run(path: Path, drain_timeout: float) -> None:
     config = load_config(path)
+    try:
+        passed = adopt_passed_sockets()
+    except ValueError as exc:
+        raise OSError(errno.EINVAL, f"systemd socket activation: {exc}") from exc
+    if passed:
+        log_event("sockets passed by systemd", names=passed)
     notifier = SystemdNotifier.from_environment()
     # Signals are caught before anything starts, so an early SIGHUP cannot kill us.
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as received:
@@ -177,6 +186,14 @@ async def _run(path: Path, drain_timeout: float) -> None:
             gateway: RunningGateway = await nursery.start(
                 partial(run_gateway, config, drain_timeout=drain_timeout)
             )
+            for name, count in unclaimed_passed_sockets().items():
+                log_event(
+                    "passed socket unused",
+                    level=logging.WARNING,
+                    name=name,
+                    sockets=count,
+                    hint=f'no listen = "systemd:{name}" in the configuration',
+                )
             if notifier is not None:
                 nursery.start_soon(_notify_systemd, gateway, notifier)
             await _handle_signals(gateway, path, received, notifier)
