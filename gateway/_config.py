@@ -423,7 +423,7 @@ _MAX_KEEPALIVE_COUNT: Final = 127
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TcpSettings:
-    """TCP keepalive on every TCP connection a gateway accepts or opens.
+    """TCP keepalive on every TCP connection a gateway accepts or opens; a firewall mark.
 
     Clients, the link between the gateways and backends alike.  With the idle timeout
     off (the default), a peer that vanished without a FIN or RST (a host that lost
@@ -439,12 +439,18 @@ class TcpSettings:
         keepalive_interval: seconds between probes (``TCP_KEEPINTVL``).
         keepalive_count: unanswered probes before the connection is reset
             (``TCP_KEEPCNT``).
+        mark: the firewall mark (``SO_MARK``) of every TCP connection the gateway opens
+            (to the egress, to backends), set before the SYN; 0 = none.  A netfilter
+            rule for transparent capture excludes the gateway's own traffic with
+            ``-m mark ! --mark N``, so a broad capture rule cannot loop.  Needs
+            ``CAP_NET_ADMIN``.
     """
 
     keepalive: bool = True
     keepalive_idle: int = DEFAULT_KEEPALIVE_IDLE
     keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL
     keepalive_count: int = DEFAULT_KEEPALIVE_COUNT
+    mark: int = 0
 
 
 @final
@@ -1042,7 +1048,9 @@ def _process(c: _Checker, root: Mapping[str, object]) -> ProcessSettings:
 
 def _tcp(c: _Checker, root: Mapping[str, object]) -> TcpSettings:
     t = c.table(root, "tcp", "tcp")
-    c.unknown(t, {"keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count"}, "tcp")
+    c.unknown(
+        t, {"keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "mark"}, "tcp"
+    )
     d = TcpSettings()
     seconds = {"low": 1, "high": _MAX_KEEPALIVE_SECONDS}
     return TcpSettings(
@@ -1054,6 +1062,7 @@ def _tcp(c: _Checker, root: Mapping[str, object]) -> TcpSettings:
         keepalive_count=c.integer(
             t, "keepalive_count", "tcp", d.keepalive_count, low=1, high=_MAX_KEEPALIVE_COUNT
         ),
+        mark=c.integer(t, "mark", "tcp", d.mark, low=0, high=0xFFFFFFFF),
     )
 
 

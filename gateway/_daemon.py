@@ -40,7 +40,7 @@ from ._egress import serve_egress
 from ._http_proxy import serve_http_proxy
 from ._ingress import serve_mapping, serve_socks5, serve_transparent
 from ._prewarm import LinkPool
-from ._runtime import Runtime, log_event
+from ._runtime import Runtime, check_mark, log_event
 
 if TYPE_CHECKING:
     from ratls._exchange import AttestationConfig
@@ -158,6 +158,13 @@ class RunningGateway:
                     for key, address in changed
                 ]
             )
+        if config.tcp.mark != self.runtime.config.tcp.mark:
+            try:
+                check_mark(config.tcp.mark)
+            except PermissionError as exc:
+                raise ConfigError(
+                    [ConfigProblem(location="tcp.mark", message=exc.strerror or str(exc))]
+                ) from exc
         if attestation is None:
             attestation = resolve_attestation(config.attestation)
             # Closed when the gateway stops: tunnels still running under the old
@@ -250,6 +257,7 @@ async def run_gateway(
         ConfigError: the attestation provider is unknown or fails.
         OSError: a listen address cannot be bound.
     """
+    check_mark(config.tcp.mark)  # before anything starts: it needs CAP_NET_ADMIN
     owned = attestation is None
     if attestation is None:
         attestation = resolve_attestation(config.attestation)

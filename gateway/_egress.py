@@ -312,11 +312,13 @@ async def _serve(
                 return
         try:
             with trio.fail_after(timeouts.connect):
+                mark = runtime.config.tcp.mark
                 if decision.backend is not None:
-                    backend = await connect_endpoint(decision.backend)
+                    backend = await connect_endpoint(decision.backend, mark=mark)
                 else:
                     assert decision.target is not None  # noqa: S101 - decide_target's contract
-                    backend = await connect_tcp(decision.target.host, decision.target.port)
+                    target = decision.target
+                    backend = await connect_tcp(target.host, target.port, mark=mark)
         except trio.TooSlowError:
             await _refuse(
                 channel,

@@ -147,7 +147,7 @@ async def attest_egress(
         identity = runtime.identity
     try:
         with trio.fail_after(timeouts.connect):
-            raw = await connect_endpoint(egress)
+            raw = await connect_endpoint(egress, mark=runtime.config.tcp.mark)
         apply_tcp_settings(raw, runtime.config.tcp)
     except trio.TooSlowError as exc:
         return IngressFailure(

@@ -45,6 +45,7 @@ __all__ = [
     "Runtime",
     "TunnelRecord",
     "apply_tcp_settings",
+    "check_mark",
     "connect_endpoint",
     "connect_error_kind",
     "connect_tcp",
@@ -418,6 +419,8 @@ async def open_endpoint_listeners(
     return await trio.open_tcp_listeners(endpoint.port, host=endpoint.host, backlog=backlog)
 
 
+# SO_MARK (asm-generic/socket.h), named by Python on Linux.
+_SO_MARK: Final = getattr(socket, "SO_MARK", 36)
 # IP_TRANSPARENT (linux/in.h) and IPV6_TRANSPARENT (linux/in6.h); Python names only the first.
 _IP_TRANSPARENT: Final = getattr(socket, "IP_TRANSPARENT", 19)
 _IPV6_TRANSPARENT: Final = getattr(socket, "IPV6_TRANSPARENT", 75)
@@ -493,8 +496,12 @@ def apply_tcp_settings(stream: trio.SocketStream, tcp: TcpSettings) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-async def connect_endpoint(endpoint: Endpoint) -> trio.SocketStream:
+async def connect_endpoint(endpoint: Endpoint, *, mark: int = 0) -> trio.SocketStream:
     """Connect to ``endpoint`` (TCP with happy eyeballs, or UNIX); TCP_NODELAY is on.
+
+    Args:
+        endpoint: where to.
+        mark: for TCP, the firewall mark (``[tcp] mark``) to set before connecting.
 
     Raises:
         OSError: the connection failed.
@@ -503,16 +510,64 @@ async def connect_endpoint(endpoint: Endpoint) -> trio.SocketStream:
         return await trio.open_unix_socket(endpoint.path)
     if endpoint.kind == "systemd":  # pragma: no cover - the config refuses it
         raise OSError(errno.EINVAL, f"cannot connect to {endpoint}: it names listening sockets")
-    return await connect_tcp(endpoint.host, endpoint.port)
+    return await connect_tcp(endpoint.host, endpoint.port, mark=mark)
 
 
-async def connect_tcp(host: str, port: int) -> trio.SocketStream:
+async def connect_tcp(host: str, port: int, *, mark: int = 0) -> trio.SocketStream:
     """Connect to ``host:port``; ``host`` may be a name (resolved here) or an IP literal.
+
+    With a ``mark``, every packet of the connection, its SYN included, carries it
+    (``SO_MARK``); the addresses of a name are then tried one after the other, since
+    trio's happy eyeballs offers no way to set an option before connecting.
 
     Raises:
         OSError: the connection failed (``socket.gaierror`` when the name did not resolve).
     """
-    return await trio.open_tcp_stream(host, port)
+    if not mark:
+        return await trio.open_tcp_stream(host, port)
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    errors: list[OSError] = []
+    for family, kind, proto, _name, address in infos:
+        sock = trio.socket.socket(family, kind, proto)
+        try:
+            set_mark(sock, mark)
+            await sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+    raise OSError(f"all connection attempts to {host}:{port} failed") from ExceptionGroup(
+        "connection attempts", errors
+    )
+
+
+def set_mark(sock: trio.socket.SocketType | socket.socket, mark: int) -> None:
+    """Set ``SO_MARK`` on ``sock``, or say plainly that it needs ``CAP_NET_ADMIN``.
+
+    Raises:
+        PermissionError: the process lacks ``CAP_NET_ADMIN``.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_MARK, mark)
+    except PermissionError as exc:
+        raise PermissionError(
+            exc.errno, "[tcp] mark needs CAP_NET_ADMIN to set SO_MARK on connections"
+        ) from exc
+
+
+def check_mark(mark: int) -> None:
+    """Fail now, not at the first tunnel, when ``mark`` cannot be set.
+
+    Raises:
+        PermissionError: the process lacks ``CAP_NET_ADMIN``.
+    """
+    if mark:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            set_mark(probe, mark)
 
 
 def connect_error_kind(exc: BaseException) -> str:

@@ -11,23 +11,30 @@ log it as a peer that stopped answering.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
 from gateway_helpers import (
     LOCALHOST,
+    REPO,
     connect,
+    egress_doc,
     gateway_pair,
     receive_exactly,
     run_in_network_namespace,
     start_backend,
+    to_toml,
     wait_for,
 )
 
-from gateway._config import TcpSettings
+from gateway._config import ConfigError, TcpSettings, parse_config
 from gateway._http_connect import HttpRequestError
 from gateway._runtime import apply_tcp_settings
 from gateway._tunnel import reset_detail
@@ -193,3 +200,50 @@ def test_a_vanished_client_is_found_by_keepalive_probes() -> None:
         line["detail"] == "the peer stopped answering (TCP keepalive or retransmission timed out)"
     )
     assert 2.5 < result["seconds"] < 20  # idle + probes; not some other timeout
+
+
+# --------------------------------------------------------------------------- [tcp] mark
+
+
+def test_the_mark_is_a_32_bit_number() -> None:
+    doc = egress_doc({"web": 8080})
+    assert parse_config({**doc, "tcp": {"mark": 0x235}}).tcp.mark == 0x235
+    assert parse_config(doc).tcp.mark == 0
+    for bad in (-1, 1 << 32, "0x235", True):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({**doc, "tcp": {"mark": bad}})
+        assert [p.location for p in caught.value.problems] == ["tcp.mark"]
+
+
+def test_gateway_connections_carry_the_mark_past_a_capture_rule() -> None:
+    # Every TCP connection to the service address is captured unless marked; the egress
+    # and the backend live at that address, so the tunnel works only if the ingress's
+    # link and the egress's backend connection carry the mark from their SYN on.
+    results = run_in_network_namespace("netns_mark.py")
+    assert results["captured"] == {"answer": "echo:hello", "error": None}
+    sides = sorted((line["side"], line["result"]) for line in results["tunnels"])
+    assert sides == [("egress", "ok"), ("ingress", "ok")]
+    assert results["marked_syns"] == {"9443": 1, "5432": 1}
+
+
+def test_a_mark_without_cap_net_admin_stops_the_gateway_with_the_reason(tmp_path: Path) -> None:
+    # In a new user namespace (no -n) we hold CAP_NET_ADMIN only over namespaces we do
+    # not use: setting SO_MARK on this machine's network is refused, as for any user.
+    if shutil.which("unshare") is None:  # pragma: no cover - CI installs util-linux
+        pytest.skip("unshare is not installed")
+    config = tmp_path / "egress.toml"
+    config.write_text(to_toml({**egress_doc({"web": 8080}), "tcp": {"mark": 565}}))
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        ["unshare", "-r", sys.executable, "-m", "gateway.cli", "run", str(config)],  # noqa: S607
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if "unshare failed" in done.stderr:  # pragma: no cover - no user namespaces here
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 1, done.stderr
+    failed = json.loads(done.stderr.splitlines()[-1])
+    assert failed["msg"] == "gateway failed"
+    assert "[tcp] mark needs CAP_NET_ADMIN" in failed["error"]
