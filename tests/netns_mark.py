@@ -69,7 +69,7 @@ async def main() -> dict[str, Any]:
     prepare_namespace()
     lines = TunnelLines()
     results: dict[str, Any] = {}
-    mark = {"tcp": {"mark": MARK}}
+    mark: dict[str, Any] = {"tcp": {"mark": MARK}}
     async with trio.open_nursery() as nursery:
         listeners = await trio.open_tcp_listeners(PORT, host=SERVICE)
         nursery.start_soon(trio.serve_listeners, echo, listeners)
