@@ -461,7 +461,7 @@ def test_tcp_keepalive_settings() -> None:
         )
     ) == [
         "tcp.user_timeout: unknown key (known: keepalive, keepalive_count, keepalive_idle, "
-        "keepalive_interval)",
+        "keepalive_interval, mark)",
         "tcp.keepalive: must be true or false",
         "tcp.keepalive_idle: must be 1..32767",
         "tcp.keepalive_interval: must be 1..32767",

@@ -535,7 +535,7 @@ async def test_backend_timeout(
 ) -> None:
     backend = await start_backend(nursery)
 
-    async def hang(endpoint: object) -> trio.SocketStream:
+    async def hang(endpoint: object, **options: object) -> trio.SocketStream:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 

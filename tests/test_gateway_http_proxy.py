@@ -634,7 +634,7 @@ async def test_backend_timeout_is_504_like_connect(
 ) -> None:
     backend = await start_http_backend(nursery)
 
-    async def hang(host: str, port: int) -> trio.SocketStream:
+    async def hang(host: str, port: int, **options: object) -> trio.SocketStream:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
