@@ -78,6 +78,7 @@ def status_document(runtime: Runtime) -> dict[str, object]:
                 {"mode": f"transparent-{r.mode}", "name": r.name, "listen": str(r.listen)}
                 for r in config.transparent
             ),
+            *({"mode": "udp", "name": r.name, "listen": str(r.listen)} for r in config.udp),
         ],
         "egress": [
             {"name": x.name, "listen": str(x.listen), "routes": list(x.routes)}

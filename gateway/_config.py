@@ -52,6 +52,7 @@ __all__ = [
     "Timeouts",
     "TlsSettings",
     "TransparentRule",
+    "UdpRule",
     "load_config",
     "parse_config",
     "parse_endpoint",
@@ -300,6 +301,10 @@ DEFAULT_MAX_LIFETIME: Final = 0.0
 # the ingress's ``prewarm.max_idle`` (20 s by default), which must stay below this.  The
 # peer has passed attestation and holds a tunnel slot (``limits.max_tunnels``) meanwhile.
 DEFAULT_OPEN_WAIT: Final = 30.0
+# A UDP flow (one client address and port) ends after this long without a datagram in
+# either direction: UDP has no FIN, so silence is its end.  60 s outlasts DNS retries,
+# NTP polls at their shortest and QUIC's default idle timeout (30 s).
+DEFAULT_UDP_IDLE: Final = 60.0
 # Links an ingress keeps ready per egress: off by default (every tunnel attests afresh).
 DEFAULT_PREWARM_LINKS: Final = 0
 # A ready link older than this is closed and replaced: below the egress's default
@@ -345,6 +350,7 @@ class Timeouts:
         proxy_request: time a proxy client (HTTP CONNECT, SOCKS5) has to say where to go.
         open_wait: (egress) how long an attested link may wait for its OPEN; links an
             ingress made ahead of need (``[prewarm]``) wait this long for a client.
+        udp_idle: (ingress) a UDP flow ends after this long without a datagram either way.
     """
 
     connect: float = DEFAULT_CONNECT_TIMEOUT
@@ -355,6 +361,7 @@ class Timeouts:
     max_attestation_age: float = DEFAULT_MAX_ATTESTATION_AGE
     proxy_request: float = DEFAULT_HANDSHAKE_TIMEOUT
     open_wait: float = DEFAULT_OPEN_WAIT
+    udp_idle: float = DEFAULT_UDP_IDLE
 
 
 @final
@@ -439,8 +446,9 @@ class TcpSettings:
         keepalive_interval: seconds between probes (``TCP_KEEPINTVL``).
         keepalive_count: unanswered probes before the connection is reset
             (``TCP_KEEPCNT``).
-        mark: the firewall mark (``SO_MARK``) of every TCP connection the gateway opens
-            (to the egress, to backends), set before the SYN; 0 = none.  A netfilter
+        mark: the firewall mark (``SO_MARK``) of every connection the gateway opens
+            (to the egress, to TCP and UDP backends), set before the first packet;
+            0 = none.  A netfilter
             rule for transparent capture excludes the gateway's own traffic with
             ``-m mark ! --mark N``, so a broad capture rule cannot loop.  Needs
             ``CAP_NET_ADMIN``.
@@ -628,8 +636,30 @@ class TransparentRule:
     mode: Literal["redirect", "tproxy"] = "redirect"
 
 
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UdpRule:
+    """UDP mapping: datagrams to ``listen`` go to ``target`` through ``egress``.
+
+    Each client address and port is a flow with its own attested tunnel (link version
+    2); datagrams keep their boundaries, and a flow ends after ``timeouts.udp_idle``
+    without a datagram either way.
+
+    Attributes:
+        name: a label for logs and metrics.
+        listen: the UDP address (``host:port``) clients send to.
+        egress: the egress gateway's attested listener.
+        target: a UDP route on the egress, or a UDP address its ``allow_udp`` admits.
+    """
+
+    name: str
+    listen: Endpoint
+    egress: Endpoint
+    target: AddressTarget | RouteTarget
+
+
 #: Any ingress rule: every kind names a listener, an egress and a name.
-IngressRule = MappingRule | HttpConnectRule | Socks5Rule | TransparentRule
+IngressRule = MappingRule | HttpConnectRule | Socks5Rule | TransparentRule | UdpRule
 
 
 @final
@@ -679,6 +709,8 @@ class EgressRoute:
             request as ``X-Ratls-Peer-*`` fields, after removing any the client sent
             (:mod:`gateway._http_inject`).
         require: claim rules the peer must satisfy to use this route (all of them).
+        protocol: ``tcp`` (streams, the default) or ``udp`` (datagrams, to a
+            ``host:port`` backend; only UDP tunnels may use it, and they no other route).
     """
 
     name: str
@@ -686,6 +718,7 @@ class EgressRoute:
     proxy_protocol: bool = False
     http_headers: bool = False
     require: tuple[ClaimRule, ...] = ()
+    protocol: Literal["tcp", "udp"] = "tcp"
 
 
 @final
@@ -697,8 +730,10 @@ class EgressListener:
         name: a label for logs and metrics.
         listen: where ingress gateways connect.
         routes: names of the routes reachable through this listener.
-        allow: address targets reachable through this listener (beyond routes).
+        allow: TCP address targets reachable through this listener (beyond routes).
         require: claim rules every peer of this listener must satisfy.
+        allow_udp: UDP address targets reachable through this listener (beyond UDP
+            routes); ``allow`` admits none.
     """
 
     name: str
@@ -706,6 +741,7 @@ class EgressListener:
     routes: tuple[str, ...]
     allow: tuple[AllowRule, ...] = ()
     require: tuple[ClaimRule, ...] = ()
+    allow_udp: tuple[AllowRule, ...] = ()
 
 
 @final
@@ -725,6 +761,7 @@ class GatewayConfig:
         http_connect: HTTP CONNECT ingress rules.
         socks5: SOCKS5 ingress rules.
         transparent: transparent-capture ingress rules.
+        udp: UDP mapping ingress rules.
         listeners: egress listeners.
         routes: egress routes, by name.
         source: the file it came from, if any.
@@ -742,6 +779,7 @@ class GatewayConfig:
     http_connect: tuple[HttpConnectRule, ...] = ()
     socks5: tuple[Socks5Rule, ...] = ()
     transparent: tuple[TransparentRule, ...] = ()
+    udp: tuple[UdpRule, ...] = ()
     listeners: tuple[EgressListener, ...] = ()
     routes: Mapping[str, EgressRoute] = field(default_factory=dict)
     source: Path | None = None
@@ -749,9 +787,9 @@ class GatewayConfig:
     @property
     def ingress_rules(
         self,
-    ) -> tuple[MappingRule | HttpConnectRule | Socks5Rule | TransparentRule, ...]:
+    ) -> tuple[IngressRule, ...]:
         """Every ingress rule, of every kind, in configuration order within each kind."""
-        return (*self.mappings, *self.http_connect, *self.socks5, *self.transparent)
+        return (*self.mappings, *self.http_connect, *self.socks5, *self.transparent, *self.udp)
 
     @property
     def has_ingress(self) -> bool:
@@ -999,6 +1037,7 @@ def _timeouts(c: _Checker, root: Mapping[str, object]) -> Timeouts:
         "max_attestation_age",
         "proxy_request",
         "open_wait",
+        "udp_idle",
     }
     c.unknown(t, keys, "timeouts")
     d = Timeouts()
@@ -1011,6 +1050,7 @@ def _timeouts(c: _Checker, root: Mapping[str, object]) -> Timeouts:
         max_attestation_age=c.number(t, "max_attestation_age", "timeouts", d.max_attestation_age),
         proxy_request=c.number(t, "proxy_request", "timeouts", d.proxy_request, allow_zero=False),
         open_wait=c.number(t, "open_wait", "timeouts", d.open_wait, allow_zero=False),
+        udp_idle=c.number(t, "udp_idle", "timeouts", d.udp_idle, allow_zero=False),
     )
 
 
@@ -1111,7 +1151,7 @@ def _ingress(
     tuple[TransparentRule, ...],
 ]:
     ingress = c.table(root, "ingress", "ingress")
-    c.unknown(ingress, {"mapping", "http_connect", "socks5", "transparent"}, "ingress")
+    c.unknown(ingress, {"mapping", "http_connect", "socks5", "transparent", "udp"}, "ingress")
     mapping_names: dict[str, str] = {}
     proxy_names: dict[str, str] = {}
     socks_names: dict[str, str] = {}
@@ -1194,7 +1234,9 @@ def _egress(
     routes: dict[str, EgressRoute] = {}
     for i, t in enumerate(c.array(egress, "route", "egress.route")):
         where = f"egress.route[{i}]"
-        c.unknown(t, {"name", "backend", "proxy_protocol", "http_headers", "require"}, where)
+        c.unknown(
+            t, {"name", "backend", "proxy_protocol", "http_headers", "require", "protocol"}, where
+        )
         if "name" not in t:
             c.problem(f"{where}.name", "missing")
             continue
@@ -1203,6 +1245,17 @@ def _egress(
         proxy = c.boolean(t, "proxy_protocol", where)
         http_headers = c.boolean(t, "http_headers", where)
         require = c.claim_rules(t, where)
+        protocol = t.get("protocol", "tcp")
+        if protocol not in ("tcp", "udp"):
+            c.problem(f"{where}.protocol", 'must be "tcp" or "udp"')
+            continue
+        if protocol == "udp":
+            if backend is not None and backend.kind != "tcp":
+                c.problem(f"{where}.backend", "a UDP route needs host:port")
+                continue
+            for key in ("proxy_protocol", "http_headers"):
+                if t.get(key):
+                    c.problem(f"{where}.{key}", "only for TCP routes")
         if name in routes:
             c.problem(f"{where}.name", f"duplicate route name {name!r}")
         elif name and backend:
@@ -1212,12 +1265,13 @@ def _egress(
                 proxy_protocol=proxy,
                 http_headers=http_headers,
                 require=require,
+                protocol="udp" if protocol == "udp" else "tcp",
             )
     listener_names: dict[str, str] = {}
     listeners: list[EgressListener] = []
     for i, t in enumerate(c.array(egress, "listener", "egress.listener")):
         where = f"egress.listener[{i}]"
-        c.unknown(t, {"name", "listen", "routes", "allow", "require"}, where)
+        c.unknown(t, {"name", "listen", "routes", "allow", "allow_udp", "require"}, where)
         name = c.name(t, where, f"listener-{i}")
         c.unique(listener_names, name, where)
         listen = c.endpoint(t, "listen", where, listen=True)
@@ -1231,16 +1285,8 @@ def _egress(
                     c.problem(f"{where}.routes[{j}]", f"no route named {n!r}")
                 else:
                     chosen.append(n)
-        allow: list[AllowRule] = []
-        patterns = t.get("allow", [])
-        if not isinstance(patterns, list):
-            c.problem(f"{where}.allow", "must be an array of HOST:PORTS patterns")
-            patterns = []
-        for j, p in enumerate(patterns):
-            try:
-                allow.append(AllowRule.parse(p))
-            except ValueError as exc:
-                c.problem(f"{where}.allow[{j}]", str(exc))
+        allow = _allow_patterns(c, t, "allow", where)
+        allow_udp = _allow_patterns(c, t, "allow_udp", where)
         require = c.claim_rules(t, where)
         if listen:
             listeners.append(
@@ -1248,11 +1294,48 @@ def _egress(
                     name=name,
                     listen=listen,
                     routes=tuple(chosen),
-                    allow=tuple(allow),
+                    allow=allow,
                     require=require,
+                    allow_udp=allow_udp,
                 )
             )
     return tuple(listeners), routes
+
+
+def _udp_rules(c: _Checker, root: Mapping[str, object]) -> tuple[UdpRule, ...]:
+    ingress = c.table(root, "ingress", "ingress")
+    names: dict[str, str] = {}
+    rules: list[UdpRule] = []
+    for i, t in enumerate(c.array(ingress, "udp", "ingress.udp")):
+        where = f"ingress.udp[{i}]"
+        c.unknown(t, {"name", "listen", "egress", "target"}, where)
+        name = c.name(t, where, f"udp-{i}")
+        c.unique(names, name, where)
+        listen = c.endpoint(t, "listen", where, listen=True)
+        egress = c.endpoint(t, "egress", where, listen=False)
+        target = _target(c, t, where)
+        if listen is not None and listen.kind != "tcp":
+            c.problem(f"{where}.listen", "UDP listens on host:port")
+        elif listen and egress and target:
+            datagram = dataclasses.replace(target, datagram=True)
+            rules.append(UdpRule(name=name, listen=listen, egress=egress, target=datagram))
+    return tuple(rules)
+
+
+def _allow_patterns(
+    c: _Checker, table: Mapping[str, object], key: str, where: str
+) -> tuple[AllowRule, ...]:
+    allow: list[AllowRule] = []
+    patterns = table.get(key, [])
+    if not isinstance(patterns, list):
+        c.problem(f"{where}.{key}", "must be an array of HOST:PORTS patterns")
+        patterns = []
+    for j, p in enumerate(patterns):
+        try:
+            allow.append(AllowRule.parse(p))
+        except ValueError as exc:
+            c.problem(f"{where}.{key}[{j}]", str(exc))
+    return tuple(allow)
 
 
 def _admin(c: _Checker, root: Mapping[str, object]) -> AdminConfig | None:
@@ -1303,8 +1386,9 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
     prewarm = _prewarm(c, data)
     admin = _admin(c, data)
     mappings, proxies, socks, transparent = _ingress(c, data)
+    udp = _udp_rules(c, data)
     listeners, routes = _egress(c, data)
-    if not (mappings or proxies or socks or transparent or listeners) and not c.problems:
+    if not (mappings or proxies or socks or transparent or udp or listeners) and not c.problems:
         c.problem("", "nothing to do: no [[ingress.*]] rule and no [[egress.listener]]")
     seen: dict[str, str] = {}
     for where, endpoint in (
@@ -1316,6 +1400,7 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         *((f"ingress.http_connect[{i}].listen", r.listen) for i, r in enumerate(proxies)),
         *((f"ingress.socks5[{i}].listen", r.listen) for i, r in enumerate(socks)),
         *((f"ingress.transparent[{i}].listen", r.listen) for i, r in enumerate(transparent)),
+        *((f"ingress.udp[{i}].listen", _udp_key(r.listen)) for i, r in enumerate(udp)),
         *((f"egress.listener[{i}].listen", r.listen) for i, r in enumerate(listeners)),
         *((("admin.listen", admin.listen),) if admin else ()),
     ):
@@ -1338,10 +1423,16 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         http_connect=proxies,
         socks5=socks,
         transparent=transparent,
+        udp=udp,
         listeners=listeners,
         routes=routes,
         source=source,
     )
+
+
+def _udp_key(endpoint: Endpoint) -> Endpoint:
+    """A UDP listen address, kept apart from TCP ones on the same port (no conflict)."""
+    return dataclasses.replace(endpoint, host=f"udp/{endpoint.host}")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

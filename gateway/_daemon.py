@@ -41,9 +41,14 @@ from ._http_proxy import serve_http_proxy
 from ._ingress import serve_mapping, serve_socks5, serve_transparent
 from ._prewarm import LinkPool
 from ._runtime import Runtime, check_mark, log_event
+from ._udp import serve_udp
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ratls._exchange import AttestationConfig
+
+    from ._datagram import DatagramListener
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "IDENTITY_ROTATION", "RunningGateway", "run_gateway"]
 
@@ -73,6 +78,7 @@ def _listen_keys(config: GatewayConfig) -> dict[str, str]:
             for r in config.transparent
         }
     )
+    keys.update({f"udp:{r.name}": str(r.listen) for r in config.udp})
     if config.admin is not None:
         keys["admin"] = str(config.admin.listen)
     return keys
@@ -86,12 +92,12 @@ class RunningGateway:
         runtime: the shared state (config, identity, metrics, live tunnels).
         listeners: bound listeners by key: ``"egress:NAME"``, ``"mapping:NAME"``,
             ``"http-connect:NAME"``, ``"socks5:NAME"``, ``"transparent:NAME"``,
-            ``"admin"``.
+            ``"udp:NAME"`` (a bound UDP socket), ``"admin"``.
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.listeners: dict[str, list[trio.SocketListener]] = {}
+        self.listeners: dict[str, Sequence[trio.SocketListener | DatagramListener]] = {}
         #: Attestation configurations this gateway resolved itself (and so must close).
         self.owned_attestations: list[AttestationConfig] = []
         self._stopped = trio.Event()
@@ -304,6 +310,10 @@ async def _serve(
                 for s in config.socks5:
                     gateway.listeners[f"socks5:{s.name}"] = await accept.start(
                         partial(serve_socks5, runtime, s, handler_nursery=tunnels)
+                    )
+                for u in config.udp:
+                    gateway.listeners[f"udp:{u.name}"] = await accept.start(
+                        partial(serve_udp, runtime, u, handler_nursery=tunnels)
                     )
                 for t in config.transparent:
                     gateway.listeners[f"transparent:{t.name}"] = await accept.start(

@@ -31,11 +31,11 @@ from ratls._exchange import AttestationRefused
 from ratls._tls_stream import AttestedTLSStream
 
 from ._attestation import peer_claims, peer_summary
+from ._datagram import connect_udp
 from ._direct_socket import direct_if_socket
 from ._http_inject import HeaderInjector, injecting_stream
 from ._http_proxy import attestation_headers
 from ._link import (
-    LINK_VERSION,
     SUPPORTED_VERSIONS,
     AddressTarget,
     LinkClosed,
@@ -108,6 +108,7 @@ def decide_target(
     Returns:
         The decision, or the REFUSED to send.
     """
+    protocol = "udp" if target.datagram else "tcp"
     routes = {name: runtime.config.routes[name] for name in listener.routes}
     if isinstance(target, RouteTarget):
         route = routes.get(target.name)
@@ -116,12 +117,24 @@ def decide_target(
                 code=LinkReason.UNKNOWN_ROUTE,
                 reason=f"no route {target.name!r} on this listener",
             )
+        if route.protocol != protocol:
+            return Refused(
+                code=LinkReason.NOT_ALLOWED,
+                reason=f"route {target.name!r} carries {route.protocol.upper()}, "
+                f"not {protocol.upper()}",
+            )
         return EgressDecision(backend=route.backend, target=None, route=route)
     for route in routes.values():
         b = route.backend
-        if b.kind == "tcp" and b.port == target.port and _same_host(b.host, target.host):
+        if (
+            route.protocol == protocol
+            and b.kind == "tcp"
+            and b.port == target.port
+            and _same_host(b.host, target.host)
+        ):
             return EgressDecision(backend=route.backend, target=None, route=route)
-    if any(rule.matches(target) for rule in listener.allow):
+    allow = listener.allow_udp if target.datagram else listener.allow
+    if any(rule.matches(target) for rule in allow):
         return EgressDecision(backend=None, target=target, route=None)
     return Refused(code=LinkReason.NOT_ALLOWED, reason=f"{target} is not allowed")
 
@@ -310,6 +323,9 @@ async def _serve(
                     fields,
                 )
                 return
+        if event.target.datagram:
+            await _serve_datagrams(runtime, channel, event, decision, record, fields, verified_at)
+            return
         try:
             with trio.fail_after(timeouts.connect):
                 mark = runtime.config.tcp.mark
@@ -357,7 +373,7 @@ async def _serve(
                 )
                 return
         try:
-            await channel.send(Opened(version=LINK_VERSION))
+            await channel.send(Opened(version=event.version))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             fields.update(result="link-lost", detail="ingress left before OPENED")
             return
@@ -396,6 +412,52 @@ async def _serve(
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await backend.aclose()
             await close_link(stream, graceful=fields.get("result") != "link-lost")
+
+
+async def _serve_datagrams(
+    runtime: Runtime,
+    channel: LinkChannel,
+    event: Open,
+    decision: EgressDecision,
+    record: TunnelRecord,
+    fields: dict[str, Any],
+    verified_at: float,
+) -> None:
+    """A UDP flow: a socket connected to the backend, then datagrams both ways."""
+    if decision.backend is not None:
+        host, port = decision.backend.host, decision.backend.port
+    else:
+        assert decision.target is not None  # noqa: S101 - decide_target's contract
+        host, port = decision.target.host, decision.target.port
+    try:
+        backend = await connect_udp(host, port, mark=runtime.config.tcp.mark)
+    except OSError as exc:
+        kind = connect_error_kind(exc)
+        await _refuse(
+            channel,
+            Refused(code=LinkReason.BACKEND_UNREACHABLE, reason=f"backend {kind}"),
+            fields,
+        )
+        return
+    async with backend:
+        try:
+            await channel.send(Opened(version=event.version))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            fields.update(result="link-lost", detail="ingress left before OPENED")
+            return
+        stream = channel.stream
+        identity = runtime.identity
+        peer_cert = stream.peer_certificate
+        attestation = None
+        if peer_cert is not None:
+            attestation = TunnelAttestation(
+                config=identity.attestation,
+                own_certificate=identity.certificate,
+                peer_certificate=peer_cert,
+                peer_result=stream.peer_attestation,
+                verified_at=verified_at,
+            )
+        await runtime.run_tunnel(record, fields, channel, backend, attestation=attestation)
 
 
 async def _refuse(

@@ -70,10 +70,10 @@ from ._ingress import (
     IngressFailure,
     OpenedLink,
     _answer_and_close,
-    _run_tunnel,
     _send_quietly,
     _serve,
     open_link,
+    run_opened_tunnel,
 )
 from ._link import AddressTarget
 from ._reader import RequestTooLarge, StreamReader, TruncatedRequest
@@ -653,7 +653,7 @@ async def _run_absolute(
 ) -> None:
     extra = attestation_headers(opened.attestation.peer_result) if rule.attestation_headers else ()
     client = proxied_client_stream(raw, ResponseRewriter(extra))
-    await _run_tunnel(
+    await run_opened_tunnel(
         runtime, opened, client, record, fields, initial_data=rewrite_request(request) + pipelined
     )
     if client.failure is not None:
@@ -748,7 +748,9 @@ async def serve_http_proxy(
             await close_link(opened.channel.stream, graceful=True)
             fields.update(result="client-reset")
             return
-        await _run_tunnel(runtime, opened, raw, record, fields, initial_data=reader.leftover())
+        await run_opened_tunnel(
+            runtime, opened, raw, record, fields, initial_data=reader.leftover()
+        )
 
     await _serve(
         runtime, rule.listen, "http-connect", rule.name, handler, handler_nursery, task_status

@@ -42,6 +42,7 @@ from ._link import (
     Opened,
     Refused,
     RouteTarget,
+    open_version,
     reason_name,
 )
 from ._reader import StreamReader
@@ -282,7 +283,7 @@ async def _open_target(
     try:
         try:
             with trio.fail_after(timeouts.connect + timeouts.handshake):
-                await channel.send(Open(target=target, client=client))
+                await channel.send(Open(target=target, client=client, version=open_version(target)))
                 answer = await channel.receive()
         except trio.TooSlowError:
             failure = IngressFailure(
@@ -347,7 +348,7 @@ async def _open_target(
             await close_link(stream, graceful=not gone)
 
 
-async def _run_tunnel(
+async def run_opened_tunnel(
     runtime: Runtime,
     opened: OpenedLink,
     client_stream: trio.abc.Stream,
@@ -356,6 +357,7 @@ async def _run_tunnel(
     *,
     initial_data: bytes = b"",
 ) -> TunnelOutcome:
+    """Carry ``client_stream`` through an opened link to its end; the link is closed after."""
     try:
         outcome = await runtime.run_tunnel(
             record,
@@ -565,7 +567,7 @@ async def _raw_tunnel(
         # Raw TCP has no words: the client gets a RST, the reason goes to the log.
         fields.update(result=opened.result, detail=opened.detail, abort_client=True)
         return
-    await _run_tunnel(runtime, opened, raw, record, fields)
+    await run_opened_tunnel(runtime, opened, raw, record, fields)
 
 
 async def serve_transparent(
@@ -699,6 +701,8 @@ async def serve_socks5(
             await close_link(opened.channel.stream, graceful=True)
             fields.update(result="client-reset")
             return
-        await _run_tunnel(runtime, opened, raw, record, fields, initial_data=reader.leftover())
+        await run_opened_tunnel(
+            runtime, opened, raw, record, fields, initial_data=reader.leftover()
+        )
 
     await _serve(runtime, rule.listen, "socks5", rule.name, handler, handler_nursery, task_status)

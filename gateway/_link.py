@@ -69,6 +69,7 @@ from typing import Final, final
 from ratls._errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "DATAGRAM_LINK_VERSION",
     "LINK_VERSION",
     "MAX_FRAME_PAYLOAD",
     "MAX_REASON_BYTES",
@@ -101,14 +102,19 @@ __all__ = [
     "UnsupportedLinkVersion",
     "decode_frame",
     "encode_frame",
+    "open_version",
     "reason_name",
     "safe_reason",
 ]
 
-#: The link protocol version this module speaks.
+#: The link protocol version of stream (TCP) tunnels.
 LINK_VERSION: Final = 1
+#: The version that added datagram (UDP) tunnels: OPEN target kinds 3 and 4.  An ingress
+#: sends it only for datagram targets, so an egress speaking version 1 alone still serves
+#: every stream tunnel and refuses datagram ones plainly (unsupported-version).
+DATAGRAM_LINK_VERSION: Final = 2
 #: Every version this module can speak (an egress refuses others in its REFUSED reason).
-SUPPORTED_VERSIONS: Final = frozenset({LINK_VERSION})
+SUPPORTED_VERSIONS: Final = frozenset({LINK_VERSION, DATAGRAM_LINK_VERSION})
 
 #: Length of a REATTEST nonce: as long as the exporter value it feeds.
 NONCE_LENGTH: Final = 32
@@ -304,10 +310,12 @@ class AddressTarget:
     Attributes:
         host: a DNS name or an IP literal (IPv6 without brackets); the egress resolves it.
         port: 1-65535.
+        datagram: a UDP target (the tunnel carries datagrams, link version 2).
     """
 
     host: str
     port: int
+    datagram: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not _HOST.fullmatch(self.host):
@@ -316,7 +324,8 @@ class AddressTarget:
             raise ValueError("port must be 1..65535")
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        text = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"udp:{text}" if self.datagram else text
 
 
 @final
@@ -326,19 +335,26 @@ class RouteTarget:
 
     Attributes:
         name: the route name (letters, digits, ``.``, ``_``, ``-``; at most 64).
+        datagram: a UDP route (the tunnel carries datagrams, link version 2).
     """
 
     name: str
+    datagram: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _ROUTE_NAME.fullmatch(self.name):
             raise ValueError("route name must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
 
     def __str__(self) -> str:
-        return f"route:{self.name}"
+        return f"udp:route:{self.name}" if self.datagram else f"route:{self.name}"
 
 
 Target = AddressTarget | RouteTarget
+
+
+def open_version(target: Target) -> int:
+    """The link version an OPEN of ``target`` is sent with: the oldest that can carry it."""
+    return DATAGRAM_LINK_VERSION if target.datagram else LINK_VERSION
 
 
 def safe_reason(text: str) -> str:
@@ -378,6 +394,8 @@ class Open:
             raise ValueError("client must be at most 255 bytes of printable text")
         if not 0 <= self.version <= 255:
             raise ValueError("version must be 0..255")
+        if self.target.datagram and self.version < DATAGRAM_LINK_VERSION:
+            raise ValueError(f"a datagram target needs link version {DATAGRAM_LINK_VERSION}")
 
 
 @final
@@ -544,9 +562,9 @@ def encode_frame(event: LinkEvent) -> bytes:
     elif isinstance(event, Open):
         target = event.target
         if isinstance(target, AddressTarget):
-            kind, host, port = 1, target.host, target.port
+            kind, host, port = _KIND_UDP_ADDRESS if target.datagram else 1, target.host, target.port
         else:
-            kind, host, port = 2, target.name, 0
+            kind, host, port = _KIND_UDP_ROUTE if target.datagram else 2, target.name, 0
         host_b = host.encode("ascii")
         client_b = event.client.encode("utf-8")
         frame_type = FrameType.OPEN
@@ -587,6 +605,11 @@ def _decode_text(data: bytes, *, frame_type: int, offset: int, what: str) -> str
     return text
 
 
+# OPEN target kinds of version 2: a datagram (UDP) address, a datagram route.
+_KIND_UDP_ADDRESS: Final = 3
+_KIND_UDP_ROUTE: Final = 4
+
+
 def _decode_open(payload: bytes) -> Open:
     t = FrameType.OPEN
     if len(payload) < 1:
@@ -617,13 +640,18 @@ def _decode_open(payload: bytes) -> Open:
     host = _decode_text(host_b, frame_type=t, offset=5 + _OPEN_FIXED.size + 1, what="host")
     client = _decode_text(client_b, frame_type=t, offset=5 + pos, what="client")
     target: Target
+    datagram = kind in (_KIND_UDP_ADDRESS, _KIND_UDP_ROUTE)
+    if datagram and version < DATAGRAM_LINK_VERSION:
+        raise MalformedLinkFrame(
+            f"target kind {kind} needs version {DATAGRAM_LINK_VERSION}", frame_type=t, offset=6
+        )
     try:
-        if kind == 1:
-            target = AddressTarget(host=host, port=port)
-        elif kind == 2:
+        if kind in (1, _KIND_UDP_ADDRESS):
+            target = AddressTarget(host=host, port=port, datagram=datagram)
+        elif kind in (2, _KIND_UDP_ROUTE):
             if port != 0:
                 raise MalformedLinkFrame("a ROUTE target carries port 0", frame_type=t, offset=7)
-            target = RouteTarget(name=host)
+            target = RouteTarget(name=host, datagram=datagram)
         else:
             raise MalformedLinkFrame(f"unknown target kind {kind}", frame_type=t, offset=6)
     except ValueError as exc:

@@ -250,6 +250,11 @@ class GatewayMetrics:
             "Re-attestations of tunnel peers, by outcome.",
             ("side", "outcome"),
         )
+        self.udp_dropped = r.counter(
+            "ratls_gateway_udp_dropped_total",
+            "Client datagrams dropped because their flow's queue was full.",
+            ("rule",),
+        )
         self.prewarm_links = r.counter(
             "ratls_gateway_prewarm_links_total",
             "Links made ahead of need ([prewarm]), by what became of them: made, failed, "

@@ -27,7 +27,7 @@ import trio
 
 from ._activation import take as take_passed_sockets
 from ._attestation import peer_summary
-from ._config import HttpConnectRule, MappingRule, Socks5Rule, TransparentRule
+from ._config import HttpConnectRule, MappingRule, Socks5Rule, TransparentRule, UdpRule
 from ._deadlines import Deadlines
 from ._metrics import GatewayMetrics
 from ._tunnel import Tunnel, TunnelSettings
@@ -55,7 +55,9 @@ __all__ = [
     "source_of",
 ]
 
-_IngressRule = TypeVar("_IngressRule", MappingRule, HttpConnectRule, Socks5Rule, TransparentRule)
+_IngressRule = TypeVar(
+    "_IngressRule", MappingRule, HttpConnectRule, Socks5Rule, TransparentRule, UdpRule
+)
 
 
 def _named(rules: tuple[_IngressRule, ...], name: str) -> _IngressRule | None:
@@ -277,8 +279,10 @@ class Runtime:
             current = _named(self.config.http_connect, rule.name)
         elif isinstance(rule, Socks5Rule):
             current = _named(self.config.socks5, rule.name)
-        else:
+        elif isinstance(rule, TransparentRule):
             current = _named(self.config.transparent, rule.name)
+        else:
+            current = _named(self.config.udp, rule.name)
         if current is not None:
             return current
         return rule  # pragma: no cover - a reload cannot remove a listener's rule

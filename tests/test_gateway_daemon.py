@@ -124,7 +124,7 @@ async def test_egress_answers_an_unsupported_version(nursery: trio.Nursery) -> N
     answer = await peer.frame()
     assert answer is not None
     refusal = decode_frame(answer)
-    assert refusal == Refused(code=LinkReason.UNSUPPORTED_VERSION, reason="supported: 1")
+    assert refusal == Refused(code=LinkReason.UNSUPPORTED_VERSION, reason="supported: 1,2")
     assert await peer.frame() is None  # then close_notify
     await peer.stream.aclose()
 

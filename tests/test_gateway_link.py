@@ -418,11 +418,11 @@ def test_error_may_follow_a_protocol_violation() -> None:
 def test_refused_may_answer_an_unsupported_version() -> None:
     egress = LinkConnection(LinkRole.EGRESS)
     frame = bytearray(encode_frame(Open(target=RouteTarget(name="web"))))
-    frame[5] = 2
+    frame[5] = 3  # not a version this module speaks
     egress.receive_data(bytes(frame))
     with pytest.raises(UnsupportedLinkVersion):
         egress.next_event()
-    answer = egress.send(Refused(code=LinkReason.UNSUPPORTED_VERSION, reason="supported: 1"))
+    answer = egress.send(Refused(code=LinkReason.UNSUPPORTED_VERSION, reason="supported: 1, 2"))
     ingress = LinkConnection(LinkRole.INGRESS)
     ingress.send(Open(target=RouteTarget(name="web")))
     ingress.receive_data(answer)
@@ -604,7 +604,7 @@ def test_value_types_eq_ne_hash_repr() -> None:
     assert str(a1) == "h:1"
     assert str(AddressTarget(host="::1", port=5)) == "[::1]:5"
     assert str(RouteTarget(name="web")) == "route:web"
-    assert repr(a1) == "AddressTarget(host='h', port=1)"
+    assert repr(a1) == "AddressTarget(host='h', port=1, datagram=False)"
     data = Data(data=b"secret-bytes")
     assert repr(data) == "Data(<12 bytes>)"
     assert data == Data(data=b"secret-bytes")

@@ -1,0 +1,171 @@
+"""UDP through attested tunnels: ``[[ingress.udp]]`` flows and the egress's UDP backends.
+
+UDP has no connections, so the ingress makes them: each client address and port is a
+*flow*, with its own attested link (link version 2, a datagram target) and its own
+access line.  Each datagram travels as one DATA frame and leaves the far side as one
+datagram, so boundaries are kept.  UDP has no FIN either: a flow ends after
+``timeouts.udp_idle`` seconds without a datagram in either direction, and then ends
+cleanly, with EOF both ways over the link.
+
+Both ends are adapters that make datagrams look like a half-closeable stream to the
+tunnel (:class:`~gateway._tunnel.Tunnel`), which then pumps, counts, re-attests and
+logs them as it does bytes:
+
+* :class:`~gateway._datagram.FlowStream` on the ingress: fed by the listener's one
+  socket (a bounded queue per flow; a datagram that finds it full is dropped and
+  counted, as a congested network would), answering with ``sendto`` the client's
+  address.  Reading from it
+  returns end of file once the flow has been quiet for ``udp_idle``;
+* :class:`~gateway._datagram.ConnectedDatagramStream` on the egress: a UDP socket connected to the
+  backend.  A backend that is not listening (ICMP port unreachable) loses datagrams, as
+  UDP would, and the flow stays; the egress's end of file comes when the ingress's does.
+
+Empty datagrams cannot be carried (a DATA frame has at least one byte, and an empty
+read is end of file): both sides drop them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import trio
+
+from ._datagram import MAX_DATAGRAM, DatagramListener, FlowStream
+from ._ingress import IngressFailure, open_link, run_opened_tunnel
+from ._runtime import describe_peer, log_event, source_of
+
+if TYPE_CHECKING:
+    from ._config import UdpRule
+    from ._runtime import Runtime
+
+__all__ = ["serve_udp"]
+
+
+async def _bind(runtime: Runtime, rule: UdpRule) -> trio.socket.SocketType:
+    endpoint = rule.listen
+    infos = await trio.socket.getaddrinfo(
+        endpoint.host, endpoint.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _name, address = infos[0]
+    sock = trio.socket.socket(family, kind, proto)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if runtime.config.process.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_udp(
+    runtime: Runtime,
+    rule: UdpRule,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[DatagramListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve one UDP rule forever: a flow, and a tunnel, per client address.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    sock = await _bind(runtime, rule)
+    flows: dict[Any, FlowStream] = {}
+    with sock:
+        log_event("listening", side="ingress", mode="udp", rule=rule.name, address=str(rule.listen))
+        async with trio.open_nursery() as own:
+            nursery = handler_nursery if handler_nursery is not None else own
+            task_status.started([DatagramListener(sock)])
+            while True:
+                try:
+                    data, client = await sock.recvfrom(MAX_DATAGRAM)
+                except OSError:
+                    continue  # an ICMP error for an earlier answer: nothing to do
+                if not data:
+                    continue  # an empty datagram cannot be carried
+                flow = flows.get(client)
+                if flow is None:
+                    if runtime.draining:
+                        continue
+                    idle = runtime.config.timeouts.udp_idle
+                    flow = flows[client] = FlowStream(sock, client, idle=idle)
+                    nursery.start_soon(_run_flow, runtime, rule, flow, flows)
+                if not flow.deliver(data):
+                    runtime.metrics.udp_dropped.inc(rule=rule.name)
+
+
+async def _run_flow(
+    runtime: Runtime, rule: UdpRule, flow: FlowStream, flows: dict[Any, FlowStream]
+) -> None:
+    """One flow: admission, its tunnel, its access line; never raises for flow failures."""
+    client = describe_peer(flow.client)
+    metrics = runtime.metrics
+    metrics.tunnels_total.inc(side="ingress", rule=rule.name)
+    refusal = "shutting-down" if runtime.draining else None
+    refusal = refusal or runtime.admission.admit(source_of(client), trio.current_time())
+    if refusal is not None:
+        metrics.tunnels_failed.inc(side="ingress", rule=rule.name, reason=refusal)
+        log_event(
+            "tunnel", side="ingress", mode="udp", rule=rule.name, client=client, result=refusal
+        )
+        try:
+            await flow.sink_until_idle()  # no tunnel per datagram for a refused client
+        finally:
+            _forget(flows, flow)
+            await flow.aclose()
+        return
+    record = runtime.new_record("ingress", rule.name, client)
+    metrics.tunnels_active.add(1, side="ingress", rule=rule.name)
+    started = trio.current_time()
+    fields: dict[str, Any] = {"result": "ok"}
+    try:
+        current = runtime.current_rule(rule)
+        record.target = str(current.target)
+        opened = await open_link(runtime, current.egress, current.target, client)
+        if isinstance(opened, IngressFailure):
+            fields.update(result=opened.result, detail=opened.detail)
+            await flow.sink_until_idle()  # refused: drop, rather than retry per datagram
+        else:
+            await run_opened_tunnel(runtime, opened, flow, record, fields)
+    except Exception as exc:  # a bug must not take the listener down
+        fields.update(result="internal-error", detail=f"{type(exc).__name__}: {exc}")
+        log_event("internal error", level=logging.ERROR, error=repr(exc))
+    except BaseException:
+        fields.update(result="shutting-down", detail="flow cut at shutdown")
+        raise
+    finally:
+        _forget(flows, flow)
+        with trio.CancelScope(shield=True), contextlib.suppress(trio.ClosedResourceError):
+            await flow.aclose()
+        runtime.admission.release()
+        runtime.end_record(record)
+        metrics.tunnels_active.add(-1, side="ingress", rule=rule.name)
+        if fields["result"] != "ok":
+            metrics.tunnels_failed.inc(side="ingress", rule=rule.name, reason=str(fields["result"]))
+        log_event(
+            "tunnel",
+            side="ingress",
+            mode="udp",
+            rule=rule.name,
+            id=record.id,
+            client=client,
+            target=record.target,
+            peer=record.peer,
+            tls=record.tls,
+            duration=round(trio.current_time() - started, 6),
+            bytes_up=record.bytes_up,
+            bytes_down=record.bytes_down,
+            dropped=flow.dropped,
+            **fields,
+        )
+
+
+def _forget(flows: dict[Any, FlowStream], flow: FlowStream) -> None:
+    if flows.get(flow.client) is flow:
+        del flows[flow.client]

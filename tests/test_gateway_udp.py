@@ -1,0 +1,328 @@
+"""UDP through attested tunnels (``[[ingress.udp]]``, UDP routes, link version 2).
+
+Both gateways run in the test process on the HMAC test attestation, over real loopback
+sockets, with a real UDP backend.  What is checked is what a UDP user relies on:
+datagram boundaries survive (from one byte to 60,000), each client address is its own
+flow with its own tunnel, a flow ends after ``udp_idle`` of silence and a new datagram
+starts a new one, the egress reaches only what its UDP routes and ``allow_udp`` name
+(never what TCP rules allow), and a backend that is not (yet) listening loses datagrams
+without ending the flow.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+import trio.testing
+from gateway_helpers import (
+    KEY,
+    LOCALHOST,
+    egress_doc,
+    free_port,
+    ingress_doc,
+    listen_port,
+    start_gateway,
+    tunnel_lines,
+    wait_for,
+)
+
+from gateway._config import ConfigError, UdpRule, parse_config
+from gateway._datagram import ConnectedDatagramStream, FlowStream
+from gateway._link import (
+    DATAGRAM_LINK_VERSION,
+    AddressTarget,
+    LinkConnection,
+    LinkRole,
+    MalformedLinkFrame,
+    Open,
+    RouteTarget,
+    decode_frame,
+    encode_frame,
+)
+from gateway._testing import hmac_test_attestation
+
+if TYPE_CHECKING:
+    from gateway._daemon import RunningGateway
+
+SIZES = (1, 1200, 60_000)
+
+
+@pytest.fixture(autouse=True)
+def _logs(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway_helpers import capture_gateway_logs
+
+    capture_gateway_logs(caplog)
+
+
+# --------------------------------------------------------------------------- link
+
+
+def test_datagram_targets_need_link_version_2() -> None:
+    for target in (
+        AddressTarget(host="10.0.0.5", port=53, datagram=True),
+        RouteTarget(name="dns", datagram=True),
+    ):
+        with pytest.raises(ValueError, match="version 2"):
+            Open(target=target)
+        frame = encode_frame(Open(target=target, version=DATAGRAM_LINK_VERSION))
+        assert decode_frame(frame) == Open(target=target, version=DATAGRAM_LINK_VERSION)
+        # The same kind under version 1 is malformed (an old ingress cannot mean it).
+        downgraded = bytearray(frame)
+        downgraded[5] = 1
+        with pytest.raises(MalformedLinkFrame, match="needs version 2"):
+            decode_frame(bytes(downgraded))
+    assert str(AddressTarget(host="::1", port=53, datagram=True)) == "udp:[::1]:53"
+    assert str(RouteTarget(name="dns", datagram=True)) == "udp:route:dns"
+
+
+def test_a_stream_open_keeps_version_1_for_old_egresses() -> None:
+    ingress = LinkConnection(LinkRole.INGRESS)
+    frame = ingress.send(Open(target=RouteTarget(name="web")))
+    assert frame[5] == 1
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_udp_rules_routes_and_allowlists_are_checked() -> None:
+    idoc = ingress_doc("127.0.0.1:9443", {})
+    idoc["ingress"] = {
+        "udp": [
+            {"name": "dns", "listen": "127.0.0.1:5353", "egress": "127.0.0.1:9443", "target": "dns"}
+        ]
+    }
+    (rule,) = parse_config(idoc).udp
+    assert rule == UdpRule(
+        name="dns",
+        listen=rule.listen,
+        egress=rule.egress,
+        target=RouteTarget(name="dns", datagram=True),
+    )
+    assert parse_config(idoc).ingress_rules == (rule,)
+    edoc = egress_doc({})
+    edoc["egress"]["route"] = [{"name": "dns", "backend": "10.0.0.5:53", "protocol": "udp"}]
+    edoc["egress"]["listener"][0]["allow_udp"] = ["10.0.0.0/8:123"]
+    config = parse_config(edoc)
+    assert config.routes["dns"].protocol == "udp"
+    assert config.listeners[0].allow_udp[0].port_low == 123
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"name": "d", "backend": "unix:/run/d.sock", "protocol": "udp"}, "backend"),
+        ({"name": "d", "backend": "10.0.0.5:53", "protocol": "sctp"}, "protocol"),
+        (
+            {"name": "d", "backend": "10.0.0.5:53", "protocol": "udp", "proxy_protocol": True},
+            "proxy_protocol",
+        ),
+    ]
+    for route, key in bad:
+        edoc["egress"]["route"] = [route]
+        with pytest.raises(ConfigError) as caught:
+            parse_config(edoc)
+        assert caught.value.problems[0].location == f"egress.route[0].{key}"
+    idoc["ingress"]["udp"][0]["listen"] = "unix:/run/dns.sock"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(idoc)
+    assert caught.value.problems[0].message == "UDP listens on host:port"
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+async def udp_echo(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """A UDP backend that answers each datagram with ``echo:`` + it."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind((LOCALHOST, 0))
+        task_status.started(sock.getsockname()[1])
+        while True:
+            data, peer = await sock.recvfrom(65535)
+            await sock.sendto(b"echo:" + data, peer)
+
+
+async def start_pair(
+    nursery: trio.Nursery,
+    backend: int,
+    *,
+    route_protocol: str = "udp",
+    target: str = "dns",
+    timeouts: dict[str, float] | None = None,
+    allow_udp: tuple[str, ...] = (),
+) -> tuple[RunningGateway, RunningGateway]:
+    edoc = egress_doc({})
+    edoc["egress"]["route"] = [
+        {"name": "dns", "backend": f"{LOCALHOST}:{backend}", "protocol": route_protocol}
+    ]
+    edoc["egress"]["listener"][0]["allow"] = [f"{LOCALHOST}:*"]  # TCP only: admits no UDP
+    edoc["egress"]["listener"][0]["allow_udp"] = list(allow_udp)
+    egress = await start_gateway(nursery, parse_config(edoc), hmac_test_attestation(KEY)[0])
+    address = f"{LOCALHOST}:{listen_port(egress, 'egress:main')}"
+    idoc = ingress_doc(address, {}, timeouts=timeouts or {})
+    idoc["ingress"] = {
+        "udp": [{"name": "dns", "listen": "127.0.0.1:0", "egress": address, "target": target}]
+    }
+    ingress = await start_gateway(nursery, parse_config(idoc), hmac_test_attestation(KEY)[0])
+    return egress, ingress
+
+
+async def client_socket() -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((LOCALHOST, 0))
+    return sock
+
+
+async def ask(sock: trio.socket.SocketType, port: int, payload: bytes) -> bytes:
+    await sock.sendto(payload, (LOCALHOST, port))
+    with trio.fail_after(10):
+        data, _ = await sock.recvfrom(65535)
+    return data
+
+
+def udp_port(gateway: RunningGateway) -> int:
+    address = gateway.address("udp:dns")
+    assert isinstance(address, tuple)
+    return address[1]
+
+
+async def test_datagrams_keep_their_boundaries_and_each_client_is_a_flow(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = await nursery.start(udp_echo)
+    egress, ingress = await start_pair(nursery, backend)
+    port = udp_port(ingress)
+    with await client_socket() as first, await client_socket() as second:
+        for size in SIZES:
+            payload = bytes([size % 251]) * size
+            assert await ask(first, port, payload) == b"echo:" + payload
+        assert await ask(second, port, b"other") == b"echo:other"
+        # Three datagrams sent at once arrive as three datagrams.
+        for text in (b"a", b"bb", b"ccc"):
+            await first.sendto(text, (LOCALHOST, port))
+        with trio.fail_after(10):
+            answers = [(await first.recvfrom(100))[0] for _ in range(3)]
+        assert sorted(answers) == [b"echo:a", b"echo:bb", b"echo:ccc"]
+    assert len(ingress.runtime.live) == 2  # a flow (and a tunnel) per client address
+    ingress.request_shutdown()
+    egress.request_shutdown()
+
+
+async def test_a_quiet_flow_ends_cleanly_and_the_next_datagram_opens_another(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = await nursery.start(udp_echo)
+    egress, ingress = await start_pair(nursery, backend, timeouts={"udp_idle": 5})
+    port = udp_port(ingress)
+    with await client_socket() as sock:
+        assert await ask(sock, port, b"one") == b"echo:one"
+        await trio.sleep(6)
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 1)
+        assert await ask(sock, port, b"two") == b"echo:two"
+    (line,) = tunnel_lines(caplog, "ingress")
+    assert line["mode"] == "udp"
+    assert line["result"] == "ok"  # silence is how a UDP flow ends
+    assert line["target"] == "udp:route:dns"
+    assert (line["bytes_up"], line["bytes_down"]) == (3, 8)
+    await wait_for(lambda: len(tunnel_lines(caplog, "egress")) == 1)
+    assert tunnel_lines(caplog, "egress")[0]["result"] == "ok"
+    ingress.request_shutdown()
+    egress.request_shutdown()
+
+
+async def test_the_egress_admits_udp_only_by_udp_routes_and_allow_udp(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = await nursery.start(udp_echo)
+    # A TCP route of that name, and TCP allow patterns for every port: no UDP admitted.
+    egress, ingress = await start_pair(nursery, backend, route_protocol="tcp")
+    with await client_socket() as sock:
+        await sock.sendto(b"hello", (LOCALHOST, udp_port(ingress)))
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 0)
+        await wait_for(
+            lambda: any(line["result"] == "not-allowed" for line in tunnel_lines(caplog, "egress"))
+        )
+    (line,) = [line for line in tunnel_lines(caplog, "egress") if line["result"] != "ok"]
+    assert "carries TCP, not UDP" in line["detail"]
+    ingress.request_shutdown()
+    egress.request_shutdown()
+
+
+async def test_an_address_target_needs_allow_udp(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = await nursery.start(udp_echo)
+    target = f"{LOCALHOST}:{backend}"
+    egress, ingress = await start_pair(
+        nursery, free_port(), target=target, allow_udp=(f"{LOCALHOST}:{backend}",)
+    )
+    with await client_socket() as sock:
+        assert await ask(sock, udp_port(ingress), b"by address") == b"echo:by address"
+    ingress.request_shutdown()
+    egress.request_shutdown()
+
+
+async def test_a_backend_that_is_not_listening_yet_loses_datagrams_not_the_flow(
+    nursery: trio.Nursery,
+) -> None:
+    port = free_port()
+    egress, ingress = await start_pair(nursery, port)
+    with await client_socket() as sock:
+        await sock.sendto(b"lost", (LOCALHOST, udp_port(ingress)))
+        await wait_for(lambda: len(egress.runtime.live) == 1)
+        await trio.sleep(0.2)  # the ICMP port unreachable has come back
+        backend = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with backend:
+            await backend.bind((LOCALHOST, port))
+            await sock.sendto(b"found", (LOCALHOST, udp_port(ingress)))
+            with trio.fail_after(10):
+                data, peer = await backend.recvfrom(100)
+            assert data == b"found"
+            await backend.sendto(b"answer", peer)
+            with trio.fail_after(10):
+                assert (await sock.recvfrom(100))[0] == b"answer"
+    assert len(ingress.runtime.live) == 1  # the same flow all along
+    ingress.request_shutdown()
+    egress.request_shutdown()
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+async def test_a_flow_drops_what_its_queue_cannot_hold() -> None:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        flow = FlowStream(sock, (LOCALHOST, 9), idle=60)
+        accepted = [flow.deliver(b"x") for _ in range(300)]
+        assert accepted.count(True) == 256
+        assert flow.dropped == 44
+        assert await flow.receive_some() == b"x"
+        await flow.aclose()
+        assert not flow.deliver(b"late")
+        with pytest.raises(trio.ClosedResourceError):
+            await flow.receive_some()
+
+
+async def test_the_egress_side_ends_when_told_and_skips_empty_datagrams() -> None:
+    a = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await a.bind((LOCALHOST, 0))
+    await b.bind((LOCALHOST, 0))
+    await a.connect(b.getsockname())
+    stream = ConnectedDatagramStream(a)
+    async with stream:
+        with b:
+            await b.sendto(b"", a.getsockname())
+            await b.sendto(b"data", a.getsockname())
+            assert await stream.receive_some() == b"data"
+
+            async def end_soon() -> None:
+                await trio.sleep(0.05)
+                await stream.send_eof()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(end_soon)
+                assert await stream.receive_some() == b""
