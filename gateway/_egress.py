@@ -57,6 +57,7 @@ from ._runtime import (
     connect_tcp,
     describe_peer,
     log_event,
+    log_tunnel,
     open_endpoint_listeners,
     source_of,
 )
@@ -70,6 +71,7 @@ from ._tunnel import (
 )
 
 if TYPE_CHECKING:
+    from ._attestation import GatewayIdentity
     from ._config import EgressListener, EgressRoute, Endpoint
     from ._runtime import Runtime, TunnelRecord
 
@@ -215,20 +217,7 @@ async def handle_egress_connection(
         metrics.tunnels_active.add(-1, side="egress", rule=rule)
         if fields["result"] not in _NOT_FAILED:
             metrics.tunnels_failed.inc(reason=str(fields["result"]), side="egress", rule=rule)
-        log_event(
-            "tunnel",
-            side="egress",
-            rule=listener.name,
-            id=record.id,
-            client=client,
-            target=record.target,
-            peer=record.peer,
-            tls=record.tls,
-            duration=round(trio.current_time() - started, 6),
-            bytes_up=record.bytes_up,
-            bytes_down=record.bytes_down,
-            **fields,
-        )
+        log_tunnel(record, started, fields)
 
 
 def _peername(stream: trio.SocketStream) -> object:
@@ -324,7 +313,8 @@ async def _serve(
                 )
                 return
         if event.target.datagram:
-            await _serve_datagrams(runtime, channel, event, decision, record, fields, verified_at)
+            attestation = _tunnel_attestation(identity, stream, verified_at)
+            await _serve_datagrams(runtime, channel, event, decision, record, fields, attestation)
             return
         try:
             with trio.fail_after(timeouts.connect):
@@ -372,21 +362,10 @@ async def _serve(
                     fields,
                 )
                 return
-        try:
-            await channel.send(Opened(version=event.version))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            fields.update(result="link-lost", detail="ingress left before OPENED")
+        if not await _send_opened(channel, event, fields):
             return
-        peer_cert = stream.peer_certificate
-        attestation = None
-        if peer_cert is not None:
-            attestation = TunnelAttestation(
-                config=identity.attestation,
-                own_certificate=identity.certificate,
-                peer_certificate=peer_cert,
-                peer_result=stream.peer_attestation,
-                verified_at=verified_at,  # a link made ahead of need waited since
-            )
+        # verified_at: a link made ahead of need ([prewarm]) may have waited since.
+        attestation = _tunnel_attestation(identity, stream, verified_at)
         local: trio.abc.Stream = backend
         if route is not None and route.http_headers:
             # The ingress side's verified claims go into every request head.
@@ -421,7 +400,7 @@ async def _serve_datagrams(
     decision: EgressDecision,
     record: TunnelRecord,
     fields: dict[str, Any],
-    verified_at: float,
+    attestation: TunnelAttestation | None,
 ) -> None:
     """A UDP flow: a socket connected to the backend, then datagrams both ways."""
     if decision.backend is not None:
@@ -440,24 +419,34 @@ async def _serve_datagrams(
         )
         return
     async with backend:
-        try:
-            await channel.send(Opened(version=event.version))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            fields.update(result="link-lost", detail="ingress left before OPENED")
-            return
-        stream = channel.stream
-        identity = runtime.identity
-        peer_cert = stream.peer_certificate
-        attestation = None
-        if peer_cert is not None:
-            attestation = TunnelAttestation(
-                config=identity.attestation,
-                own_certificate=identity.certificate,
-                peer_certificate=peer_cert,
-                peer_result=stream.peer_attestation,
-                verified_at=verified_at,
-            )
-        await runtime.run_tunnel(record, fields, channel, backend, attestation=attestation)
+        if await _send_opened(channel, event, fields):
+            await runtime.run_tunnel(record, fields, channel, backend, attestation=attestation)
+
+
+async def _send_opened(channel: LinkChannel, event: Open, fields: dict[str, Any]) -> bool:
+    """Answer OPEN with OPENED (in its version); False if the ingress has gone."""
+    try:
+        await channel.send(Opened(version=event.version))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        fields.update(result="link-lost", detail="ingress left before OPENED")
+        return False
+    return True
+
+
+def _tunnel_attestation(
+    identity: GatewayIdentity, stream: AttestedTLSStream[trio.abc.Stream], verified_at: float
+) -> TunnelAttestation | None:
+    """What re-attestation of this tunnel needs: our identity, the ingress's certificate."""
+    peer_cert = stream.peer_certificate
+    if peer_cert is None:
+        return None
+    return TunnelAttestation(
+        config=identity.attestation,
+        own_certificate=identity.certificate,
+        peer_certificate=peer_cert,
+        peer_result=stream.peer_attestation,
+        verified_at=verified_at,
+    )
 
 
 async def _refuse(

@@ -52,6 +52,7 @@ from ._runtime import (
     connect_error_kind,
     describe_peer,
     log_event,
+    log_tunnel,
     open_endpoint_listeners,
     source_of,
 )
@@ -412,21 +413,7 @@ async def _handle(
         if fields["result"] != "ok":
             metrics.tunnels_failed.inc(side="ingress", rule=rule, reason=str(fields["result"]))
         abort_client = fields.pop("abort_client", False)
-        log_event(
-            "tunnel",
-            side="ingress",
-            mode=mode,
-            rule=rule,
-            id=record.id,
-            client=client,
-            target=record.target,
-            peer=record.peer,
-            tls=record.tls,
-            duration=round(trio.current_time() - started, 6),
-            bytes_up=record.bytes_up,
-            bytes_down=record.bytes_down,
-            **fields,
-        )
+        log_tunnel(record, started, fields, mode=mode)
         with trio.CancelScope(shield=True):
             if abort_client:
                 await abort_stream(raw)

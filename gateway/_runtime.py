@@ -33,6 +33,8 @@ from ._metrics import GatewayMetrics
 from ._tunnel import Tunnel, TunnelSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ._attestation import GatewayIdentity
     from ._config import EgressListener, Endpoint, GatewayConfig, TcpSettings
     from ._prewarm import LinkPool
@@ -51,6 +53,7 @@ __all__ = [
     "connect_tcp",
     "describe_peer",
     "log_event",
+    "log_tunnel",
     "open_endpoint_listeners",
     "source_of",
 ]
@@ -100,6 +103,28 @@ class JsonFormatter(logging.Formatter):
 def log_event(message: str, *, level: int = logging.INFO, **fields: object) -> None:
     """Log one structured record (never pass secrets: fields are written as they are)."""
     _logger.log(level, message, extra={"fields": fields})
+
+
+def log_tunnel(
+    record: TunnelRecord, started: float, fields: Mapping[str, object], *, mode: str | None = None
+) -> None:
+    """The access line of a tunnel that ended (``fields``: its result, detail and more)."""
+    line: dict[str, object] = {"side": record.side}
+    if mode is not None:
+        line["mode"] = mode
+    line.update(
+        rule=record.rule,
+        id=record.id,
+        client=record.client,
+        target=record.target,
+        peer=record.peer,
+        tls=record.tls,
+        duration=round(trio.current_time() - started, 6),
+        bytes_up=record.bytes_up,
+        bytes_down=record.bytes_down,
+    )
+    line.update(fields)
+    _logger.info("tunnel", extra={"fields": line})
 
 
 def describe_peer(address: object) -> str:

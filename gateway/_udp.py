@@ -35,7 +35,7 @@ import trio
 
 from ._datagram import MAX_DATAGRAM, DatagramListener, FlowStream
 from ._ingress import IngressFailure, open_link, run_opened_tunnel
-from ._runtime import describe_peer, log_event, source_of
+from ._runtime import describe_peer, log_event, log_tunnel, source_of
 
 if TYPE_CHECKING:
     from ._config import UdpRule
@@ -148,22 +148,7 @@ async def _run_flow(
         metrics.tunnels_active.add(-1, side="ingress", rule=rule.name)
         if fields["result"] != "ok":
             metrics.tunnels_failed.inc(side="ingress", rule=rule.name, reason=str(fields["result"]))
-        log_event(
-            "tunnel",
-            side="ingress",
-            mode="udp",
-            rule=rule.name,
-            id=record.id,
-            client=client,
-            target=record.target,
-            peer=record.peer,
-            tls=record.tls,
-            duration=round(trio.current_time() - started, 6),
-            bytes_up=record.bytes_up,
-            bytes_down=record.bytes_down,
-            dropped=flow.dropped,
-            **fields,
-        )
+        log_tunnel(record, started, {**fields, "dropped": flow.dropped}, mode="udp")
 
 
 def _forget(flows: dict[Any, FlowStream], flow: FlowStream) -> None:
