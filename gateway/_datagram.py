@@ -40,7 +40,7 @@ FLOW_QUEUE: Final = 256
 class DatagramListener:
     """A bound UDP socket, listed with the gateway's listeners (its ``address``)."""
 
-    socket: trio.socket.SocketType
+    socket: socket.socket
 
 
 @final
@@ -53,9 +53,7 @@ class FlowStream(trio.abc.HalfCloseableStream):
         idle: seconds without a datagram either way after which reading returns EOF.
     """
 
-    def __init__(
-        self, sock: trio.socket.SocketType, client: tuple[Any, ...], *, idle: float
-    ) -> None:
+    def __init__(self, sock: socket.socket, client: tuple[Any, ...], *, idle: float) -> None:
         self.client = client
         self.dropped = 0
         self._sock = sock
@@ -67,13 +65,15 @@ class FlowStream(trio.abc.HalfCloseableStream):
 
     def deliver(self, datagram: bytes) -> bool:
         """Queue a datagram from the client; False (and counted) if the queue is full."""
-        if self._closed:
+        if self._closed or self._ended:
             return False
         try:
             self._to_send.send_nowait(datagram)
         except trio.WouldBlock:
             self.dropped += 1
             return False
+        except trio.ClosedResourceError:
+            return False  # ended meanwhile
         self._last = trio.current_time()
         return True
 
@@ -83,21 +83,50 @@ class FlowStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("the flow was closed")
         while not self._ended:
             with trio.move_on_at(self._last + self._idle):
-                return await self._received.receive()
+                try:
+                    return await self._received.receive()
+                except trio.EndOfChannel:
+                    break  # ended by the listener (it stops), after what was queued
             if trio.current_time() >= self._last + self._idle:
                 self._ended = True  # quiet both ways: the flow is over
+        self._ended = True
         await trio.lowlevel.checkpoint()
         return b""
+
+    async def receive_batch(self, max_bytes: int) -> list[bytes]:
+        """Every datagram waiting (at least one, about ``max_bytes`` in all); ``[]`` at EOF."""
+        first = await self.receive_some()
+        if not first:
+            return []
+        batch, total = [first], len(first)
+        while total < max_bytes:
+            try:
+                datagram = self._received.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            batch.append(datagram)
+            total += len(datagram)
+        return batch
+
+    def end(self) -> None:
+        """End the flow now (the listener stops): reading returns EOF once the queue is empty."""
+        self._to_send.close()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send one datagram to the client."""
         if self._closed:
             raise trio.ClosedResourceError("the flow was closed")
         self._last = trio.current_time()
-        try:
-            await self._sock.sendto(data, self.client)
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"sending to the client: {exc}") from exc
+        while self._sock.fileno() >= 0:  # else the listener stopped: no way back
+            try:
+                self._sock.sendto(data, self.client)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"sending to the client: {exc}") from exc
+            return
+        await trio.lowlevel.checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         """A UDP send does not wait for the peer."""
@@ -124,45 +153,69 @@ class FlowStream(trio.abc.HalfCloseableStream):
 class ConnectedDatagramStream(trio.abc.HalfCloseableStream):
     """A UDP socket connected to a backend, as a stream of datagrams (egress side).
 
+    The socket is used without trio's wrapper: a read takes every datagram waiting
+    (:meth:`receive_batch`) and waits only when there is none, so a burst costs one
+    scheduler round, not one per datagram.
+
     Args:
-        sock: the connected UDP socket (closed with this stream).
+        sock: the connected UDP socket, non-blocking (closed with this stream).
     """
 
-    def __init__(self, sock: trio.socket.SocketType) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._ended = False
         self._waiting: trio.CancelScope | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """The backend's next datagram; ``b""`` once the ingress ended the flow."""
-        while not self._ended:
-            with trio.CancelScope() as scope:
-                self._waiting = scope
-                try:
-                    data = await self._sock.recv(MAX_DATAGRAM)
-                except ConnectionRefusedError:
-                    continue  # ICMP port unreachable for an earlier datagram: it was lost
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"receiving from the backend: {exc}") from exc
-                finally:
-                    self._waiting = None
-                if data:
-                    return data
-        await trio.lowlevel.checkpoint()
-        return b""
+        batch = await self.receive_batch(1)
+        return batch[0] if batch else b""
+
+    async def receive_batch(self, max_bytes: int) -> list[bytes]:
+        """Every datagram waiting (at least one, about ``max_bytes`` in all); ``[]`` at EOF."""
+        batch: list[bytes] = []
+        total = 0
+        while not self._ended and total < max_bytes:
+            try:
+                data = self._sock.recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                if batch:
+                    break
+                with trio.CancelScope() as scope:
+                    self._waiting = scope
+                    try:
+                        await trio.lowlevel.wait_readable(self._sock)
+                    finally:
+                        self._waiting = None
+                continue
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable for an earlier datagram: it was lost
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"receiving from the backend: {exc}") from exc
+            if data:  # an empty datagram cannot be carried
+                batch.append(data)
+                total += len(data)
+        if not batch:
+            await trio.lowlevel.checkpoint()
+        return batch
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send one datagram to the backend (lost, as UDP's are, if nobody listens)."""
-        try:
-            await self._sock.send(data)
-        except ConnectionRefusedError:
-            pass  # an earlier datagram met no listener; this one may
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"sending to the backend: {exc}") from exc
+        while True:
+            try:
+                self._sock.send(data)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            except ConnectionRefusedError:
+                pass  # an earlier datagram met no listener; this one may
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"sending to the backend: {exc}") from exc
+            return
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the socket takes a datagram."""
-        await self._sock.wait_writable()
+        await trio.lowlevel.wait_writable(self._sock)
 
     async def send_eof(self) -> None:
         """The ingress ended the flow: reading now returns end of file."""
@@ -174,6 +227,7 @@ class ConnectedDatagramStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         """Close the socket."""
         self._ended = True
+        trio.lowlevel.notify_closing(self._sock)
         self._sock.close()
         await trio.lowlevel.checkpoint()
 
@@ -186,11 +240,12 @@ async def connect_udp(host: str, port: int, *, mark: int = 0) -> ConnectedDatagr
     """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     family, kind, proto, _name, address = infos[0]
-    sock = trio.socket.socket(family, kind, proto)
+    sock = socket.socket(family, kind, proto)
     try:
+        sock.setblocking(False)
         if mark:
             set_mark(sock, mark)
-        await sock.connect(address)
+        sock.connect(address)  # UDP: sets the peer, sends nothing, never blocks
     except BaseException:
         sock.close()
         raise

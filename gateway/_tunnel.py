@@ -38,7 +38,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Final, Literal, TypeVar, final
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeVar, final, runtime_checkable
 
 import trio
 
@@ -72,7 +72,7 @@ from ._link import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from cryptography import x509
 
@@ -190,6 +190,15 @@ def _reset_not_closed(stream: trio.abc.Stream) -> bool:
     return bool(info) and info[0] == _TCP_CLOSE
 
 
+@runtime_checkable
+class DatagramSource(Protocol):
+    """A local stream of datagrams that can hand over all it has waiting at once."""
+
+    async def receive_batch(self, max_bytes: int) -> list[bytes]:
+        """One datagram or more (about ``max_bytes`` in all); an empty list at the end."""
+        ...
+
+
 @final
 class LinkChannel:
     """A :class:`~gateway._link.LinkConnection` driven over an attested stream.
@@ -229,6 +238,21 @@ class LinkChannel:
         await acquire_for_io(self._send_lock)
         try:
             data = self.conn.send(event)
+            await self.stream.send_all(data)
+        finally:
+            self._send_lock.release()
+
+    async def send_many(self, events: Sequence[LinkEvent]) -> None:
+        """Encode several events and send them in one write (datagrams of a UDP flow).
+
+        Raises:
+            LocalProtocolError: an event is not allowed now.
+            trio.BrokenResourceError: the stream failed.
+            trio.ClosedResourceError: the stream was closed.
+        """
+        await acquire_for_io(self._send_lock)
+        try:
+            data = b"".join([self.conn.send(event) for event in events])
             await self.stream.send_all(data)
         finally:
             self._send_lock.release()
@@ -526,9 +550,18 @@ class Tunnel:
                 return
         local_io = self._local_io
         direct = local_io if isinstance(local_io, DirectSocketStream) else None
+        # A UDP flow: whatever datagrams are waiting go in one write, a frame each.
+        batching = local_io if isinstance(local_io, DatagramSource) else None
         while True:
             try:
-                if direct is not None:
+                if batching is not None:
+                    batch = await batching.receive_batch(self._read_size)
+                    if batch:
+                        if not await self._send_batch(batch):
+                            return
+                        continue
+                    data = b""
+                elif direct is not None:
                     # An idle direction keeps no task (a parked task with its frames is
                     # a few KiB, times 10,000 tunnels): when the socket has nothing, the
                     # poller starts this method again once it has.
@@ -559,6 +592,15 @@ class Tunnel:
         self._eof_sent = True
         self._note_half_close()
         self._check_done()
+
+    async def _send_batch(self, batch: list[bytes]) -> bool:
+        try:
+            await self._channel.send_many([Data(data=datagram) for datagram in batch])
+        except _SEND_ERRORS as exc:
+            self._link_lost(f"sending: {type(exc).__name__}")
+            return False
+        self._count(self._out_dir, sum(map(len, batch)))
+        return True
 
     async def _send_data(self, data: bytes) -> bool:
         try:

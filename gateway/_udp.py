@@ -44,19 +44,21 @@ if TYPE_CHECKING:
 __all__ = ["serve_udp"]
 
 
-async def _bind(runtime: Runtime, rule: UdpRule) -> trio.socket.SocketType:
+async def _bind(runtime: Runtime, rule: UdpRule) -> socket.socket:
+    """The rule's UDP socket, bound and non-blocking (used without trio's wrapper)."""
     endpoint = rule.listen
     infos = await trio.socket.getaddrinfo(
         endpoint.host, endpoint.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
     )
     family, kind, proto, _name, address = infos[0]
-    sock = trio.socket.socket(family, kind, proto)
+    sock = socket.socket(family, kind, proto)
     try:
+        sock.setblocking(False)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if runtime.config.process.reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        await sock.bind(address)
+        sock.bind(address)
     except BaseException:
         sock.close()
         raise
@@ -77,27 +79,53 @@ async def serve_udp(
     """
     sock = await _bind(runtime, rule)
     flows: dict[Any, FlowStream] = {}
-    with sock:
+    try:
         log_event("listening", side="ingress", mode="udp", rule=rule.name, address=str(rule.listen))
         async with trio.open_nursery() as own:
             nursery = handler_nursery if handler_nursery is not None else own
             task_status.started([DatagramListener(sock)])
-            while True:
-                try:
-                    data, client = await sock.recvfrom(MAX_DATAGRAM)
-                except OSError:
-                    continue  # an ICMP error for an earlier answer: nothing to do
-                if not data:
-                    continue  # an empty datagram cannot be carried
-                flow = flows.get(client)
-                if flow is None:
-                    if runtime.draining:
-                        continue
-                    idle = runtime.config.timeouts.udp_idle
-                    flow = flows[client] = FlowStream(sock, client, idle=idle)
-                    nursery.start_soon(_run_flow, runtime, rule, flow, flows)
-                if not flow.deliver(data):
-                    runtime.metrics.udp_dropped.inc(rule=rule.name)
+            try:
+                await _receive_datagrams(runtime, rule, sock, flows, nursery)
+            finally:
+                # Stopping (a drain): no datagram will come, so end every flow now.
+                for flow in flows.values():
+                    flow.end()
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+    raise AssertionError("unreachable")  # pragma: no cover - the loop ends only by raising
+
+
+async def _receive_datagrams(
+    runtime: Runtime,
+    rule: UdpRule,
+    sock: socket.socket,
+    flows: dict[Any, FlowStream],
+    nursery: trio.Nursery,
+) -> NoReturn:
+    """Hand each datagram to its flow, starting a flow (and its tunnel) for a new client.
+
+    Reads whatever has arrived before waiting again: a burst costs one wake-up.
+    """
+    while True:
+        try:
+            data, client = sock.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        except OSError:
+            continue  # an ICMP error for an earlier answer: nothing to do
+        if not data:
+            continue  # an empty datagram cannot be carried
+        flow = flows.get(client)
+        if flow is None:
+            if runtime.draining:
+                continue
+            idle = runtime.config.timeouts.udp_idle
+            flow = flows[client] = FlowStream(sock, client, idle=idle)
+            nursery.start_soon(_run_flow, runtime, rule, flow, flows)
+        if not flow.deliver(data):
+            runtime.metrics.udp_dropped.inc(rule=rule.name)
 
 
 async def _run_flow(

@@ -149,6 +149,7 @@ async def start_pair(
     target: str = "dns",
     timeouts: dict[str, float] | None = None,
     allow_udp: tuple[str, ...] = (),
+    drain_timeout: float = 1.0,
 ) -> tuple[RunningGateway, RunningGateway]:
     edoc = egress_doc({})
     edoc["egress"]["route"] = [
@@ -162,7 +163,9 @@ async def start_pair(
     idoc["ingress"] = {
         "udp": [{"name": "dns", "listen": "127.0.0.1:0", "egress": address, "target": target}]
     }
-    ingress = await start_gateway(nursery, parse_config(idoc), hmac_test_attestation(KEY)[0])
+    ingress = await start_gateway(
+        nursery, parse_config(idoc), hmac_test_attestation(KEY)[0], drain_timeout=drain_timeout
+    )
     return egress, ingress
 
 
@@ -231,6 +234,26 @@ async def test_a_quiet_flow_ends_cleanly_and_the_next_datagram_opens_another(
     egress.request_shutdown()
 
 
+async def test_a_draining_ingress_ends_its_flows_at_once_and_cleanly(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No datagram can arrive once the listener stops, so waiting for udp_idle (or the
+    # drain deadline) would only delay the stop: flows end with EOF both ways at once.
+    backend = await nursery.start(udp_echo)
+    egress, ingress = await start_pair(nursery, backend, drain_timeout=300)
+    with await client_socket() as sock:
+        assert await ask(sock, udp_port(ingress), b"before") == b"echo:before"
+        started = trio.current_time()
+        ingress.request_shutdown()
+        await ingress.wait_stopped()
+        assert trio.current_time() - started < 5
+    (line,) = tunnel_lines(caplog, "ingress")
+    assert line["result"] == "ok"
+    egress.request_shutdown()
+
+
 async def test_the_egress_admits_udp_only_by_udp_routes_and_allow_udp(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,
@@ -293,8 +316,7 @@ async def test_a_backend_that_is_not_listening_yet_loses_datagrams_not_the_flow(
 
 
 async def test_a_flow_drops_what_its_queue_cannot_hold() -> None:
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with sock:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         flow = FlowStream(sock, (LOCALHOST, 9), idle=60)
         accepted = [flow.deliver(b"x") for _ in range(300)]
         assert accepted.count(True) == 256
@@ -307,17 +329,23 @@ async def test_a_flow_drops_what_its_queue_cannot_hold() -> None:
 
 
 async def test_the_egress_side_ends_when_told_and_skips_empty_datagrams() -> None:
-    a = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    await a.bind((LOCALHOST, 0))
+    a.setblocking(False)
+    a.bind((LOCALHOST, 0))
     await b.bind((LOCALHOST, 0))
-    await a.connect(b.getsockname())
+    a.connect(b.getsockname())
     stream = ConnectedDatagramStream(a)
     async with stream:
         with b:
             await b.sendto(b"", a.getsockname())
             await b.sendto(b"data", a.getsockname())
             assert await stream.receive_some() == b"data"
+            # A burst is handed over at once, each datagram whole.
+            for text in (b"1", b"22", b"333"):
+                await b.sendto(text, a.getsockname())
+            await trio.sleep(0.05)
+            assert await stream.receive_batch(65536) == [b"1", b"22", b"333"]
 
             async def end_soon() -> None:
                 await trio.sleep(0.05)
