@@ -280,6 +280,7 @@ async def _open_target(
     timeouts = runtime.config.timeouts
     channel = LinkChannel(stream, LinkRole.INGRESS, buffer_size=runtime.config.limits.buffer_size)
     failure: IngressFailure | None = None
+    opened: OpenedLink | None = None
     gone = False
     try:
         try:
@@ -334,7 +335,7 @@ async def _open_target(
                 detail="the egress sent no certificate",
             )
             return failure
-        return OpenedLink(
+        opened = OpenedLink(
             channel=channel,
             attestation=TunnelAttestation(
                 config=identity.attestation,
@@ -344,9 +345,12 @@ async def _open_target(
                 verified_at=verified_at,
             ),
         )
+        return opened
     finally:
         if failure is not None or gone:
             await close_link(stream, graceful=not gone)
+        elif opened is None:  # cancelled (shutdown) or a bug: never leave the socket open
+            await trio.aclose_forcefully(stream)
 
 
 async def run_opened_tunnel(

@@ -128,6 +128,8 @@ class LinkPool:
         Links found dead, expired or made under an older identity are closed on the way.
         """
         queue = self._ready.get(egress)
+        if not queue and self._runtime.config.prewarm.links <= 0:
+            return None  # off: nothing to take, nothing to refill
         taken: ReadyLink | None = None
         while queue and taken is None:
             link = queue.popleft()
