@@ -37,6 +37,7 @@ from gateway._link import (
     UnsupportedLinkVersion,
     decode_frame,
     encode_frame,
+    open_version,
     reason_name,
     safe_reason,
 )
@@ -243,14 +244,22 @@ targets = st.one_of(
         AddressTarget,
         host=st.from_regex(r"[a-z0-9.:-]{1,40}", fullmatch=True),
         port=st.integers(1, 65535),
+        datagram=st.booleans(),
     ),
-    st.builds(RouteTarget, name=st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)),
+    st.builds(
+        RouteTarget,
+        name=st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True),
+        datagram=st.booleans(),
+    ),
 )
 events = st.one_of(
-    st.builds(
-        Open,
-        target=targets,
-        client=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    targets.flatmap(
+        lambda target: st.builds(
+            Open,
+            target=st.just(target),
+            client=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+            version=st.just(open_version(target)),
+        )
     ),
     st.builds(Opened, version=st.integers(0, 255)),
     st.builds(

@@ -150,6 +150,8 @@ async def start_pair(
     timeouts: dict[str, float] | None = None,
     allow_udp: tuple[str, ...] = (),
     drain_timeout: float = 1.0,
+    listen: str = "127.0.0.1:0",
+    extra: dict[str, Any] | None = None,
 ) -> tuple[RunningGateway, RunningGateway]:
     edoc = egress_doc({})
     edoc["egress"]["route"] = [
@@ -159,9 +161,9 @@ async def start_pair(
     edoc["egress"]["listener"][0]["allow_udp"] = list(allow_udp)
     egress = await start_gateway(nursery, parse_config(edoc), hmac_test_attestation(KEY)[0])
     address = f"{LOCALHOST}:{listen_port(egress, 'egress:main')}"
-    idoc = ingress_doc(address, {}, timeouts=timeouts or {})
+    idoc = ingress_doc(address, {}, timeouts=timeouts or {}, **(extra or {}))
     idoc["ingress"] = {
-        "udp": [{"name": "dns", "listen": "127.0.0.1:0", "egress": address, "target": target}]
+        "udp": [{"name": "dns", "listen": listen, "egress": address, "target": target}]
     }
     ingress = await start_gateway(
         nursery, parse_config(idoc), hmac_test_attestation(KEY)[0], drain_timeout=drain_timeout
@@ -206,6 +208,40 @@ async def test_datagrams_keep_their_boundaries_and_each_client_is_a_flow(
             answers = [(await first.recvfrom(100))[0] for _ in range(3)]
         assert sorted(answers) == [b"echo:a", b"echo:bb", b"echo:ccc"]
     assert len(ingress.runtime.live) == 2  # a flow (and a tunnel) per client address
+    ingress.request_shutdown()
+    egress.request_shutdown()
+
+
+async def test_a_flow_takes_a_link_made_ahead_of_need(nursery: trio.Nursery) -> None:
+    backend = await nursery.start(udp_echo)
+    egress, ingress = await start_pair(nursery, backend, extra={"prewarm": {"links": 1}})
+    pool = ingress.runtime.link_pool
+    assert pool is not None
+    egress_address = ingress.runtime.config.udp[0].egress
+    await wait_for(lambda: pool.ready(egress_address) == 1)
+    with await client_socket() as sock:
+        assert await ask(sock, udp_port(ingress), b"warm") == b"echo:warm"
+    counts = ingress.runtime.metrics.prewarm_links.values
+    assert counts[("used",)] == 1  # the ready link carried the version-2 OPEN
+    ingress.request_shutdown()
+    egress.request_shutdown()
+
+
+async def test_udp_over_ipv6(nursery: trio.Nursery) -> None:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    backend = await nursery.start(udp_echo)
+    egress, ingress = await start_pair(nursery, backend, listen="[::1]:0")
+    sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind(("::1", 0))
+        await sock.sendto(b"six", ("::1", udp_port(ingress)))
+        with trio.fail_after(10):
+            data, _ = await sock.recvfrom(100)
+        assert data == b"echo:six"
     ingress.request_shutdown()
     egress.request_shutdown()
 
