@@ -136,11 +136,6 @@ class FlowStream(trio.abc.HalfCloseableStream):
         """The egress's side of the flow ended: UDP has nothing to tell the client."""
         await trio.lowlevel.checkpoint()
 
-    async def sink_until_idle(self) -> None:
-        """Drop the client's datagrams until the flow goes quiet (after a refusal)."""
-        while await self.receive_some():
-            pass
-
     async def aclose(self) -> None:
         """Stop taking datagrams for this flow (the socket is the listener's)."""
         self._closed = True

@@ -252,7 +252,7 @@ class GatewayMetrics:
         )
         self.udp_dropped = r.counter(
             "ratls_gateway_udp_dropped_total",
-            "Client datagrams dropped because their flow's queue was full.",
+            "Client datagrams dropped: their flow's queue was full, or the flow was refused.",
             ("rule",),
         )
         self.prewarm_links = r.counter(

@@ -131,7 +131,25 @@ async def _receive_datagrams(
 async def _run_flow(
     runtime: Runtime, rule: UdpRule, flow: FlowStream, flows: dict[Any, FlowStream]
 ) -> None:
-    """One flow: admission, its tunnel, its access line; never raises for flow failures."""
+    """One flow: admission, its tunnel, its access line; never raises for flow failures.
+
+    A refused flow (by admission or by the egress) is logged at once and then drops the
+    client's datagrams until it has been quiet for ``udp_idle``, holding no tunnel slot:
+    a refusal costs one attempt per quiet period, not one handshake per datagram.
+    """
+    try:
+        if await _tunnel_flow(runtime, rule, flow):
+            while await flow.receive_some():  # refused: drop until quiet for udp_idle
+                runtime.metrics.udp_dropped.inc(rule=rule.name)
+    finally:
+        if flows.get(flow.client) is flow:
+            del flows[flow.client]
+        with trio.CancelScope(shield=True), contextlib.suppress(trio.ClosedResourceError):
+            await flow.aclose()
+
+
+async def _tunnel_flow(runtime: Runtime, rule: UdpRule, flow: FlowStream) -> bool:
+    """Admission, the flow's tunnel and its access line; True if the flow was refused."""
     client = describe_peer(flow.client)
     metrics = runtime.metrics
     metrics.tunnels_total.inc(side="ingress", rule=rule.name)
@@ -142,23 +160,19 @@ async def _run_flow(
         log_event(
             "tunnel", side="ingress", mode="udp", rule=rule.name, client=client, result=refusal
         )
-        try:
-            await flow.sink_until_idle()  # no tunnel per datagram for a refused client
-        finally:
-            _forget(flows, flow)
-            await flow.aclose()
-        return
+        return True
     record = runtime.new_record("ingress", rule.name, client)
     metrics.tunnels_active.add(1, side="ingress", rule=rule.name)
     started = trio.current_time()
     fields: dict[str, Any] = {"result": "ok"}
+    refused = False
     try:
         current = runtime.current_rule(rule)
         record.target = str(current.target)
         opened = await open_link(runtime, current.egress, current.target, client)
         if isinstance(opened, IngressFailure):
             fields.update(result=opened.result, detail=opened.detail)
-            await flow.sink_until_idle()  # refused: drop, rather than retry per datagram
+            refused = True
         else:
             await run_opened_tunnel(runtime, opened, flow, record, fields)
     except Exception as exc:  # a bug must not take the listener down
@@ -168,17 +182,10 @@ async def _run_flow(
         fields.update(result="shutting-down", detail="flow cut at shutdown")
         raise
     finally:
-        _forget(flows, flow)
-        with trio.CancelScope(shield=True), contextlib.suppress(trio.ClosedResourceError):
-            await flow.aclose()
         runtime.admission.release()
         runtime.end_record(record)
         metrics.tunnels_active.add(-1, side="ingress", rule=rule.name)
         if fields["result"] != "ok":
             metrics.tunnels_failed.inc(side="ingress", rule=rule.name, reason=str(fields["result"]))
         log_tunnel(record, started, {**fields, "dropped": flow.dropped}, mode="udp")
-
-
-def _forget(flows: dict[Any, FlowStream], flow: FlowStream) -> None:
-    if flows.get(flow.client) is flow:
-        del flows[flow.client]
+    return refused

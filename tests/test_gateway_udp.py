@@ -300,12 +300,20 @@ async def test_the_egress_admits_udp_only_by_udp_routes_and_allow_udp(
     egress, ingress = await start_pair(nursery, backend, route_protocol="tcp")
     with await client_socket() as sock:
         await sock.sendto(b"hello", (LOCALHOST, udp_port(ingress)))
-        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 0)
-        await wait_for(
-            lambda: any(line["result"] == "not-allowed" for line in tunnel_lines(caplog, "egress"))
-        )
-    (line,) = [line for line in tunnel_lines(caplog, "egress") if line["result"] != "ok"]
-    assert "carries TCP, not UDP" in line["detail"]
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 1)
+        # The refused flow drops what follows, holding no slot: one attempt, not one per
+        # datagram, until it has been quiet for udp_idle.
+        for _ in range(5):
+            await sock.sendto(b"again", (LOCALHOST, udp_port(ingress)))
+        await trio.sleep(1)
+        assert not ingress.runtime.tunnels
+        assert ingress.runtime.metrics.udp_dropped.get(rule="dns") == 6  # "hello" too
+        await trio.sleep(60)  # quiet for udp_idle: the next datagram tries again
+        await sock.sendto(b"later", (LOCALHOST, udp_port(ingress)))
+        await wait_for(lambda: len(tunnel_lines(caplog, "ingress")) == 2)
+    assert [line["result"] for line in tunnel_lines(caplog, "ingress")] == ["not-allowed"] * 2
+    await wait_for(lambda: len(tunnel_lines(caplog, "egress")) == 2)
+    assert "carries TCP, not UDP" in tunnel_lines(caplog, "egress")[0]["detail"]
     ingress.request_shutdown()
     egress.request_shutdown()
 
