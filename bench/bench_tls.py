@@ -14,8 +14,13 @@ memory BIOs, ``AttestedTLSStream``), so the ratios isolate what attestation adds
   quote and a VMPL-0 report in each certificate; AKs unproven).  Cert-mode evidence is
   replayable by design: each side's evidence certificate is made once per attester and
   renewed every 60 s, and a verified certificate is remembered while its evidence is
-  valid, so a cert-mode connection makes and checks no new evidence.  Evidence is
-  verified and appraised on both sides;
+  valid, so a cert-mode connection makes and checks no new evidence.  The variant
+  "cert, SNP+vTPM, new certs" makes both sides' keys, evidence and certificates anew for
+  every connection (the client passes each its own ``identity``; the server renews its
+  certificate after a microsecond), so every connection also checks two fresh
+  certificates: what cert mode costs when its evidence must be as fresh as bound
+  mode's (it still carries no channel binding).  Evidence is verified and appraised on
+  both sides;
 * **throughput** of one established stream, plain against attested (after the exchange an
   attested stream is a plain TLS stream, so this should be ~1.0);
 * the cost split: producing and verifying one side's evidence (both sides of every
@@ -45,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from cryptography.hazmat.primitives import serialization
 
-from ratls._api import open_attested_stream, serve_attested
+from ratls._api import evidence_identity, open_attested_stream, serve_attested
 from ratls._bound import BoundVerifier, SimulatedSnpAttester, SimulatedVtpmAttester
 from ratls._policy import Policy, SnpPolicy, TrustPolicy, VtpmPolicy
 from ratls._snp_report import ProductLine
@@ -74,6 +79,10 @@ VTPM_POLICY = POLICY
 # Cert mode cannot prove a vTPM's AK by activation: its policy accepts unproven AKs.
 CERT_VTPM_POLICY = dataclasses.replace(POLICY, vtpm=VtpmPolicy(allow_unproven_ak=True))
 CHUNK = 65536
+#: The cert-mode variant that makes new certificates for every connection, both sides.
+FRESH_CERT = "cert, SNP+vTPM, new certs"
+#: Its server's certificate renewal: shorter than any handshake, so one per connection.
+FRESH_RENEWAL = 1e-6
 
 
 async def server_handler(stream: AttestedTLSStream[Any]) -> None:
@@ -123,6 +132,20 @@ def attested_client(
     async def connect(port: int) -> AttestedTLSStream[Any]:
         return await open_attested_stream(
             "127.0.0.1", port, attester=attester, policy=policy, mode=mode
+        )
+
+    return connect
+
+
+def fresh_cert_client(
+    attester: LocalAttester, *, policy: Policy
+) -> Callable[[int], Awaitable[Any]]:
+    """Cert mode with a new key and evidence certificate for every connection."""
+
+    async def connect(port: int) -> AttestedTLSStream[Any]:
+        identity = await trio.to_thread.run_sync(evidence_identity, attester)
+        return await open_attested_stream(
+            "127.0.0.1", port, attester=attester, policy=policy, mode="cert", identity=identity
         )
 
     return connect
@@ -251,11 +274,17 @@ def free_port() -> int:
 
 
 async def start_attested_server(
-    nursery: trio.Nursery, attester: LocalAttester, *, mode: Mode = "bound", policy: Policy
+    nursery: trio.Nursery,
+    attester: LocalAttester,
+    *,
+    mode: Mode = "bound",
+    policy: Policy,
+    cert_renewal: float | None = None,
 ) -> int:
-    listeners = await nursery.start(
-        partial(serve_attested, server_handler, 0, attester=attester, policy=policy, mode=mode)
-    )
+    options: dict[str, Any] = {"attester": attester, "policy": policy, "mode": mode}
+    if cert_renewal is not None:
+        options["cert_renewal"] = cert_renewal
+    listeners = await nursery.start(partial(serve_attested, server_handler, 0, **options))
     port: int = listeners[0].socket.getsockname()[1]
     return port
 
@@ -278,6 +307,8 @@ async def main(args: argparse.Namespace) -> None:
             variants.append(("bound, SNP+vTPM", vtpm_connect, server_vm, "bound", VTPM_POLICY))
             cert_vtpm = attested_client(client_vm, mode="cert", policy=CERT_VTPM_POLICY)
             variants.append(("cert, SNP+vTPM", cert_vtpm, server_vm, "cert", CERT_VTPM_POLICY))
+            fresh = fresh_cert_client(client_vm, policy=CERT_VTPM_POLICY)
+            variants.append((FRESH_CERT, fresh, server_vm, "cert", CERT_VTPM_POLICY))
         await run_all(args, plain_connect, variants)
 
 
@@ -293,8 +324,12 @@ async def run_all(
         await nursery.start(plain_server, box)
         plain_port = box[0]
         ports = []
-        for _, connect, server_attester, mode, policy in variants:
-            port = await start_attested_server(nursery, server_attester, mode=mode, policy=policy)
+        for label, connect, server_attester, mode, policy in variants:
+            # The per-connection variant's server renews its certificate for every one.
+            renewal = FRESH_RENEWAL if label == FRESH_CERT else None
+            port = await start_attested_server(
+                nursery, server_attester, mode=mode, policy=policy, cert_renewal=renewal
+            )
             await one_connection(connect, port)  # warm up: boots the VMs, remembers chains
             ports.append(port)
         attested_port = ports[0]
