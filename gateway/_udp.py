@@ -121,6 +121,11 @@ async def _receive_datagrams(
         if flow is None:
             if runtime.draining:
                 continue
+            if len(flows) >= runtime.config.limits.max_tunnels:
+                # Refused flows hold no tunnel slot but do hold memory: a flood of new
+                # (perhaps spoofed) source addresses must not grow this without bound.
+                runtime.metrics.udp_dropped.inc(rule=rule.name)
+                continue
             idle = runtime.config.timeouts.udp_idle
             flow = flows[client] = FlowStream(sock, client, idle=idle)
             nursery.start_soon(_run_flow, runtime, rule, flow, flows)

@@ -270,6 +270,33 @@ async def test_a_quiet_flow_ends_cleanly_and_the_next_datagram_opens_another(
     egress.request_shutdown()
 
 
+async def test_flows_are_bounded_by_max_tunnels_even_when_refused(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Two slots, five sources: two flows get tunnels; while the table holds two flows,
+    # datagrams from new sources are dropped before any flow (or log line) is made.
+    backend = await nursery.start(udp_echo)
+    egress, ingress = await start_pair(nursery, backend, extra={"limits": {"max_tunnels": 2}})
+    port = udp_port(ingress)
+    sockets = [await client_socket() for _ in range(5)]
+    try:
+        for sock in sockets[:2]:
+            assert await ask(sock, port, b"in") == b"echo:in"
+        for sock in sockets[2:]:
+            await sock.sendto(b"out", (LOCALHOST, port))
+        await trio.sleep(1)
+        assert tunnel_lines(caplog, "ingress") == []
+        assert len(ingress.runtime.live) == 2
+        assert ingress.runtime.metrics.udp_dropped.get(rule="dns") == 3
+    finally:
+        for sock in sockets:
+            sock.close()
+    ingress.request_shutdown()
+    egress.request_shutdown()
+
+
 async def test_a_draining_ingress_ends_its_flows_at_once_and_cleanly(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,
