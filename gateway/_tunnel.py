@@ -238,6 +238,8 @@ class LinkChannel:
     async def send_many(self, events: Sequence[LinkEvent]) -> None:
         """Encode several events and send them in one write (datagrams of a UDP flow).
 
+        :meth:`send` stays separate: it is the bulk path, one frame per chunk.
+
         Raises:
             LocalProtocolError: an event is not allowed now.
             trio.BrokenResourceError: the stream failed.
