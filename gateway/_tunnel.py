@@ -233,7 +233,14 @@ class LinkChannel:
             trio.BrokenResourceError: the stream failed.
             trio.ClosedResourceError: the stream was closed.
         """
-        await self.send_many((event,))
+        # The stream's send_all is the schedule point; a free lock adds none (a relay
+        # sends one DATA frame per chunk, so a needless run-loop round per chunk counts).
+        await acquire_for_io(self._send_lock)
+        try:
+            data = self.conn.send(event)
+            await self.stream.send_all(data)
+        finally:
+            self._send_lock.release()
 
     async def send_many(self, events: Sequence[LinkEvent]) -> None:
         """Encode several events and send them in one write (datagrams of a UDP flow).
@@ -245,11 +252,8 @@ class LinkChannel:
             trio.BrokenResourceError: the stream failed.
             trio.ClosedResourceError: the stream was closed.
         """
-        # The stream's send_all is the schedule point; a free lock adds none (a relay
-        # sends one DATA frame per chunk, so a needless run-loop round per chunk counts).
         await acquire_for_io(self._send_lock)
         try:
-            # One event: join hands back its frame itself, without a copy.
             data = b"".join([self.conn.send(event) for event in events])
             await self.stream.send_all(data)
         finally:
