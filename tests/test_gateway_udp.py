@@ -28,6 +28,8 @@ from gateway_helpers import (
     tunnel_lines,
     wait_for,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway._config import ConfigError, UdpRule, parse_config
 from gateway._datagram import ConnectedDatagramStream, FlowStream
@@ -425,3 +427,29 @@ async def test_the_egress_side_ends_when_told_and_skips_empty_datagrams() -> Non
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(end_soon)
                 assert await stream.receive_some() == b""
+
+
+@given(
+    datagrams=st.lists(st.binary(min_size=1, max_size=2000), min_size=1, max_size=40),
+    max_bytes=st.integers(1, 8000),
+)
+@settings(max_examples=60, deadline=None)
+def test_batches_keep_every_datagram_whole_and_in_order(
+    datagrams: list[bytes], max_bytes: int
+) -> None:
+    async def read_all() -> list[list[bytes]]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            flow = FlowStream(sock, (LOCALHOST, 9), idle=60)
+            for datagram in datagrams:
+                assert flow.deliver(datagram)
+            flow.end()
+            batches = []
+            while batch := await flow.receive_batch(max_bytes):
+                batches.append(batch)
+            return batches
+
+    batches = trio.run(read_all)
+    assert [d for batch in batches for d in batch] == datagrams
+    for batch in batches:
+        # A batch stops at max_bytes, overshooting by at most its last datagram.
+        assert sum(map(len, batch[:-1])) < max_bytes
