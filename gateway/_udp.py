@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import trio
 
@@ -41,7 +41,10 @@ if TYPE_CHECKING:
     from ._config import UdpRule
     from ._runtime import Runtime
 
-__all__ = ["serve_udp"]
+__all__ = ["READS_PER_TURN", "serve_udp"]
+
+#: Datagrams the listener reads in a row before it lets other tasks run.
+READS_PER_TURN: Final = 64
 
 
 async def _bind(runtime: Runtime, rule: UdpRule) -> socket.socket:
@@ -105,12 +108,20 @@ async def _receive_datagrams(
 ) -> NoReturn:
     """Hand each datagram to its flow, starting a flow (and its tunnel) for a new client.
 
-    Reads whatever has arrived before waiting again: a burst costs one wake-up.
+    Reads whatever has arrived before waiting again: a burst costs one wake-up.  Every
+    :data:`READS_PER_TURN` datagrams it lets the other tasks run, so that a flood cannot
+    keep the event loop (and the tunnels that drain the flows) to itself.
     """
+    reads = 0
     while True:
+        reads += 1
+        if reads >= READS_PER_TURN:
+            reads = 0
+            await trio.lowlevel.checkpoint()
         try:
             data, client = sock.recvfrom(MAX_DATAGRAM)
         except BlockingIOError:
+            reads = 0
             await trio.lowlevel.wait_readable(sock)
             continue
         except OSError:

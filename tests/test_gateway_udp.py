@@ -12,7 +12,8 @@ without ending the flow.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import trio
@@ -45,9 +46,11 @@ from gateway._link import (
     encode_frame,
 )
 from gateway._testing import hmac_test_attestation
+from gateway._udp import _receive_datagrams
 
 if TYPE_CHECKING:
     from gateway._daemon import RunningGateway
+    from gateway._runtime import Runtime
 
 SIZES = (1, 1200, 60_000)
 
@@ -479,3 +482,40 @@ def test_the_egress_side_reads_bursts_whole_and_in_order(datagrams: list[bytes])
             return received
 
     assert trio.run(read_all) == [d for d in datagrams if d]
+
+
+async def test_a_flood_does_not_keep_the_event_loop() -> None:
+    # 200 datagrams wait in the listener's socket: it reads READS_PER_TURN of them, then
+    # lets other tasks (the tunnels that drain the flows) run before reading on.
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        listener.setblocking(False)
+        listener.bind((LOCALHOST, 0))
+        client.bind((LOCALHOST, 0))
+        for _ in range(200):
+            client.sendto(b"x", listener.getsockname())
+        flow = FlowStream(listener, client.getsockname(), idle=60)
+        flows = {client.getsockname(): flow}
+        doc = ingress_doc("127.0.0.1:9", {})
+        doc["ingress"] = {
+            "udp": [
+                {"name": "flood", "listen": "127.0.0.1:0", "egress": "127.0.0.1:9", "target": "dns"}
+            ]
+        }
+        config = parse_config(doc)
+        runtime = cast("Runtime", SimpleNamespace(draining=False, config=config))
+        (rule,) = config.udp
+        seen: list[int] = []
+
+        async def other_task() -> None:
+            seen.append(len(await flow.receive_batch(1 << 20)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_receive_datagrams, runtime, rule, listener, flows, nursery)
+            nursery.start_soon(other_task)
+            await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+    assert seen
+    assert seen[0] < 200  # it ran while datagrams were still waiting to be read
