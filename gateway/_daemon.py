@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
@@ -44,7 +44,7 @@ from ._runtime import Runtime, check_mark, log_event
 from ._udp import serve_udp
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from ratls._exchange import AttestationConfig
 
@@ -285,6 +285,21 @@ async def run_gateway(
             gateway._stopped.set()
 
 
+def _listeners_to_serve(
+    config: GatewayConfig,
+) -> list[tuple[str, Sequence[Any], Callable[..., Awaitable[Any]]]]:
+    """Each kind of listener (the key prefix of :attr:`RunningGateway.listeners`), its
+    rules, and the function that serves one."""
+    return [
+        ("egress", config.listeners, serve_egress),
+        ("mapping", config.mappings, serve_mapping),
+        ("http-connect", config.http_connect, serve_http_proxy),
+        ("socks5", config.socks5, serve_socks5),
+        ("udp", config.udp, serve_udp),
+        ("transparent", config.transparent, serve_transparent),
+    ]
+
+
 async def _serve(
     gateway: RunningGateway,
     config: GatewayConfig,
@@ -295,30 +310,11 @@ async def _serve(
     async with trio.open_nursery() as admin_nursery:
         async with trio.open_nursery() as tunnels:
             async with trio.open_nursery() as accept:
-                for x in config.listeners:
-                    gateway.listeners[f"egress:{x.name}"] = await accept.start(
-                        partial(serve_egress, runtime, x, handler_nursery=tunnels)
-                    )
-                for m in config.mappings:
-                    gateway.listeners[f"mapping:{m.name}"] = await accept.start(
-                        partial(serve_mapping, runtime, m, handler_nursery=tunnels)
-                    )
-                for h in config.http_connect:
-                    gateway.listeners[f"http-connect:{h.name}"] = await accept.start(
-                        partial(serve_http_proxy, runtime, h, handler_nursery=tunnels)
-                    )
-                for s in config.socks5:
-                    gateway.listeners[f"socks5:{s.name}"] = await accept.start(
-                        partial(serve_socks5, runtime, s, handler_nursery=tunnels)
-                    )
-                for u in config.udp:
-                    gateway.listeners[f"udp:{u.name}"] = await accept.start(
-                        partial(serve_udp, runtime, u, handler_nursery=tunnels)
-                    )
-                for t in config.transparent:
-                    gateway.listeners[f"transparent:{t.name}"] = await accept.start(
-                        partial(serve_transparent, runtime, t, handler_nursery=tunnels)
-                    )
+                for kind, rules, serve in _listeners_to_serve(config):
+                    for rule in rules:
+                        gateway.listeners[f"{kind}:{rule.name}"] = await accept.start(
+                            partial(serve, runtime, rule, handler_nursery=tunnels)
+                        )
                 if config.admin is not None:
                     gateway.listeners["admin"] = await admin_nursery.start(
                         serve_admin, runtime, config.admin.listen
