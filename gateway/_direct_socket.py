@@ -97,6 +97,21 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         except OSError as exc:
             raise self._error(exc, "receiving") from exc
 
+    def receive_into_nowait(self, buffer: memoryview) -> int | None:
+        """Like :meth:`receive_nowait`, into ``buffer``: the count, 0 at end, None if none yet.
+
+        The caller may reuse its buffer for every read instead of getting a new bytes
+        object each time (the gateway reads behind room for a frame header).
+        """
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        try:
+            return os.readv(self._socket.fileno(), (buffer,))
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._error(exc, "receiving") from exc
+
     def call_when_readable(self, callback: Callable[[], None]) -> bool:
         """Run ``callback`` once when the socket may be readable, with no task waiting.
 

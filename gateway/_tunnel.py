@@ -55,6 +55,7 @@ from ._attestation import check_media_type, reattest_binder
 from ._deadlines import Deadline, Deadlines
 from ._direct_socket import DirectSocketStream, direct_if_socket
 from ._link import (
+    FRAME_HEADER_SIZE,
     NEED_DATA,
     Data,
     Eof,
@@ -108,8 +109,40 @@ _ERROR_SEND_GRACE: Final = 2.0
 # on a timer of minutes to hours, so one second never delays it noticeably.
 MIN_REATTEST_ANSWER_INTERVAL: Final = 1.0
 
-# Header bytes on top of the payload when reading frames off the TLS stream.
-_FRAME_OVERHEAD: Final = 5
+
+@final
+class _FrameBuffers:
+    """Reusable buffers that local reads land in, behind room for a frame header.
+
+    A buffer is held only while its frame is being written into the TLS stream, so the
+    pool holds as many as there are sends in progress at once, and keeps a few spare
+    ones between bursts; an idle tunnel holds none.
+    """
+
+    __slots__ = ("_free",)
+
+    #: Spare buffers kept for reuse (64 KiB each at the default buffer size).
+    KEEP: Final = 16
+
+    def __init__(self) -> None:
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes (its contents are whatever was there)."""
+        free = self._free
+        while free:
+            buffer = free.pop()
+            if len(buffer) == size:  # another size: the buffer size was reloaded
+                return buffer
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        """Return a buffer that no send uses any more."""
+        if len(self._free) < self.KEEP:
+            self._free.append(buffer)
+
+
+_FRAME_BUFFERS: Final = _FrameBuffers()
 
 
 def refusal_text(exc: BaseException) -> str:
@@ -223,7 +256,7 @@ class LinkChannel:
         self.stream = stream
         self.conn = LinkConnection(role)
         self._send_lock = LightLock()
-        self._receive_size = buffer_size + _FRAME_OVERHEAD
+        self._receive_size = buffer_size
 
     async def send(self, event: LinkEvent) -> None:
         """Encode and send one event.
@@ -239,6 +272,26 @@ class LinkChannel:
         try:
             data = self.conn.send(event)
             await self.stream.send_all(data)
+        finally:
+            self._send_lock.release()
+
+    async def send_data_in_place(self, frame: bytearray, length: int) -> None:
+        """Send one DATA frame whose ``length``-byte payload follows the header's room.
+
+        ``frame[FRAME_HEADER_SIZE:FRAME_HEADER_SIZE + length]`` holds the payload; the
+        header is written in front of it and the frame goes out as one write, with no
+        copy to join header and payload.  ``frame`` may be reused once this returns.
+
+        Raises:
+            LocalProtocolError: DATA is not allowed now.
+            trio.BrokenResourceError: the stream failed.
+            trio.ClosedResourceError: the stream was closed.
+        """
+        await acquire_for_io(self._send_lock)
+        try:
+            frame[:FRAME_HEADER_SIZE] = self.conn.send_data_header(length)
+            with memoryview(frame) as view:
+                await self.stream.send_all(view[: FRAME_HEADER_SIZE + length])
         finally:
             self._send_lock.release()
 
@@ -450,7 +503,7 @@ class Tunnel:
         # A DATA frame is header + payload; reading buffer_size - header bytes makes a
         # full frame exactly buffer_size long, which the TLS stream writes as whole
         # records (64 KiB = four 16 KiB records) instead of adding a tiny fifth one.
-        self._read_size = max(1, settings.buffer_size - _FRAME_OVERHEAD)
+        self._read_size = max(1, settings.buffer_size - FRAME_HEADER_SIZE)
         self._out_dir: Literal["up", "down"] = "up" if local_is_client else "down"
         self._in_dir: Literal["up", "down"] = "down" if local_is_client else "up"
 
@@ -567,13 +620,22 @@ class Tunnel:
                     # An idle direction keeps no task (a parked task with its frames is
                     # a few KiB, times 10,000 tunnels): when the socket has nothing, the
                     # poller starts this method again once it has.
-                    chunk = direct.receive_nowait(self._read_size)
-                    if chunk is None:
+                    frame = _FRAME_BUFFERS.take(self._settings.buffer_size)
+                    try:
+                        with memoryview(frame) as view:
+                            count = direct.receive_into_nowait(view[FRAME_HEADER_SIZE:])
+                        if count:
+                            if not await self._send_frame(frame, count):
+                                return
+                            continue
+                    finally:
+                        _FRAME_BUFFERS.give(frame)
+                    if count is None:
                         if direct.call_when_readable(self._resume_pump_out):
                             return
                         direct = None  # no poller here: wait in this task
                         continue
-                    data = chunk
+                    data = b""
                 else:
                     data = bytes(await local_io.receive_some(self._read_size))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -602,6 +664,15 @@ class Tunnel:
             self._link_lost(f"sending: {type(exc).__name__}")
             return False
         self._count(self._out_dir, sum(map(len, batch)))
+        return True
+
+    async def _send_frame(self, frame: bytearray, length: int) -> bool:
+        try:
+            await self._channel.send_data_in_place(frame, length)
+        except _SEND_ERRORS as exc:
+            self._link_lost(f"sending: {type(exc).__name__}")
+            return False
+        self._count(self._out_dir, length)
         return True
 
     async def _send_data(self, data: bytes) -> bool:

@@ -250,6 +250,11 @@ _MAX_WRITE: Final = 4 * 16384
 # records with their headers and AEAD tags (RFC 8446 5.2: at most 256 bytes each).
 _OUTGOING_READ: Final = _MAX_WRITE + 4 * 256
 
+# Ciphertext asked of the transport per read: more than one _MAX_WRITE worth of records,
+# so that a peer's full write (four records, 65,624 bytes with headers and tags) can
+# arrive in one read and be decrypted whole, instead of leaving its last record cut.
+_TRANSPORT_READ: Final = 4 * _OUTGOING_READ
+
 _TLS13: Final = "TLSv1.3"
 
 # How long a failing connection may wait for room to send OpenSSL's alert (a few bytes
@@ -572,7 +577,7 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 try:
                     yielded = yielded or self._transport_checkpoints
                     if recv_count == self._inner_recv_count:
-                        data = await self.transport_stream.receive_some()
+                        data = await self.transport_stream.receive_some(_TRANSPORT_READ)
                         if data:
                             self._estimated_receive_size = max(
                                 self._estimated_receive_size, len(data)

@@ -68,6 +68,25 @@ async def test_waits_moves_everything_and_fails_when_closed() -> None:
         await direct.send_all(b"x")
 
 
+async def test_receive_into_fills_the_callers_buffer() -> None:
+    ours, theirs = await _socket_pair()
+    direct = DirectSocketStream(ours)
+    buffer = bytearray(b"#" * 16)
+    with memoryview(buffer) as view:
+        assert direct.receive_into_nowait(view[4:]) is None  # nothing yet: no wait
+        await theirs.send_all(b"hello")
+        await trio.sleep(0.05)
+        assert direct.receive_into_nowait(view[4:]) == 5
+        assert buffer == b"####hello#######"  # in place, after the room left in front
+        await theirs.send_eof()
+        await trio.sleep(0.05)
+        assert direct.receive_into_nowait(view[4:]) == 0  # end of stream
+        await direct.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            direct.receive_into_nowait(view)
+    await theirs.aclose()
+
+
 async def test_a_reset_is_a_broken_stream() -> None:
     import socket
     import struct

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway._link import (
+    FRAME_HEADER_SIZE,
     LINK_VERSION,
     MAX_FRAME_PAYLOAD,
     MAX_REASON_BYTES,
@@ -400,6 +401,37 @@ def test_nothing_after_eof(event: LinkEvent) -> None:
     egress.receive_data(encode_frame(event))
     with pytest.raises(UnexpectedLinkFrame, match="after EOF"):
         egress.next_event()
+
+
+@given(payload=st.binary(min_size=1, max_size=4096))
+@settings(max_examples=60)
+def test_data_header_in_place_makes_the_same_frame(payload: bytes) -> None:
+    # A DATA frame assembled in place (header written in front of the payload) is the
+    # very frame send() makes, and the receiver sees the same event.
+    ingress, egress = _pair()
+    _open(ingress, egress)
+    header = ingress.send_data_header(len(payload))
+    assert len(header) == FRAME_HEADER_SIZE
+    assert header + payload == encode_frame(Data(data=payload))
+    egress.receive_data(header + payload)
+    assert egress.next_event() == Data(data=payload)
+
+
+def test_data_header_obeys_the_state_machine() -> None:
+    ingress, egress = _pair()
+    with pytest.raises(LocalProtocolError, match="can't send DATA in state SEND_OPEN"):
+        ingress.send_data_header(1)
+    _open(ingress, egress)
+    for bad in (0, MAX_FRAME_PAYLOAD + 1):
+        with pytest.raises(ValueError, match="DATA carries"):
+            ingress.send_data_header(bad)
+    assert ingress.state is LinkState.OPEN  # a refused length changes nothing
+    ingress.send_data_header(MAX_FRAME_PAYLOAD)
+    _deliver(ingress, egress, Eof())
+    with pytest.raises(LocalProtocolError, match="after EOF"):
+        ingress.send_data_header(1)
+    # The egress may still send while the ingress's direction is finished.
+    egress.send_data_header(1)
 
 
 def test_error_closes_from_any_live_state() -> None:
