@@ -38,14 +38,18 @@ each topology, in rounds that alternate between topologies (so drift hits all al
   them the bench waits until both hops are idle again;
 * **throughput**: ``--mib`` MiB from the driver to the backend, timed at the backend
   from the first byte to EOF; **CPU per GB** is user+system time of both hops from
-  /proc over that transfer.
+  /proc over that transfer;
+* **throughput, N streams**: the same number of bytes split over ``--streams`` tunnels
+  (8) sending at once, timed at the driver from the start of sending until the backend
+  confirmed every byte (not for ``tls``, whose relay passes no half-close).  A ratls
+  gateway is one process on one core; stunnel runs a thread per connection.
 
 Every figure is also printed as a ratio to stunnel's in the same round; the summary is
 the median over rounds (ratios: median of per-round ratios).
 
 Usage: .venv/bin/python bench/bench_gateway.py [--mib 256 | --gib] [--rounds 3]
-       [--tunnels 200] [--conc 8] [--idle 300] [--only raw,tls,stunnel,ratls,ratls-prewarm]
-       [--groups X25519]
+       [--tunnels 200] [--conc 8] [--idle 300] [--streams 8]
+       [--only raw,tls,stunnel,ratls,ratls-prewarm] [--groups X25519]
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import math
 import os
 import resource
 import shutil
@@ -492,6 +497,51 @@ def throughput(topo: Topology, size: int) -> tuple[float, float]:
     return size / float(seconds) / 1e6, (cpu1 - cpu0) / (size / 1e9)
 
 
+def parallel_throughput(topo: Topology, size: int, streams: int) -> float:
+    """MB/s for ``size`` bytes split over ``streams`` tunnels at once (wall clock).
+
+    The tunnels are opened first (and given a moment to finish their handshakes); the
+    clock runs from the moment all start sending until the backend has confirmed every
+    byte on every tunnel.
+    """
+    if topo.name == "tls":
+        return float("nan")  # the bare TLS relay passes no half-close: sized sinks only
+    share = size // streams
+    block = memoryview(os.urandom(SOURCE_CHUNK))
+    sockets = [socket.create_connection((HOST, topo.entry), timeout=120) for _ in range(streams)]
+    try:
+        for s in sockets:
+            s.sendall(b"S")
+        time.sleep(0.2)
+        barrier = threading.Barrier(streams + 1)
+
+        def send(s: socket.socket) -> int:
+            barrier.wait()
+            left = share
+            while left > 0:
+                n = min(left, SOURCE_CHUNK)
+                s.sendall(block[:n])
+                left -= n
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while data := s.recv(100):
+                reply += data
+            return int(reply.split()[0])
+
+        with ThreadPoolExecutor(streams) as pool:
+            pending = [pool.submit(send, s) for s in sockets]
+            barrier.wait()
+            start = time.perf_counter()
+            got = sum(f.result() for f in pending)
+            elapsed = time.perf_counter() - start
+    finally:
+        for s in sockets:
+            s.close()
+    if got != share * streams:
+        raise RuntimeError(f"{topo.name}: the backend got {got} of {share * streams} bytes")
+    return got / elapsed / 1e6
+
+
 def setup_latency(topo: Topology, count: int) -> tuple[float, float, float]:
     """Setup-to-echo seconds: first tunnel, median of ``count`` back to back, median of
     ``count`` made :data:`SPACING` apart."""
@@ -557,6 +607,7 @@ def fmt(value: float, ref: float | None) -> str:
 
 METRICS = (
     ("MB/s", "mbps"),
+    ("MB/s, N streams", "mbps_n"),
     ("hop CPU s/GB", "cpu"),
     ("setup cold ms", "cold"),
     ("setup warm ms", "warm"),
@@ -580,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=int, default=30, help="warm setups timed per round")
     parser.add_argument("--tunnels", type=int, default=200)
     parser.add_argument("--conc", type=int, default=8)
+    parser.add_argument("--streams", type=int, default=8, help="tunnels for 'MB/s, N streams'")
     parser.add_argument("--idle", type=int, default=300)
     parser.add_argument("--only", default=",".join(TOPOLOGIES))
     parser.add_argument(
@@ -628,10 +680,12 @@ def main(argv: list[str] | None = None) -> int:
                     rate = tunnel_rate(topo, args.tunnels, args.conc)
                     mem = idle_memory(topo, args.idle)
                     mbps, cpu = throughput(topo, size)
+                    mbps_n = parallel_throughput(topo, size, args.streams)
                 finally:
                     topo.stop()
                 this[name] = {
                     "mbps": mbps,
+                    "mbps_n": mbps_n,
                     "cpu": cpu,
                     "cold": cold * 1e3,
                     "warm": warm * 1e3,
@@ -649,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                     base = ref[key] if ref else None
                     cells.append(f"{fmt(row[key], base):>22s}")
                     results[name][key].append(row[key])
-                    if base:
+                    if base and not math.isnan(row[key]):
                         ratios[name][key].append(row[key] / base)
                 print(f"  {name:14s}" + "".join(cells))
     print(f"\nsummary: median of {args.rounds} rounds (ratio to stunnel: median per-round ratio)")

@@ -22,6 +22,7 @@ no longer admits is disconnected.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import math
@@ -50,7 +51,13 @@ if TYPE_CHECKING:
 
     from ._datagram import DatagramListener
 
-__all__ = ["DEFAULT_DRAIN_TIMEOUT", "IDENTITY_ROTATION", "RunningGateway", "run_gateway"]
+__all__ = [
+    "BUFFER_RELEASE_INTERVAL",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "IDENTITY_ROTATION",
+    "RunningGateway",
+    "run_gateway",
+]
 
 # How long live tunnels may take to finish after SIGTERM before they are cut.  Long
 # enough for requests in flight on typical services; short enough for an orchestrator's
@@ -62,6 +69,10 @@ DEFAULT_DRAIN_TIMEOUT: Final = 25.0
 # inside that day, so that peers never see an expired certificate.  Live tunnels keep the
 # identity they were opened with (their re-attestation binders name its key).
 IDENTITY_ROTATION: Final = 6 * 3600.0
+
+#: How often tunnels that moved no byte for that long give back the buffers a burst grew
+#: (OpenSSL's memory BIOs keep their largest size: a few hundred KiB after bulk data).
+BUFFER_RELEASE_INTERVAL: Final = 5.0
 
 _SELF_CHECK_BINDER: Final = bytes(64)
 _SELF_CHECK_MAX_DELAY: Final = 30.0
@@ -242,6 +253,30 @@ async def _rotate_identity(runtime: Runtime) -> None:
         log_event("identity rotated", identity=repr(runtime.identity))
 
 
+def _heap_trimmer() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None where the C library has none (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return partial(trim, 0)
+
+
+async def _release_idle_buffers(runtime: Runtime) -> None:
+    # Freed buffers return to the C heap, but glibc hands pages in the middle of its heap
+    # back to the kernel only when asked: without the trim the process would reuse them
+    # for new tunnels, yet its resident size would not show that anything was freed.
+    trim = _heap_trimmer()
+    while True:
+        await trio.sleep(BUFFER_RELEASE_INTERVAL)
+        released = runtime.release_idle_buffers(trio.current_time() - BUFFER_RELEASE_INTERVAL)
+        if released and trim is not None:
+            trim()
+
+
 async def run_gateway(
     config: GatewayConfig,
     *,
@@ -324,6 +359,7 @@ async def _serve(
                     runtime.link_pool = LinkPool(runtime)
                     accept.start_soon(_run_link_pool, runtime.link_pool, gateway._ready)
                 admin_nursery.start_soon(_rotate_identity, runtime)
+                admin_nursery.start_soon(_release_idle_buffers, runtime)
                 admin_nursery.start_soon(runtime.deadlines.run)  # outlives every tunnel
                 task_status.started(gateway)
                 await gateway._shutdown.wait()

@@ -971,7 +971,12 @@ class LinkConnection:
                 event = Data(data=bytes(view[_HEADER.size : end]))
         else:
             event = decode_frame(bytes(self._buffer[:end]))
-        del self._buffer[:end]
+        if end == len(self._buffer):
+            # A new, empty buffer: the old one keeps the capacity of the largest frame it
+            # held (a bytearray never shrinks), which an idle link should not carry.
+            self._buffer = bytearray()
+        else:
+            del self._buffer[:end]
         self._advance(event, _RECV)
         return event
 

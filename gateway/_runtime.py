@@ -341,6 +341,14 @@ class Runtime:
             reattest_timeout=t.handshake,
         )
 
+    def release_idle_buffers(self, quiet_since: float) -> int:
+        """Let every live tunnel quiet since ``quiet_since`` give back its burst buffers.
+
+        Returns:
+            How many tunnels released buffers.
+        """
+        return sum(tunnel.release_idle_buffers(quiet_since) for tunnel in self.live.values())
+
     async def run_tunnel(
         self,
         record: TunnelRecord,

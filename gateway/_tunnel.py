@@ -445,6 +445,7 @@ class Tunnel:
         "_reattest_again",
         "_reattest_due",
         "_reattest_running",
+        "_released_at",
         "_scope",
         "_send_error",
         "_settings",
@@ -486,6 +487,8 @@ class Tunnel:
         self._aborted = False
         self._send_error: Error | None = None
         self._last_activity = trio.current_time()
+        # The _last_activity at which release_idle_buffers last gave buffers back.
+        self._released_at: float | None = None
         self._half_closed = False
         # Made only when the watchdog must wait for the first half-close.
         self._half_closed_event: trio.Event | None = None
@@ -529,6 +532,22 @@ class Tunnel:
 
     def _link_lost(self, detail: str) -> None:
         self._abort("link-lost", detail, code=None, tell_peer=False)
+
+    def release_idle_buffers(self, quiet_since: float) -> bool:
+        """Give back what a burst grew the link's TLS buffers to, if the tunnel went quiet.
+
+        Does something only when no byte has moved since ``quiet_since`` (trio clock) and
+        nothing has moved since the last release, so calling it on every tunnel now and
+        then costs a busy or already released tunnel one comparison.
+
+        Returns:
+            True when buffers were released.
+        """
+        last = self._last_activity
+        if last > quiet_since or last == self._released_at:
+            return False
+        self._released_at = last
+        return self._channel.stream.release_idle_buffers()
 
     def _count(self, direction: Literal["up", "down"], n: int) -> None:
         self._last_activity = trio.current_time()

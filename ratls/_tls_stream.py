@@ -962,6 +962,19 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                 max_bytes = _DEFAULT_RECEIVE_MAX
             return await self._retry(partial(self._read, max_bytes))
 
+    def release_idle_buffers(self) -> bool:
+        """Free what the memory BIOs grew to, if no byte waits in them; True if freed.
+
+        OpenSSL's memory BIOs keep the capacity of the largest burst they ever held (up
+        to a few hundred KiB after bulk data).  A long-lived connection that has gone
+        quiet can give it back: call this when no data has moved for a while.  Cheap
+        and safe at any point between this stream's own calls (they keep no BIO across
+        a wait); it does nothing while ciphertext is queued in either direction.
+        """
+        if not self._handshake_ok or self._state is not _State.OK:
+            return False
+        return renew_idle_bios(self._conn)
+
     async def wait_send_all_might_not_block(self) -> None:
         """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""
         with self._outer_send.guard():

@@ -39,11 +39,13 @@ def test_bench_gateway_runs_the_ratls_topology() -> None:
     lines = run_bench(
         "bench_gateway.py",
         *("--only", "raw,ratls", "--rounds", "1", "--mib", "4"),
-        *("--tunnels", "6", "--idle", "6", "--latency", "2"),
+        *("--tunnels", "6", "--idle", "6", "--latency", "2", "--streams", "2"),
     )
     for name in ("raw", "ratls"):
         cells = row(lines, name)
         assert float(cells[1]) > 0  # MB/s
+        assert cells[4] == ")"
+        assert float(cells[5]) > 0  # MB/s over several streams at once
 
 
 def test_bench_udp_runs_both_paths() -> None:

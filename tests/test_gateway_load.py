@@ -482,6 +482,35 @@ def _task_names() -> list[str]:
     return names
 
 
+async def test_quiet_tunnels_give_back_burst_buffers_and_keep_working(
+    nursery: trio.Nursery,
+) -> None:
+    backend = await start_backend(nursery)
+    async with gateway_pair(backend.port) as pair:
+        client = await trio.open_tcp_stream(LOCALHOST, pair.port())
+        burst = os.urandom(2 << 20)
+        async with trio.open_nursery() as inner:
+            inner.start_soon(client.send_all, burst)
+            assert await receive_exactly(client, len(burst)) == burst
+        sides = (pair.ingress.runtime, pair.egress.runtime)
+        busy_until = trio.current_time()
+        # Nothing was quiet before the burst ended: nothing is released.
+        assert [side.release_idle_buffers(busy_until - 60) for side in sides] == [0, 0]
+        await trio.sleep(0.05)
+        quiet_since = trio.current_time()
+        assert [side.release_idle_buffers(quiet_since) for side in sides] == [1, 1]
+        # Once per quiet spell: a second sweep finds nothing new to release.
+        assert [side.release_idle_buffers(quiet_since) for side in sides] == [0, 0]
+        # The tunnel carries on with fresh buffers, and releases again after more bytes.
+        await client.send_all(burst[:100_000])
+        assert await receive_exactly(client, 100_000) == burst[:100_000]
+        await trio.sleep(0.05)
+        assert [side.release_idle_buffers(trio.current_time()) for side in sides] == [1, 1]
+        await client.send_eof()
+        assert await receive_all_or_reset(client) == b""
+        await client.aclose()
+
+
 async def test_an_idle_tunnel_keeps_no_task_reading_its_local_socket(
     nursery: trio.Nursery,
 ) -> None:

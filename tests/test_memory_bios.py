@@ -167,6 +167,43 @@ async def test_stream_renews_after_handshake_and_attestation() -> None:
     assert await client.receive_some() == b"and back"
 
 
+async def test_stream_releases_burst_buffers_only_when_idle_and_open() -> None:
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    client = AttestedTLSStream(client_transport, _CLIENT_CONTEXT, server_side=False)
+    server = AttestedTLSStream(server_transport, _SERVER_CONTEXT, server_side=True)
+    assert not client.release_idle_buffers()  # no handshake yet: nothing is touched
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    burst = bytes(range(256)) * 2048  # 512 KiB: the BIOs grow to their read and write sizes
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(burst):
+            received.extend(await server.receive_some())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all)
+        await client.send_all(burst)
+    assert bytes(received) == burst
+    before = _private_bios(client._conn), _private_bios(server._conn)
+    assert client.release_idle_buffers()
+    assert server.release_idle_buffers()
+    assert _private_bios(client._conn) != before[0]
+    assert _private_bios(server._conn) != before[1]
+    # Half a record waiting in the server's incoming BIO: released, it would be lost.
+    await client.send_all(b"after the release")
+    record = await server_transport.receive_some()
+    server._conn.bio_write(record[:10])
+    assert not server.release_idle_buffers()
+    server._conn.bio_write(record[10:])
+    assert await server.receive_some() == b"after the release"
+    await server.send_all(b"and back")
+    assert await client.receive_some() == b"and back"
+    await client.aclose()
+    assert not client.release_idle_buffers()
+
+
 def test_one_send_encrypts_a_whole_chunk_once_partial_writes_are_off() -> None:
     client, server = _connected_pair()
     payload = bytes(range(256)) * 256  # 64 KiB: four records
