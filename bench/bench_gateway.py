@@ -15,7 +15,10 @@ Each topology carries the same traffic along the same path::
   tunnel is a mutually attested TLS 1.3 connection with fresh evidence both ways;
 * **ratls-prewarm** (only with ``--only``): the same, with ``[prewarm] links = 4`` on
   the ingress, so a tunnel takes a link attested ahead of need and the handshake moves
-  out of its setup.
+  out of its setup;
+* **ratls-workers** (only with ``--only``): the same, with ``[process] workers = 2`` on
+  both gateways (a supervisor and two worker processes each; CPU and memory are those
+  of the whole process tree).
 
 Key exchange differs unless ``--groups`` aligns it: stunnel uses the system's OpenSSL
 (on Debian 12, 3.0, without ML-KEM: X25519), the Python topologies use the OpenSSL
@@ -92,6 +95,8 @@ TOPOLOGIES = ("raw", "tls", "stunnel", "ratls")
 SPACING = 0.05
 #: Ready links of the ingress in the optional ``ratls-prewarm`` topology.
 PREWARM_LINKS = 4
+# Worker processes per gateway in the ratls-workers topology.
+WORKERS = 2
 
 
 # --------------------------------------------------------------------------- helpers
@@ -104,18 +109,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor's workers), from /proc."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        for task in Path(f"/proc/{tree[index]}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                tree.extend(int(child) for child in task.read_text().split())
+        index += 1
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """User + system CPU seconds of a process and its descendants (all threads)."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{member}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
 
 
 def rss_kib(pid: int) -> int:
-    """Resident set size of a process in KiB from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """Resident set size in KiB of a process and its descendants, from /proc."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def wait_port(port: int, deadline: float) -> None:
@@ -414,12 +438,16 @@ def start_stunnel(backend: int, work: Path) -> Topology:
     return topo
 
 
-def start_ratls(backend: int, work: Path, *, groups: str = "", prewarm: int = 0) -> Topology:
+def start_ratls(
+    backend: int, work: Path, *, groups: str = "", prewarm: int = 0, workers: int = 1
+) -> Topology:
     a, b = free_port(), free_port()
     admin_a, admin_b = free_port(), free_port()
     policy = REPO / "examples" / "policy.toml"
     att = f'[attestation]\nattester = "sim"\npolicy = "{policy}"\nproduct = "Genoa"\n'
     limits = "[limits]\nmax_tunnels = 20000\n"
+    if workers > 1:
+        limits += f"[process]\nworkers = {workers}\n"
     if groups:
         names = ", ".join(f'"{g}"' for g in groups.split(","))
         limits += f"[tls]\ngroups = [{names}]\n"
@@ -438,7 +466,8 @@ def start_ratls(backend: int, work: Path, *, groups: str = "", prewarm: int = 0)
     )
     (work / "egress.toml").write_text(egress)
     (work / "ingress.toml").write_text(ingress)
-    topo = Topology("ratls-prewarm" if prewarm else "ratls", a)
+    name = "ratls-prewarm" if prewarm else "ratls-workers" if workers > 1 else "ratls"
+    topo = Topology(name, a)
     for conf in ("egress.toml", "ingress.toml"):
         argv = [sys.executable, "-m", "gateway.cli", "run", str(work / conf)]
         topo.hops.append(
@@ -466,6 +495,7 @@ STARTERS: dict[str, Callable[[int, Path], Topology]] = {
     "stunnel": start_stunnel,
     "ratls": start_ratls,
     "ratls-prewarm": functools.partial(start_ratls, prewarm=PREWARM_LINKS),
+    "ratls-workers": functools.partial(start_ratls, workers=WORKERS),
 }
 
 
@@ -658,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     starters["ratls-prewarm"] = functools.partial(
         start_ratls, groups=args.groups, prewarm=PREWARM_LINKS
     )
+    starters["ratls-workers"] = functools.partial(start_ratls, groups=args.groups, workers=WORKERS)
     print(
         f"bench_gateway: {os.cpu_count()} CPUs, {size / (1 << 20):.0f} MiB per transfer, "
         f"{args.rounds} rounds, {args.tunnels} tunnels ({args.conc} at once), "

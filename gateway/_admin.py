@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn, TypeAlias
 
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -31,10 +31,18 @@ from ._reader import StreamReader
 from ._runtime import log_event, open_endpoint_listeners
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ._config import Endpoint
     from ._runtime import Runtime
 
-__all__ = ["handle_admin_request", "serve_admin", "status_document"]
+__all__ = [
+    "AdminAnswer",
+    "handle_admin_request",
+    "serve_admin",
+    "serve_admin_answers",
+    "status_document",
+]
 
 # A request head larger than this is not a health probe.
 _MAX_HEAD: Final = 4096
@@ -123,7 +131,11 @@ def handle_admin_request(runtime: Runtime, method: str, path: str) -> tuple[int,
     return 404, "text/plain; charset=utf-8", b"not found\n"
 
 
-async def _serve_one(runtime: Runtime, stream: trio.SocketStream) -> None:
+#: Answers one request: ``(method, path) -> (status, content type, body)``.
+AdminAnswer: TypeAlias = "Callable[[str, str], Awaitable[tuple[int, str, bytes]]]"
+
+
+async def _serve_one(answer: AdminAnswer, stream: trio.SocketStream) -> None:
     try:
         reader = StreamReader(stream, limit=_MAX_HEAD)
         with trio.fail_after(_REQUEST_TIMEOUT):
@@ -132,8 +144,8 @@ async def _serve_one(runtime: Runtime, stream: trio.SocketStream) -> None:
         if match is None:
             status, ctype, body = 400, "text/plain; charset=utf-8", b"bad request\n"
         else:
-            status, ctype, body = handle_admin_request(
-                runtime, match.group(1).decode(), match.group(2).decode("latin-1")
+            status, ctype, body = await answer(
+                match.group(1).decode(), match.group(2).decode("latin-1")
             )
         response = (
             f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\n"
@@ -157,18 +169,40 @@ async def serve_admin(
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Serve the admin endpoint forever.
+    """Serve this gateway's admin endpoint forever.
 
     Raises:
         OSError: the address cannot be bound.
     """
-    listeners = await open_endpoint_listeners(
-        endpoint, reuse_port=runtime.config.process.reuse_port
+
+    async def answer(method: str, path: str) -> tuple[int, str, bytes]:
+        return handle_admin_request(runtime, method, path)
+
+    await serve_admin_answers(
+        answer,
+        endpoint,
+        reuse_port=runtime.config.process.reuse_port,
+        task_status=task_status,
     )
+
+
+async def serve_admin_answers(
+    answer: AdminAnswer,
+    endpoint: Endpoint,
+    *,
+    reuse_port: bool = False,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve an admin endpoint whose answers come from ``answer`` (one request each).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    listeners = await open_endpoint_listeners(endpoint, reuse_port=reuse_port)
     log_event("listening", side="admin", address=str(endpoint))
 
     async def handler(stream: trio.SocketStream) -> None:
-        await _serve_one(runtime, stream)
+        await _serve_one(answer, stream)
 
     await trio.serve_listeners(handler, listeners, task_status=task_status)
     raise AssertionError("unreachable")  # pragma: no cover - serve_listeners never returns

@@ -330,6 +330,8 @@ DEFAULT_RATE_BURST: Final = 20
 DEFAULT_BUFFER_SIZE: Final = 128 * 1024
 # Largest configurable read size: a DATA frame must stay below the link's frame limit.
 MAX_BUFFER_SIZE: Final = 256 * 1024
+#: Most ``[process] workers`` accepted.
+MAX_WORKERS: Final = 256
 #: Most ports one port-mapping rule may listen on (``listen = "host:first-last"``); each
 #: is a listening socket (two for a name with IPv4 and IPv6 addresses).
 MAX_MAPPING_PORTS: Final = 1024
@@ -395,9 +397,17 @@ class ProcessSettings:
             a second gateway started by mistake should fail with "address in use", not
             quietly take half the traffic.  UNIX-socket listeners are taken over by the
             newest process either way.
+        workers: gateway processes serving this configuration (default 1).  More than
+            one makes ``run`` a supervisor: it starts that many workers, each a whole
+            gateway with its own event loop, identity and tunnels on the same ports
+            (``SO_REUSEPORT``: the kernel spreads connections and UDP flows among them),
+            restarts a worker that dies, passes SIGHUP and SIGTERM on, and answers the
+            admin endpoint for all of them.  Every listener then needs a fixed TCP port:
+            a UNIX socket, a systemd socket or port 0 cannot be shared this way.
     """
 
     reuse_port: bool = False
+    workers: int = 1
 
 
 @final
@@ -1080,10 +1090,12 @@ def _limits(c: _Checker, root: Mapping[str, object]) -> Limits:
 
 def _process(c: _Checker, root: Mapping[str, object]) -> ProcessSettings:
     t = c.table(root, "process", "process")
-    c.unknown(t, {"reuse_port"}, "process")
-    if "reuse_port" not in t:
-        return ProcessSettings()
-    return ProcessSettings(reuse_port=c.boolean(t, "reuse_port", "process"))
+    c.unknown(t, {"reuse_port", "workers"}, "process")
+    d = ProcessSettings()
+    return ProcessSettings(
+        reuse_port=c.boolean(t, "reuse_port", "process") if "reuse_port" in t else d.reuse_port,
+        workers=c.integer(t, "workers", "process", d.workers, low=1, high=MAX_WORKERS),
+    )
 
 
 def _tcp(c: _Checker, root: Mapping[str, object]) -> TcpSettings:
@@ -1408,6 +1420,17 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         if (endpoint.kind != "tcp" or endpoint.port != 0) and key in seen:
             c.problem(where, f"{key} is already used by {seen[key]}")
         seen.setdefault(key, where)
+        if process.workers > 1 and where != "admin.listen":
+            # Workers each bind every listener with SO_REUSEPORT; the supervisor alone
+            # binds the admin endpoint.
+            if endpoint.kind != "tcp":
+                c.problem(
+                    where,
+                    f"{key} cannot be shared by {process.workers} workers "
+                    "(only TCP/UDP ports can): set [process] workers = 1",
+                )
+            elif endpoint.port == 0:
+                c.problem(where, "port 0 gives each worker another port: give a fixed port")
     if c.problems:
         raise ConfigError(c.problems)
     return GatewayConfig(

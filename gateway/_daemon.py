@@ -157,9 +157,12 @@ class RunningGateway:
             raise ConfigError(
                 [
                     ConfigProblem(
-                        location="process.reuse_port",
+                        location=f"process.{field.name}",
                         message="cannot change on reload (the listeners are bound already)",
                     )
+                    for field in dataclasses.fields(config.process)
+                    if getattr(config.process, field.name)
+                    != getattr(self.runtime.config.process, field.name)
                 ]
             )
         old = _listen_keys(self.runtime.config)

@@ -83,7 +83,16 @@ _logger = logging.getLogger(LOGGER_NAME)
 
 @final
 class JsonFormatter(logging.Formatter):
-    """Formats records as one JSON object per line (fields from ``extra={"fields": ...}``)."""
+    """Formats records as one JSON object per line (fields from ``extra={"fields": ...}``).
+
+    Args:
+        worker: this process's worker index under a supervisor (``[process] workers``),
+            added to every line as ``"worker"``; None for a gateway on its own.
+    """
+
+    def __init__(self, *, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as JSON."""
@@ -92,6 +101,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "msg": record.getMessage(),
         }
+        if self._worker is not None:
+            body["worker"] = self._worker
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             body.update(fields)

@@ -39,6 +39,7 @@ from ._probe import egresses_of, probe
 from ._ratls_provider import register_ratls_providers
 from ._runtime import LOGGER_NAME, JsonFormatter, log_event
 from ._systemd import SystemdNotifier
+from ._workers import WorkerReporter, supervise, worker_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -75,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds live tunnels may take to finish after SIGTERM (default %(default)s)",
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    # Set by a supervisor ([process] workers > 1) on the workers it starts.
+    run.add_argument("--worker", type=WorkerReporter.parse, help=argparse.SUPPRESS)
     return parser
 
 
@@ -138,13 +141,15 @@ async def _handle_signals(
     path: Path,
     received: AsyncIterator[int],
     notifier: SystemdNotifier | None,
+    worker: WorkerReporter | None,
 ) -> None:
     async for signum in received:
         if signum == signal.SIGHUP:
             if notifier is not None:
                 notifier.reloading()
             try:
-                gateway.reload(load_config(path))
+                config = load_config(path)
+                gateway.reload(config if worker is None else worker_config(config))
                 status = "configuration reloaded"
             except RatlsError as exc:
                 log_event("reload refused", level=logging.ERROR, error=str(exc))
@@ -159,6 +164,14 @@ async def _handle_signals(
             return
 
 
+async def _report_to_supervisor(gateway: RunningGateway, worker: WorkerReporter) -> None:
+    address = gateway.address("admin")
+    if isinstance(address, tuple):
+        worker.report(admin=address[1])
+    await gateway.wait_ready()
+    worker.report(ready=True)
+
+
 async def _notify_systemd(gateway: RunningGateway, notifier: SystemdNotifier) -> None:
     await gateway.wait_ready()
     notifier.ready(f"ready: {len(gateway.listeners)} listener(s), own evidence verified")
@@ -171,8 +184,10 @@ async def _notify_systemd(gateway: RunningGateway, notifier: SystemdNotifier) ->
         await trio.sleep(interval)
 
 
-async def _run(path: Path, drain_timeout: float) -> None:
+async def _run(path: Path, drain_timeout: float, worker: WorkerReporter | None = None) -> None:
     config = load_config(path)
+    if worker is not None:
+        config = worker_config(config)
     try:
         passed = adopt_passed_sockets()
     except ValueError as exc:
@@ -186,6 +201,8 @@ async def _run(path: Path, drain_timeout: float) -> None:
             gateway: RunningGateway = await nursery.start(
                 partial(run_gateway, config, drain_timeout=drain_timeout)
             )
+            if worker is not None:
+                nursery.start_soon(_report_to_supervisor, gateway, worker)
             for name, count in unclaimed_passed_sockets().items():
                 log_event(
                     "passed socket unused",
@@ -196,15 +213,15 @@ async def _run(path: Path, drain_timeout: float) -> None:
                 )
             if notifier is not None:
                 nursery.start_soon(_notify_systemd, gateway, notifier)
-            await _handle_signals(gateway, path, received, notifier)
+            await _handle_signals(gateway, path, received, notifier, worker)
             # The watchdog stays on while draining; it ends with the gateway.
             await gateway.wait_stopped()
             nursery.cancel_scope.cancel()
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, *, worker: WorkerReporter | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(worker=None if worker is None else worker.index))
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
@@ -226,9 +243,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "probe":
         return _probe(args.config, args.egress, args.json)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, worker=args.worker)
     try:
-        trio.run(_run, args.config, args.drain_timeout)
+        if args.worker is None:
+            config = load_config(args.config)
+            if config.process.workers > 1:
+                return trio.run(
+                    partial(
+                        supervise,
+                        args.config,
+                        config,
+                        drain_timeout=args.drain_timeout,
+                        log_level=args.log_level,
+                    )
+                )
+        trio.run(_run, args.config, args.drain_timeout, args.worker)
     except (ConfigError, OSError, BaseExceptionGroup) as exc:
         failure = _startup_failure(exc)
         if failure is None:

@@ -34,9 +34,9 @@ def test_config() -> None:
     assert parse_config(doc).process == ProcessSettings(reuse_port=False)
     assert parse_config({**doc, "process": {"reuse_port": True}}).process.reuse_port
     with pytest.raises(ConfigError) as info:
-        parse_config({**doc, "process": {"reuse_port": "yes", "workers": 2}})
+        parse_config({**doc, "process": {"reuse_port": "yes", "threads": 2}})
     assert [str(p) for p in info.value.problems] == [
-        "process.workers: unknown key (known: reuse_port)",
+        "process.threads: unknown key (known: reuse_port, workers)",
         "process.reuse_port: must be true or false",
     ]
 

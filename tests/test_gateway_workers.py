@@ -1,0 +1,310 @@
+"""`[process] workers`: a supervisor, worker processes on shared ports, one admin endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+from gateway_helpers import (
+    LOCALHOST,
+    GatewayProcess,
+    admin_get,
+    connect,
+    egress_doc,
+    ingress_doc,
+    metric_value,
+    receive_exactly,
+    sim_attestation,
+    stable_port,
+    start_backend,
+    wait_for,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway._config import MAX_WORKERS, ConfigError, parse_config
+from gateway._workers import WorkerReporter, merge_metrics, worker_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _egress(workers: int, listen: str = f"{LOCALHOST}:9443", **extra: Any) -> dict[str, Any]:
+    return egress_doc({"web": 8080}, listen=listen, process={"workers": workers}, **extra)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_workers_default_to_one_and_are_bounded() -> None:
+    assert parse_config(egress_doc({"web": 8080})).process.workers == 1
+    assert parse_config(_egress(4)).process.workers == 4
+    for bad in (0, MAX_WORKERS + 1, "2", True):
+        with pytest.raises(ConfigError) as info:
+            parse_config(_egress(bad))  # type: ignore[arg-type]
+        assert info.value.problems[0].location == "process.workers"
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("unix:egress.sock", "cannot be shared by 2 workers"),
+        ("systemd:main", "cannot be shared by 2 workers"),
+        (f"{LOCALHOST}:0", "port 0 gives each worker another port"),
+    ],
+)
+def test_workers_need_fixed_tcp_ports(listen: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_config(_egress(2, listen=listen))
+    assert info.value.problems[0].location == "egress.listener[0].listen"
+    parse_config(_egress(1, listen=listen))  # one process may listen anywhere
+
+
+def test_the_admin_endpoint_stays_with_the_supervisor() -> None:
+    # The supervisor alone binds [admin]; so it may be a UNIX socket even with workers.
+    config = parse_config(_egress(2, admin={"listen": "unix:admin.sock"}))
+    seen = worker_config(config)
+    assert seen.process.reuse_port
+    assert seen.process.workers == 1
+    assert seen.admin is not None
+    assert str(seen.admin.listen) == "127.0.0.1:0"  # its own, reported to the supervisor
+    assert seen.listeners == config.listeners
+
+
+def test_worker_argument() -> None:
+    reporter = WorkerReporter.parse("3:17")
+    assert reporter.index == 3
+    for bad in ("3", "a:1", "1:-2", ":", "3:17:1"):
+        with pytest.raises(ValueError, match="INDEX:FD"):
+            WorkerReporter.parse(bad)
+
+
+def test_reporter_writes_json_lines_and_survives_a_gone_reader() -> None:
+    read, write = os.pipe()
+    reporter = WorkerReporter(0, write)
+    reporter.report(admin=1234)
+    reporter.report(ready=True)
+    assert os.read(read, 100).splitlines() == [b'{"admin": 1234}', b'{"ready": true}']
+    os.close(read)
+    reporter.report(ready=True)  # EPIPE: the supervisor is gone; nothing is raised
+    os.close(write)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+WORKER_TEXT = """# HELP ratls_gateway_tunnels_total Tunnels opened.
+# TYPE ratls_gateway_tunnels_total counter
+ratls_gateway_tunnels_total{side="egress",rule="main"} 3
+# HELP ratls_gateway_up Whether it runs.
+# TYPE ratls_gateway_up gauge
+ratls_gateway_up 1
+# HELP ratls_gateway_seconds Latency.
+# TYPE ratls_gateway_seconds histogram
+ratls_gateway_seconds_bucket{le="0.1"} 2
+ratls_gateway_seconds_bucket{le="+Inf"} 2
+ratls_gateway_seconds_sum 0.05
+ratls_gateway_seconds_count 2
+"""
+
+
+def test_merge_metrics_labels_every_sample_and_keeps_families_whole() -> None:
+    merged = merge_metrics([('worker="0"', WORKER_TEXT), ('worker="1"', WORKER_TEXT)])
+    lines = merged.splitlines()
+    assert lines[:5] == [
+        "# HELP ratls_gateway_tunnels_total Tunnels opened.",
+        "# TYPE ratls_gateway_tunnels_total counter",
+        'ratls_gateway_tunnels_total{worker="0",side="egress",rule="main"} 3',
+        'ratls_gateway_tunnels_total{worker="1",side="egress",rule="main"} 3',
+        "# HELP ratls_gateway_up Whether it runs.",
+    ]
+    assert 'ratls_gateway_up{worker="1"} 1' in lines
+    assert 'ratls_gateway_seconds_bucket{worker="0",le="+Inf"} 2' in lines
+    assert 'ratls_gateway_seconds_count{worker="1"} 2' in lines
+    # A family's samples stay together after its one TYPE line (the text format's rule).
+    families = [line.split()[2] for line in lines if line.startswith("# TYPE")]
+    assert families == ["ratls_gateway_tunnels_total", "ratls_gateway_up", "ratls_gateway_seconds"]
+    assert merge_metrics([]) == ""
+
+
+def test_merge_metrics_of_real_gateway_metrics() -> None:
+    from gateway._metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    metrics.tunnels_total.inc(side="ingress", rule="web")
+    text = metrics.render()
+    merged = merge_metrics([('worker="0"', text), ('worker="1"', text)])
+    assert (
+        metric_value(merged, "ratls_gateway_tunnels_total", worker="1", side="ingress", rule="web")
+        == 1
+    )
+    assert merged.count("# TYPE ratls_gateway_tunnels_total ") == 1
+
+
+@settings(max_examples=50)
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[a-z_]{1,8}", fullmatch=True),
+            st.dictionaries(
+                st.from_regex(r"[a-z]{1,5}", fullmatch=True),
+                st.from_regex(r"[ -~]{0,8}"),
+                max_size=3,
+            ),
+            st.integers(0, 10**6),
+        ),
+        max_size=6,
+    ),
+    st.integers(1, 4),
+)
+def test_merge_metrics_property(
+    series: list[tuple[str, dict[str, str], int]], processes: int
+) -> None:
+    # Every sample of every process comes out once, with its process label first.
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+    text = ""
+    for name, labels, value in series:
+        inner = ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
+        text += f"# HELP m_{name} help\n# TYPE m_{name} gauge\n"
+        text += f"m_{name}{{{inner}}} {value}\n" if inner else f"m_{name} {value}\n"
+    merged = merge_metrics([(f'p="{i}"', text) for i in range(processes)]).split("\n")[:-1]
+    samples = [line for line in merged if not line.startswith("#")]
+    assert len(samples) == len(series) * processes
+    for i in range(processes):
+        for name, labels, value in series:
+            rest = "".join(f',{k}="{escape(v)}"' for k, v in labels.items())
+            assert f'm_{name}{{p="{i}"{rest}}} {value}' in samples
+
+
+# --------------------------------------------------------------------------- processes
+
+
+async def _status(port: int) -> dict[str, Any]:
+    code, body = await admin_get(port, "/status")
+    assert code == 200
+    document = json.loads(body)
+    assert isinstance(document, dict)
+    return document
+
+
+async def test_workers_share_the_ports_restart_and_stop_together(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    egress_port, ingress_port = stable_port(), stable_port()
+    egress = GatewayProcess(
+        tmp_path,
+        "egress",
+        egress_doc(
+            {"web": backend.port},
+            attestation=sim_attestation(),
+            listen=f"{LOCALHOST}:{egress_port}",
+            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
+            process={"workers": 2},
+        ),
+    )
+    ingress = GatewayProcess(
+        tmp_path,
+        "ingress",
+        ingress_doc(
+            f"{LOCALHOST}:{egress_port}",
+            {"web": f"{LOCALHOST}:{ingress_port}"},
+            attestation=sim_attestation(),
+            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
+        ),
+    )
+    try:
+        async with trio.open_nursery() as starting:
+            starting.start_soon(egress.start)  # /readyz: 200 once both workers are ready
+            starting.start_soon(ingress.start)
+        status = await _status(egress.admin_port)
+        pids = [worker["pid"] for worker in status["workers"]]
+        assert len(set(pids)) == 2
+        assert all(worker["status"]["ready"] for worker in status["workers"])
+
+        async def tunnels(count: int) -> None:
+            for i in range(count):
+                client = await connect(LOCALHOST, ingress_port)
+                message = b"tunnel %d" % i
+                await client.send_all(message)
+                assert await receive_exactly(client, len(message)) == message
+                await client.aclose()
+
+        await tunnels(16)
+        # The kernel spread the ingress's links over both workers (16 connections all
+        # landing on one of two has odds of 1 in 32,768).
+        code, text = await admin_get(egress.admin_port, "/metrics")
+        assert code == 200
+        served = [
+            metric_value(
+                text.decode(),
+                "ratls_gateway_tunnels_total",
+                worker=str(w),
+                side="egress",
+                rule="main",
+            )
+            for w in (0, 1)
+        ]
+        assert all(served), served
+        assert sum(s or 0 for s in served) == 16
+
+        # A worker that dies is started again; the others serve meanwhile.
+        os.kill(pids[0], signal.SIGKILL)
+        await tunnels(4)
+
+        with trio.fail_after(20):
+            while True:
+                workers = (await _status(egress.admin_port))["workers"]
+                if workers[0]["restarts"] == 1 and workers[0]["ready"]:
+                    break
+                await trio.sleep(0.05)
+        await tunnels(8)
+
+        # SIGHUP reaches every worker; each reloads as a gateway alone would.
+        assert egress.process is not None
+        egress.process.send_signal(signal.SIGHUP)
+        await wait_for(
+            lambda: len([r for r in egress.log() if r.get("msg") == "configuration reloaded"]) == 2
+        )
+        # SIGTERM: every worker drains and exits, then the supervisor.
+        assert await egress.stop() == 0
+        log = egress.log()
+        stopped = {r["worker"] for r in log if r.get("msg") == "worker stopped"}
+        assert stopped == {0, 1}
+        for pid in pids[1:]:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        await ingress.aclose()
+        await egress.aclose()
+
+
+async def test_a_worker_that_cannot_start_stops_the_gateway(tmp_path: Path) -> None:
+    taken = trio.socket.socket()
+    await taken.bind((LOCALHOST, 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with taken:
+        egress = GatewayProcess(
+            tmp_path,
+            "egress",
+            egress_doc(
+                {"web": 9},
+                attestation=sim_attestation(),
+                listen=f"{LOCALHOST}:{port}",
+                admin={"listen": f"{LOCALHOST}:{stable_port()}"},
+                process={"workers": 2},
+            ),
+        )
+        with pytest.raises(RuntimeError, match="gateway exited early"):
+            await egress.start()
+        assert egress.process is not None
+        assert await egress.process.wait() == 1
+        failures = [r for r in egress.log() if r.get("msg") == "gateway failed"]
+        assert any("before ready" in str(r.get("error")) for r in failures)
