@@ -42,6 +42,9 @@ each topology, in rounds that alternate between topologies (so drift hits all al
 * **throughput**: ``--mib`` MiB from the driver to the backend, timed at the backend
   from the first byte to EOF; **CPU per GB** is user+system time of both hops from
   /proc over that transfer;
+* **memory after a burst** (only with ``--burst N``): VmRSS of both hops per tunnel
+  after N tunnels each echoed 1 MiB and then stayed open and quiet for 11 s (the ratls
+  gateways give back what a burst grew once a tunnel is quiet for 5 s);
 * **throughput, N streams**: the same number of bytes split over ``--streams`` tunnels
   (8) sending at once, timed at the driver from the start of sending until the backend
   confirmed every byte (not for ``tls``, whose relay passes no half-close).  A ratls
@@ -51,7 +54,7 @@ Every figure is also printed as a ratio to stunnel's in the same round; the summ
 the median over rounds (ratios: median of per-round ratios).
 
 Usage: .venv/bin/python bench/bench_gateway.py [--mib 256 | --gib] [--rounds 3]
-       [--tunnels 200] [--conc 8] [--idle 300] [--streams 8]
+       [--tunnels 200] [--conc 8] [--idle 300] [--burst 0] [--streams 8]
        [--only raw,tls,stunnel,ratls,ratls-prewarm] [--groups X25519]
 """
 
@@ -79,6 +82,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway._daemon import BUFFER_RELEASE_INTERVAL
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -95,6 +100,11 @@ TOPOLOGIES = ("raw", "tls", "stunnel", "ratls")
 SPACING = 0.05
 #: Ready links of the ingress in the optional ``ratls-prewarm`` topology.
 PREWARM_LINKS = 4
+# Bytes each tunnel echoes in the burst-memory figure, and the wait before reading RSS
+# (longer than two of the gateway's buffer-release intervals).
+BURST_BYTES = 1 << 20
+BURST_CHUNK = 1 << 16
+BURST_SETTLE = 2 * BUFFER_RELEASE_INTERVAL + 1.0
 # Worker processes per gateway in the ratls-workers topology.
 WORKERS = 2
 
@@ -592,6 +602,40 @@ def tunnel_rate(topo: Topology, total: int, conc: int) -> float:
     return total / (time.perf_counter() - start)
 
 
+def burst_memory(topo: Topology, count: int) -> float:
+    """KiB of hop RSS per tunnel after each of ``count`` tunnels echoed 1 MiB and went quiet.
+
+    The tunnels stay open; the figure is taken :data:`BURST_SETTLE` seconds after the
+    last burst, when the ratls gateways have given back what the bursts grew (tunnels
+    quiet for ``BUFFER_RELEASE_INTERVAL`` do).  0 tunnels: not measured (NaN).
+    """
+    if count <= 0:
+        return float("nan")
+    before = sum(rss_kib(p.pid) for p in topo.hops)
+    block = os.urandom(BURST_CHUNK)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection((HOST, topo.entry), timeout=30)
+            held.append(s)
+            s.sendall(b"E")
+            for _ in range(BURST_BYTES // BURST_CHUNK):  # in lockstep: no echo deadlock
+                s.sendall(block)
+                got = 0
+                while got < BURST_CHUNK:
+                    data = s.recv(BURST_CHUNK - got)
+                    if not data:
+                        raise RuntimeError("the tunnel closed during the burst")
+                    got += len(data)
+        time.sleep(BURST_SETTLE)
+        after = sum(rss_kib(p.pid) for p in topo.hops)
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(1.0)
+    return (after - before) / count
+
+
 def idle_memory(topo: Topology, count: int) -> float:
     """KiB of hop RSS (both hops) per idle tunnel, ``count`` tunnels held open."""
     before = sum(rss_kib(p.pid) for p in topo.hops)
@@ -644,6 +688,7 @@ METRICS = (
     ("setup spaced ms", "spaced"),
     ("tunnels/s", "rate"),
     ("KiB/idle tunnel", "mem"),
+    ("KiB/tunnel, burst", "burst"),
 )
 
 
@@ -663,6 +708,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conc", type=int, default=8)
     parser.add_argument("--streams", type=int, default=8, help="tunnels for 'MB/s, N streams'")
     parser.add_argument("--idle", type=int, default=300)
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="tunnels for 'KiB/tunnel, burst' (each echoes 1 MiB, then idles; 0 = skip)",
+    )
     parser.add_argument("--only", default=",".join(TOPOLOGIES))
     parser.add_argument(
         "--groups",
@@ -710,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
                     cold, warm, spaced = setup_latency(topo, args.latency)
                     rate = tunnel_rate(topo, args.tunnels, args.conc)
                     mem = idle_memory(topo, args.idle)
+                    burst = burst_memory(topo, args.burst)
                     mbps, cpu = throughput(topo, size)
                     mbps_n = parallel_throughput(topo, size, args.streams)
                 finally:
@@ -723,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
                     "spaced": spaced * 1e3,
                     "rate": rate,
                     "mem": mem,
+                    "burst": burst,
                 }
             print(f"\nround {rnd + 1} (order {', '.join(order)})")
             print(f"  {'':14s}" + "".join(f"{label:>22s}" for label, _ in METRICS))
@@ -734,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
                     base = ref[key] if ref else None
                     cells.append(f"{fmt(row[key], base):>22s}")
                     results[name][key].append(row[key])
-                    if base and not math.isnan(row[key]):
+                    if base and not math.isnan(base) and not math.isnan(row[key]):
                         ratios[name][key].append(row[key] / base)
                 print(f"  {name:14s}" + "".join(cells))
     print(f"\nsummary: median of {args.rounds} rounds (ratio to stunnel: median per-round ratio)")
