@@ -16,6 +16,9 @@ Each topology carries the same traffic along the same path::
 * **ratls-prewarm** (only with ``--only``): the same, with ``[prewarm] links = 4`` on
   the ingress, so a tunnel takes a link attested ahead of need and the handshake moves
   out of its setup;
+* **ratls-reuse** (only with ``--only``): ``ratls-prewarm`` with ``reuse = true``: a
+  tunnel that ended cleanly gives its link back to the ready ones, so tunnels made one
+  after another share attested links instead of a handshake each;
 * **ratls-workers** (only with ``--only``): the same, with ``[process] workers = 2`` on
   both gateways (a supervisor and two worker processes each; CPU and memory are those
   of the whole process tree).
@@ -55,7 +58,8 @@ the median over rounds (ratios: median of per-round ratios).
 
 Usage: .venv/bin/python bench/bench_gateway.py [--mib 256 | --gib] [--rounds 3]
        [--tunnels 200] [--conc 8] [--idle 300] [--burst 0] [--streams 8]
-       [--only raw,tls,stunnel,ratls,ratls-prewarm] [--groups X25519]
+       [--only raw,tls,stunnel,ratls,ratls-prewarm,ratls-reuse,ratls-workers]
+       [--groups X25519]
 """
 
 from __future__ import annotations
@@ -449,7 +453,13 @@ def start_stunnel(backend: int, work: Path) -> Topology:
 
 
 def start_ratls(
-    backend: int, work: Path, *, groups: str = "", prewarm: int = 0, workers: int = 1
+    backend: int,
+    work: Path,
+    *,
+    groups: str = "",
+    prewarm: int = 0,
+    workers: int = 1,
+    reuse: bool = False,
 ) -> Topology:
     a, b = free_port(), free_port()
     admin_a, admin_b = free_port(), free_port()
@@ -468,7 +478,7 @@ def start_ratls(
         f'[[egress.route]]\nname = "sink"\nbackend = "{HOST}:{backend}"\n'
     )
     if prewarm:
-        limits += f"[prewarm]\nlinks = {prewarm}\n"
+        limits += f"[prewarm]\nlinks = {prewarm}\nreuse = {'true' if reuse else 'false'}\n"
     ingress = (
         f'{att}{limits}[admin]\nlisten = "{HOST}:{admin_a}"\n'
         f'[[ingress.mapping]]\nname = "sink"\nlisten = "{HOST}:{a}"\n'
@@ -476,7 +486,11 @@ def start_ratls(
     )
     (work / "egress.toml").write_text(egress)
     (work / "ingress.toml").write_text(ingress)
-    name = "ratls-prewarm" if prewarm else "ratls-workers" if workers > 1 else "ratls"
+    name = "ratls"
+    if prewarm:
+        name = "ratls-reuse" if reuse else "ratls-prewarm"
+    elif workers > 1:
+        name = "ratls-workers"
     topo = Topology(name, a)
     for conf in ("egress.toml", "ingress.toml"):
         argv = [sys.executable, "-m", "gateway.cli", "run", str(work / conf)]
@@ -506,6 +520,7 @@ STARTERS: dict[str, Callable[[int, Path], Topology]] = {
     "ratls": start_ratls,
     "ratls-prewarm": functools.partial(start_ratls, prewarm=PREWARM_LINKS),
     "ratls-workers": functools.partial(start_ratls, workers=WORKERS),
+    "ratls-reuse": functools.partial(start_ratls, prewarm=PREWARM_LINKS, reuse=True),
 }
 
 
@@ -740,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
         start_ratls, groups=args.groups, prewarm=PREWARM_LINKS
     )
     starters["ratls-workers"] = functools.partial(start_ratls, groups=args.groups, workers=WORKERS)
+    starters["ratls-reuse"] = functools.partial(
+        start_ratls, groups=args.groups, prewarm=PREWARM_LINKS, reuse=True
+    )
     print(
         f"bench_gateway: {os.cpu_count()} CPUs, {size / (1 << 20):.0f} MiB per transfer, "
         f"{args.rounds} rounds, {args.tunnels} tunnels ({args.conc} at once), "

@@ -375,12 +375,20 @@ class PrewarmSettings:
         links: links kept ready for each egress that an ingress rule names (0 = off).
             A client's tunnel takes one and skips the TCP connect, the TLS handshake and
             both attestations: only OPEN's round trip is left.
-        max_idle: close and replace a ready link this old; keep it below the egress's
-            ``timeouts.open_wait``, after which the egress closes a link without OPEN.
+        max_idle: close and replace a ready link idle this long; keep it below the
+            egress's ``timeouts.open_wait``, after which the egress closes a link without
+            OPEN.
+        reuse: after a tunnel over TCP ends cleanly, put its link back among the ready
+            ones (link version 3: the egress confirms with READY that it delivered
+            everything), so back-to-back tunnels skip the handshake too.  A link is
+            kept no longer than ``timeouts.max_attestation_age`` after its attestation.
+            Needs ``links`` > 0 and egresses that speak link version 3 (an older egress
+            refuses such OPENs as an unsupported version).
     """
 
     links: int = DEFAULT_PREWARM_LINKS
     max_idle: float = DEFAULT_PREWARM_MAX_IDLE
+    reuse: bool = False
 
 
 @final
@@ -1066,11 +1074,12 @@ def _timeouts(c: _Checker, root: Mapping[str, object]) -> Timeouts:
 
 def _prewarm(c: _Checker, root: Mapping[str, object]) -> PrewarmSettings:
     t = c.table(root, "prewarm", "prewarm")
-    c.unknown(t, {"links", "max_idle"}, "prewarm")
+    c.unknown(t, {"links", "max_idle", "reuse"}, "prewarm")
     d = PrewarmSettings()
     return PrewarmSettings(
         links=c.integer(t, "links", "prewarm", d.links, low=0, high=MAX_PREWARM_LINKS),
         max_idle=c.number(t, "max_idle", "prewarm", d.max_idle, allow_zero=False),
+        reuse=c.boolean(t, "reuse", "prewarm") if "reuse" in t else d.reuse,
     )
 
 

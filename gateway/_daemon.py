@@ -128,7 +128,7 @@ class RunningGateway:
 
     def request_shutdown(self) -> None:
         """Stop accepting, drain live tunnels (up to the drain timeout), then return."""
-        self.runtime.draining = True
+        self.runtime.start_draining()
         self._shutdown.set()
 
     async def wait_stopped(self) -> None:

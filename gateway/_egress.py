@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
 
-from ratls._errors import RatlsError, RemoteProtocolError
+from ratls._errors import LocalProtocolError, RatlsError, RemoteProtocolError
 from ratls._exchange import AttestationRefused
 from ratls._tls_stream import AttestedTLSStream
 
@@ -36,13 +37,16 @@ from ._direct_socket import direct_if_socket
 from ._http_inject import HeaderInjector, injecting_stream
 from ._http_proxy import attestation_headers
 from ._link import (
+    REUSE_LINK_VERSION,
     SUPPORTED_VERSIONS,
     AddressTarget,
     LinkClosed,
     LinkReason,
     LinkRole,
+    LinkState,
     Open,
     Opened,
+    Ready,
     Refused,
     RouteTarget,
     UnsupportedLinkVersion,
@@ -151,6 +155,8 @@ def _same_host(a: str, b: str) -> bool:
 #: Access-log results that are no failure: a clean tunnel, and a link an ingress made
 #: ahead of need and closed unused (``[prewarm]``).
 _NOT_FAILED: Final = frozenset({"ok", "unused"})
+# What sending READY can meet when the ingress went away meanwhile.
+_SEND_FAILURES: Final = (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError)
 
 
 async def serve_egress(
@@ -186,11 +192,41 @@ async def serve_egress(
     raise AssertionError("unreachable")  # pragma: no cover - serve_listeners never returns
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class _KeptLink:
+    """An attested link whose tunnel ended cleanly with READY: it waits for another OPEN."""
+
+    stream: AttestedTLSStream[trio.abc.Stream]
+    verified_at: float
+    identity: GatewayIdentity
+
+
 async def handle_egress_connection(
     runtime: Runtime, listener: EgressListener, raw: trio.SocketStream
 ) -> None:
-    """Run one accepted connection to its end; never raises (errors are logged)."""
+    """Run one accepted connection to its end; never raises (errors are logged).
+
+    A link whose ingress asked for reuse (link version 3) carries one tunnel after
+    another: each is admitted, counted and logged as its own tunnel.
+    """
     client = describe_peer(_peername(raw))
+    kept: _KeptLink | None = None
+    while True:
+        kept = await _handle_tunnel(runtime, listener, raw, client, kept)
+        if kept is None:
+            return
+
+
+async def _handle_tunnel(
+    runtime: Runtime,
+    listener: EgressListener,
+    raw: trio.SocketStream,
+    client: str,
+    kept: _KeptLink | None,
+) -> _KeptLink | None:
+    """One tunnel of a connection: the first (with the handshake), or one more on a kept
+    link.  Returns the link when it may carry another tunnel."""
     metrics = runtime.metrics
     rule = listener.name
     metrics.tunnels_total.inc(side="egress", rule=rule)
@@ -199,15 +235,24 @@ async def handle_egress_connection(
     if refusal is not None:
         metrics.tunnels_failed.inc(reason=refusal, side="egress", rule=rule)
         log_event("tunnel", side="egress", rule=listener.name, client=client, result=refusal)
-        await abort_stream(raw)
-        return
-    apply_tcp_settings(raw, runtime.config.tcp)
+        if kept is not None:
+            # The ingress's OPEN on this link meets a closed link and it opens a new one.
+            with trio.CancelScope(shield=True):
+                await close_link(kept.stream, graceful=True)
+        else:
+            await abort_stream(raw)
+        return None
+    if kept is None:
+        apply_tcp_settings(raw, runtime.config.tcp)
     record = runtime.new_record("egress", listener.name, client)
     metrics.tunnels_active.add(1, side="egress", rule=rule)
     started = trio.current_time()
     fields: dict[str, Any] = {"result": "ok"}
+    if kept is not None:
+        fields["reused_link"] = True
+    next_link: _KeptLink | None = None
     try:
-        await _serve(runtime, listener, raw, record, fields)
+        next_link = await _serve(runtime, listener, raw, record, fields, kept)
     except Exception as exc:  # a bug must not take the listener down
         fields.update(result="internal-error", detail=f"{type(exc).__name__}: {exc}")
         log_event("internal error", level=logging.ERROR, exc_info_text=repr(exc))
@@ -218,6 +263,7 @@ async def handle_egress_connection(
         if fields["result"] not in _NOT_FAILED:
             metrics.tunnels_failed.inc(reason=str(fields["result"]), side="egress", rule=rule)
         log_tunnel(record, started, fields)
+    return next_link
 
 
 def _peername(stream: trio.SocketStream) -> object:
@@ -233,37 +279,58 @@ async def _serve(
     raw: trio.SocketStream,
     record: TunnelRecord,
     fields: dict[str, Any],
-) -> None:
-    identity = runtime.identity
+    kept: _KeptLink | None,
+) -> _KeptLink | None:
+    # The identity the link was attested under (a kept link keeps its first one).
+    identity = runtime.identity if kept is None else kept.identity
     timeouts = runtime.config.timeouts
-    stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
-        direct_if_socket(raw),
-        identity.server_context,
-        server_side=True,
-        attestation=identity.attestation,
-    )
+    stream: AttestedTLSStream[trio.abc.Stream]
+    if kept is None:
+        stream = AttestedTLSStream(
+            direct_if_socket(raw),
+            identity.server_context,
+            server_side=True,
+            attestation=identity.attestation,
+        )
+    else:
+        stream = kept.stream
     channel = LinkChannel(stream, LinkRole.EGRESS, buffer_size=runtime.config.limits.buffer_size)
     backend: trio.SocketStream | None = None
+    reusable: _KeptLink | None = None
     try:
         started = trio.current_time()
         try:
-            with trio.fail_after(timeouts.handshake):
-                await stream.do_handshake()
-            verified_at = trio.current_time()
-            runtime.metrics.handshake_seconds.observe(verified_at - started, side="egress")
+            if kept is None:
+                with trio.fail_after(timeouts.handshake):
+                    await stream.do_handshake()
+                verified_at = trio.current_time()
+                runtime.metrics.handshake_seconds.observe(verified_at - started, side="egress")
+            else:
+                verified_at = kept.verified_at
             record.peer = peer_summary(stream.peer_attestation)
-            # An ingress may make links ahead of need ([prewarm]): OPEN can come later.
+            # An ingress may make links ahead of need, or keep them after a tunnel
+            # ([prewarm]): OPEN can come later.  A drain ends the wait at once.
             with trio.move_on_after(timeouts.open_wait) as waiting:
-                event = await channel.receive()
+                runtime.open_waits.add(waiting)
+                try:
+                    if runtime.draining:
+                        waiting.cancel()
+                    event = await channel.receive()
+                finally:
+                    runtime.open_waits.discard(waiting)
             if waiting.cancelled_caught:
-                fields.update(result="open-timeout", detail=f"no OPEN in {timeouts.open_wait:g} s")
-                return
+                if runtime.draining:
+                    fields.update(result="unused", detail="closed unused at shutdown")
+                else:
+                    detail = f"no OPEN in {timeouts.open_wait:g} s"
+                    fields.update(result="open-timeout", detail=detail)
+                return None
         except trio.TooSlowError:
             fields.update(result="handshake-timeout", detail=f"{timeouts.handshake:g} s")
-            return
+            return None
         except AttestationRefused as exc:
             fields.update(result="attestation-failed", detail=f"peer refused us: {exc.reason}")
-            return
+            return None
         except UnsupportedLinkVersion as exc:
             supported = ",".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
             await _refuse(
@@ -272,31 +339,42 @@ async def _serve(
                 fields,
                 detail=str(exc),
             )
-            return
+            return None
         except RemoteProtocolError as exc:
             fields.update(result="protocol-error", detail=str(exc))
-            return
+            return None
         except RatlsError as exc:
             # Our verifier refused the ingress (the stream already told it why).
             fields.update(result="attestation-failed", detail=refusal_text(exc))
-            return
+            return None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             fields.update(result="handshake-failed", detail=str(exc) or type(exc).__name__)
-            return
+            return None
         if isinstance(event, LinkClosed):
-            # The ingress closed an attested link it made ahead of need without using it.
+            # The ingress closed an attested link it made ahead of need (or kept after a
+            # tunnel) without using it.
             fields.update(result="unused")
-            return
+            return None
         if not isinstance(event, Open):
             fields.update(result="protocol-error", detail=f"expected OPEN, got {event!r}")
-            return
+            return None
+        if identity is not runtime.identity:
+            # The configuration was reloaded (or the identity rotated) while this link
+            # waited for OPEN: it was attested under the old policy.  Close it unanswered;
+            # an ingress meeting that on a link it made ahead of need (or kept) opens a
+            # new one, attested under the configuration in force now.
+            fields.update(
+                result="unused",
+                detail="attested before the configuration was reloaded; closed at OPEN",
+            )
+            return None
         record.target = str(event.target)
         fields["ingress_client"] = event.client
         current = runtime.egress_listener(listener.name) or listener
         decision = decide_target(runtime, current, event.target)
         if isinstance(decision, Refused):
             await _refuse(channel, decision, fields)
-            return
+            return None
         rules = (*current.require, *(decision.route.require if decision.route else ()))
         if rules:
             claims = peer_claims(stream.peer_attestation)
@@ -311,11 +389,11 @@ async def _serve(
                     ),
                     fields,
                 )
-                return
+                return None
         if event.target.datagram:
             attestation = _tunnel_attestation(identity, stream, verified_at)
             await _serve_datagrams(runtime, channel, event, decision, record, fields, attestation)
-            return
+            return None
         try:
             with trio.fail_after(timeouts.connect):
                 mark = runtime.config.tcp.mark
@@ -334,7 +412,7 @@ async def _serve(
                 ),
                 fields,
             )
-            return
+            return None
         except OSError as exc:
             kind = connect_error_kind(exc)
             code = {
@@ -342,7 +420,7 @@ async def _serve(
                 "unreachable": LinkReason.BACKEND_UNREACHABLE,
             }.get(kind, LinkReason.BACKEND_UNREACHABLE)
             await _refuse(channel, Refused(code=code, reason=f"backend {kind}"), fields)
-            return
+            return None
         apply_tcp_settings(backend, runtime.config.tcp)
         route = decision.route
         if route is not None and route.proxy_protocol:
@@ -361,9 +439,9 @@ async def _serve(
                     Refused(code=LinkReason.BACKEND_RESET, reason="backend closed at once"),
                     fields,
                 )
-                return
+                return None
         if not await _send_opened(channel, event, fields):
-            return
+            return None
         # verified_at: a link made ahead of need ([prewarm]) may have waited since.
         attestation = _tunnel_attestation(identity, stream, verified_at)
         local: trio.abc.Stream = backend
@@ -377,6 +455,17 @@ async def _serve(
         if outcome.aborted:
             await abort_stream(backend)
             backend = None
+        elif (
+            fields.get("result") == "ok"
+            and channel.conn.version >= REUSE_LINK_VERSION
+            and channel.conn.state is LinkState.DONE
+            and not runtime.draining
+        ):
+            # Every byte reached the backend and both ways ended: say so, and keep the
+            # link for the ingress's next OPEN (it asked for that with version 3).
+            with contextlib.suppress(*_SEND_FAILURES):
+                await channel.send(Ready())
+                reusable = _KeptLink(stream, verified_at, identity)
     except BaseException as exc:
         if is_cancellation(exc):
             fields.update(result="shutting-down", detail="tunnel cut at shutdown")
@@ -390,7 +479,9 @@ async def _serve(
             if backend is not None:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await backend.aclose()
-            await close_link(stream, graceful=fields.get("result") != "link-lost")
+            if reusable is None:
+                await close_link(stream, graceful=fields.get("result") != "link-lost")
+    return reusable
 
 
 async def _serve_datagrams(

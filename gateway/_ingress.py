@@ -122,10 +122,16 @@ class OpenedLink:
     Attributes:
         channel: the link channel (OPENED received).
         attestation: what re-attestation needs, with the egress's verified result.
+        egress: the egress the link goes to.
+        identity: our identity the link was attested under.
+        reused: whether the link carried a tunnel before this one.
     """
 
     channel: LinkChannel
     attestation: TunnelAttestation
+    egress: Endpoint
+    identity: GatewayIdentity
+    reused: bool = False
 
 
 async def attest_egress(
@@ -238,10 +244,20 @@ async def open_link(
         client: the client's address, for the egress's logs and PROXY headers.
     """
     pool = runtime.link_pool
+    reuse = pool is not None and pool.reusing(target)
     ready = pool.take(egress) if pool is not None else None
     if ready is not None:
         opened = await _open_target(
-            runtime, ready.stream, ready.identity, ready.made_at, target, client, ready=True
+            runtime,
+            egress,
+            ready.stream,
+            ready.identity,
+            ready.made_at,
+            target,
+            client,
+            ready=True,
+            reuse=reuse,
+            reused=ready.reused,
         )
         runtime.metrics.prewarm_links.inc(outcome="used" if opened is not None else "dead")
         if opened is not None:
@@ -253,7 +269,15 @@ async def open_link(
     if isinstance(attested, IngressFailure):
         return attested
     opened = await _open_target(
-        runtime, attested, identity, trio.current_time(), target, client, ready=False
+        runtime,
+        egress,
+        attested,
+        identity,
+        trio.current_time(),
+        target,
+        client,
+        ready=False,
+        reuse=reuse,
     )
     if opened is None:  # pragma: no cover - only a ready link comes back unanswered
         return IngressFailure(
@@ -264,6 +288,7 @@ async def open_link(
 
 async def _open_target(
     runtime: Runtime,
+    egress: Endpoint,
     stream: AttestedTLSStream[trio.abc.Stream],
     identity: GatewayIdentity,
     verified_at: float,
@@ -271,11 +296,14 @@ async def _open_target(
     client: str,
     *,
     ready: bool,
+    reuse: bool,
+    reused: bool = False,
 ) -> OpenedLink | IngressFailure | None:
     """Send OPEN on an attested link and read the answer; the stream is closed on failure.
 
-    Returns None, for a ``ready`` (made ahead) link only, when the link turned out closed
-    before any answer: the caller may open a fresh one.
+    Returns None, for a ``ready`` (made ahead or kept) link only, when the link turned out
+    closed before any answer: the caller may open a fresh one.  ``reuse`` sends OPEN as
+    link version 3, asking the egress to keep the link after a clean end.
     """
     timeouts = runtime.config.timeouts
     channel = LinkChannel(stream, LinkRole.INGRESS, buffer_size=runtime.config.limits.buffer_size)
@@ -285,7 +313,8 @@ async def _open_target(
     try:
         try:
             with trio.fail_after(timeouts.connect + timeouts.handshake):
-                await channel.send(Open(target=target, client=client, version=open_version(target)))
+                version = open_version(target, reuse=reuse)
+                await channel.send(Open(target=target, client=client, version=version))
                 answer = await channel.receive()
         except trio.TooSlowError:
             failure = IngressFailure(
@@ -344,6 +373,9 @@ async def _open_target(
                 peer_result=stream.peer_attestation,
                 verified_at=verified_at,
             ),
+            egress=egress,
+            identity=identity,
+            reused=reused,
         )
         return opened
     finally:
@@ -362,7 +394,14 @@ async def run_opened_tunnel(
     *,
     initial_data: bytes = b"",
 ) -> TunnelOutcome:
-    """Carry ``client_stream`` through an opened link to its end; the link is closed after."""
+    """Carry ``client_stream`` through an opened link to its end.
+
+    The link is closed after, or, when it may carry another tunnel (``[prewarm] reuse``
+    and a clean end), handed back to the link pool.
+    """
+    if opened.reused:
+        fields["reused_link"] = True
+    kept = False
     try:
         outcome = await runtime.run_tunnel(
             record,
@@ -372,8 +411,12 @@ async def run_opened_tunnel(
             attestation=opened.attestation,
             initial_data=initial_data,
         )
+        pool = runtime.link_pool
+        if pool is not None and outcome.result == "ok":
+            kept = pool.keep(opened)
     finally:
-        await close_link(opened.channel.stream, graceful=True)
+        if not kept:
+            await close_link(opened.channel.stream, graceful=True)
     if outcome.aborted:
         fields["abort_client"] = True
     return outcome

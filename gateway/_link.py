@@ -77,6 +77,7 @@ __all__ = [
     "NEED_DATA",
     "NONCE_LENGTH",
     "REATTEST_EXPORTER_LABEL",
+    "REUSE_LINK_VERSION",
     "SUPPORTED_VERSIONS",
     "AddressTarget",
     "Data",
@@ -95,6 +96,7 @@ __all__ = [
     "MalformedLinkFrame",
     "Open",
     "Opened",
+    "Ready",
     "Reattest",
     "Refused",
     "RouteTarget",
@@ -114,8 +116,13 @@ LINK_VERSION: Final = 1
 #: sends it only for datagram targets, so an egress speaking version 1 alone still serves
 #: every stream tunnel and refuses datagram ones plainly (unsupported-version).
 DATAGRAM_LINK_VERSION: Final = 2
+#: The version that added link reuse: after a clean tunnel (EOF both ways) the egress
+#: sends READY, and the link may carry another OPEN.  An ingress sends it only when told
+#: to reuse links (``[prewarm] reuse``), so egresses speaking older versions only are
+#: unaffected otherwise.
+REUSE_LINK_VERSION: Final = 3
 #: Every version this module can speak (an egress refuses others in its REFUSED reason).
-SUPPORTED_VERSIONS: Final = frozenset({LINK_VERSION, DATAGRAM_LINK_VERSION})
+SUPPORTED_VERSIONS: Final = frozenset({LINK_VERSION, DATAGRAM_LINK_VERSION, REUSE_LINK_VERSION})
 
 #: Length of a REATTEST nonce: as long as the exporter value it feeds.
 NONCE_LENGTH: Final = 32
@@ -163,6 +170,8 @@ class FrameType(enum.IntEnum):
     REATTEST = 0x20
     #: Fresh evidence answering a REATTEST.
     EVIDENCE = 0x21
+    #: The egress delivered a finished tunnel; the link may carry another OPEN (v3).
+    READY = 0x30
 
 
 class LinkReason(enum.IntEnum):
@@ -355,9 +364,15 @@ class RouteTarget:
 Target = AddressTarget | RouteTarget
 
 
-def open_version(target: Target) -> int:
-    """The link version an OPEN of ``target`` is sent with: the oldest that can carry it."""
-    return DATAGRAM_LINK_VERSION if target.datagram else LINK_VERSION
+def open_version(target: Target, *, reuse: bool = False) -> int:
+    """The link version an OPEN of ``target`` is sent with: the oldest that can carry it.
+
+    ``reuse`` asks for a link that may carry further tunnels after this one (stream
+    targets only: a UDP flow ends by idling out, and its link is closed).
+    """
+    if target.datagram:
+        return DATAGRAM_LINK_VERSION
+    return REUSE_LINK_VERSION if reuse else LINK_VERSION
 
 
 def safe_reason(text: str) -> str:
@@ -528,11 +543,17 @@ class EvidenceFrame:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Ready:
+    """READY (version 3): the egress finished the tunnel cleanly; OPEN may follow."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LinkClosed:
     """Not a frame: the peer closed the link stream (cleanly between frames)."""
 
 
-LinkEvent = Open | Opened | Refused | Data | Eof | Error | Reattest | EvidenceFrame
+LinkEvent = Open | Opened | Refused | Data | Eof | Error | Reattest | EvidenceFrame | Ready
 
 
 class _Sentinel(enum.Enum):
@@ -585,6 +606,8 @@ def encode_frame(event: LinkEvent) -> bytes:
         payload = _U16.pack(int(event.code)) + event.reason.encode("utf-8")
     elif isinstance(event, Eof):
         frame_type, payload = FrameType.EOF, b""
+    elif isinstance(event, Ready):
+        frame_type, payload = FrameType.READY, b""
     elif isinstance(event, Reattest):
         frame_type, payload = FrameType.REATTEST, event.nonce
     elif isinstance(event, EvidenceFrame):
@@ -693,6 +716,10 @@ def _decode_payload(frame_type: int, payload: bytes) -> LinkEvent:
         if payload:
             raise MalformedLinkFrame("EOF carries no payload", frame_type=frame_type, offset=5)
         return Eof()
+    if frame_type == FrameType.READY:
+        if payload:
+            raise MalformedLinkFrame("READY carries no payload", frame_type=frame_type, offset=5)
+        return Ready()
     if frame_type == FrameType.REATTEST:
         if len(payload) != NONCE_LENGTH:
             raise MalformedLinkFrame(
@@ -782,7 +809,8 @@ class LinkState(enum.Enum):
     OPEN = enum.auto()
     #: Both directions finished with EOF.
     DONE = enum.auto()
-    #: Ended by REFUSED or ERROR (sent or received).
+    #: Ended by REFUSED or ERROR (sent or received), or by READY (the link goes on to
+    #: another OPEN, under a new LinkConnection).
     CLOSED = enum.auto()
     #: The peer broke the protocol, or the stream ended abortively.
     ERROR = enum.auto()
@@ -822,6 +850,7 @@ _EVENT_TYPES: Final[dict[type, FrameType]] = {
     Error: FrameType.ERROR,
     Reattest: FrameType.REATTEST,
     EvidenceFrame: FrameType.EVIDENCE,
+    Ready: FrameType.READY,
 }
 
 
@@ -853,6 +882,7 @@ class LinkConnection:
         self._our_nonce: bytes | None = None
         self._their_nonce: bytes | None = None
         self._opening_failed = False
+        self._version = 0  # of the OPEN, once sent or received
 
     @property
     def role(self) -> LinkRole:
@@ -863,6 +893,16 @@ class LinkConnection:
     def state(self) -> LinkState:
         """The current state."""
         return self._state
+
+    @property
+    def version(self) -> int:
+        """The link version of the OPEN sent or received (0 before OPEN)."""
+        return self._version
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received from the peer and not parsed yet."""
+        return len(self._chunk) - self._offset + len(self._buffer)
 
     @property
     def our_eof(self) -> bool:
@@ -1048,6 +1088,14 @@ class LinkConnection:
     def _advance_type(self, frame_type: FrameType, event: LinkEvent | None, direction: str) -> None:
         # ``event`` is None only for DATA sent by send_data_header.
         state = self._state
+        if frame_type is FrameType.READY:
+            sender = _SEND if self._role is LinkRole.EGRESS else _RECV
+            if state is not _L.DONE or direction != sender or self._version < REUSE_LINK_VERSION:
+                self._fail(direction, frame_type, "only from the egress after EOF both ways, v3")
+            self._state = _L.CLOSED
+            return
+        if frame_type is FrameType.OPEN and isinstance(event, Open):
+            self._version = event.version
         if state is _L.OPEN and frame_type is FrameType.DATA:
             # The hot path, once per chunk: the general checks below come to the same
             # answer, but hash enums in Python to get there.

@@ -36,7 +36,10 @@ from typing import TYPE_CHECKING, Final, NoReturn, final
 
 import trio
 
+from ratls._errors import RemoteProtocolError
+
 from ._ingress import IngressFailure, attest_egress
+from ._link import REUSE_LINK_VERSION, LinkState, Ready
 from ._runtime import log_event
 from ._tunnel import close_link
 
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
 
     from ._attestation import GatewayIdentity
     from ._config import Endpoint
+    from ._ingress import OpenedLink
+    from ._link import Target
     from ._runtime import Runtime
 
 __all__ = ["LinkPool", "ReadyLink", "link_is_dead"]
@@ -57,6 +62,8 @@ REFILL_DELAY: Final = 0.02
 #: First retry delay after a link could not be made, doubled per failure up to the cap.
 RETRY_FIRST: Final = 1.0
 RETRY_CAP: Final = 30.0
+#: How long a kept link waits for the egress's READY before it is closed instead.
+READY_WAIT: Final = 5.0
 
 _POLL_DEAD: Final = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
@@ -70,11 +77,15 @@ class ReadyLink:
         stream: the attested TLS stream (both sides' attestation passed).
         identity: our identity when it was made (its certificate is the link's).
         made_at: trio time at which attestation passed.
+        idle_since: trio time since which the link waits in the pool.
+        reused: whether it carried a tunnel already (``[prewarm] reuse``).
     """
 
     stream: AttestedTLSStream[trio.abc.Stream]
     identity: GatewayIdentity
     made_at: float
+    idle_since: float
+    reused: bool = False
 
 
 def link_is_dead(stream: AttestedTLSStream[trio.abc.Stream]) -> bool:
@@ -117,6 +128,27 @@ class LinkPool:
     def ready(self, egress: Endpoint) -> int:
         """How many links to ``egress`` are ready now."""
         return len(self._ready.get(egress, ()))
+
+    def reusing(self, target: Target) -> bool:
+        """Whether a tunnel to ``target`` asks for a link it can hand back (version 3)."""
+        prewarm = self._runtime.config.prewarm
+        return prewarm.reuse and prewarm.links > 0 and not target.datagram
+
+    def keep(self, opened: OpenedLink) -> bool:
+        """Take over the link of a tunnel that ended cleanly, to put it back when the
+        egress confirms with READY; False (the caller closes it) when it cannot be kept.
+        """
+        conn = opened.channel.conn
+        nursery = self._nursery
+        if (
+            nursery is None
+            or not self._runtime.config.prewarm.reuse
+            or conn.version < REUSE_LINK_VERSION
+            or conn.state is not LinkState.DONE
+        ):
+            return False
+        nursery.start_soon(self._keep, opened)
+        return True
 
     def wake(self) -> None:
         """Look at the configuration and identity again (after a reload or rotation)."""
@@ -163,13 +195,55 @@ class LinkPool:
 
     # ------------------------------------------------------------------ internals
 
+    async def _keep(self, opened: OpenedLink) -> None:
+        # The egress says READY once it delivered the tunnel's last bytes; anything else
+        # (ERROR, a close, silence) and the link is closed.
+        channel = opened.channel
+        link = ReadyLink(
+            stream=channel.stream,
+            identity=opened.identity,
+            made_at=opened.attestation.verified_at,
+            idle_since=trio.current_time(),
+            reused=True,
+        )
+        placed = False
+        try:
+            event: object = None
+            with trio.move_on_after(READY_WAIT), contextlib.suppress(RemoteProtocolError):
+                event = await channel.receive()
+            if not isinstance(event, Ready) or channel.conn.buffered:
+                self._discard(link, "not-ready")
+                placed = True  # _discard closes it
+                return
+            egress = opened.egress
+            outcome = self._unusable(link, trio.current_time())
+            if outcome is None and egress not in self._wanted():
+                outcome = "dropped"
+            if outcome is None and self.ready(egress) >= self._runtime.config.prewarm.links:
+                outcome = "surplus"
+            if outcome is not None:
+                self._discard(link, outcome)
+                placed = True
+                return
+            self._ready.setdefault(egress, collections.deque()).append(link)
+            placed = True
+            self._runtime.metrics.prewarm_links.inc(outcome="kept")
+            self._gauge(egress)
+            self.wake()
+        finally:
+            if not placed:  # cancelled (shutdown)
+                await _close(link.stream, graceful=False)
+
     def _unusable(self, link: ReadyLink, now: float) -> str | None:
         """Why ``link`` must not carry a tunnel (a metrics outcome), or None if it may."""
         runtime = self._runtime
         if link.identity is not runtime.identity:
             return "dropped"
-        if now - link.made_at >= runtime.config.prewarm.max_idle:
+        if now - link.idle_since >= runtime.config.prewarm.max_idle:
             return "expired"
+        max_age = runtime.config.timeouts.max_attestation_age
+        if max_age > 0 and now - link.made_at >= max_age:
+            return "aged"  # a tunnel on it would have to re-attest at once
         if link_is_dead(link.stream):
             return "dead"
         return None
@@ -185,6 +259,7 @@ class LinkPool:
         now = trio.current_time()
         wanted = self._wanted()
         max_idle = self._runtime.config.prewarm.max_idle
+        max_age = self._runtime.config.timeouts.max_attestation_age
         wake_at = math.inf
         for egress, queue in list(self._ready.items()):
             keep: collections.deque[ReadyLink] = collections.deque()
@@ -192,7 +267,9 @@ class LinkPool:
                 outcome = "dropped" if egress not in wanted else self._unusable(link, now)
                 if outcome is None:
                     keep.append(link)
-                    wake_at = min(wake_at, link.made_at + max_idle)
+                    wake_at = min(wake_at, link.idle_since + max_idle)
+                    if max_age > 0:
+                        wake_at = min(wake_at, link.made_at + max_age)
                 else:
                     self._discard(link, outcome)
             if keep:
@@ -239,7 +316,8 @@ class LinkPool:
         metrics.prewarm_links.inc(outcome="made")
         self._failures.pop(egress, None)
         self._retry_at.pop(egress, None)
-        link = ReadyLink(stream=attested, identity=identity, made_at=trio.current_time())
+        now = trio.current_time()
+        link = ReadyLink(stream=attested, identity=identity, made_at=now, idle_since=now)
         if egress not in self._wanted() or identity is not runtime.identity:
             self._discard(link, "dropped")
             return

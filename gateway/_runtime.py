@@ -298,9 +298,18 @@ class Runtime:
         self.ready = False
         self.own_evidence_at: float | None = None
         self.draining = False
+        #: Egress links waiting for their (next) OPEN: a drain ends these waits at once,
+        #: since such a link carries no tunnel yet.
+        self.open_waits: set[trio.CancelScope] = set()
         self.started = time.time()
         #: Links made ahead of need (``[prewarm]``), while the daemon runs its pool.
         self.link_pool: LinkPool | None = None
+
+    def start_draining(self) -> None:
+        """Refuse new tunnels from now on, and close links still waiting for OPEN."""
+        self.draining = True
+        for scope in self.open_waits:
+            scope.cancel()
 
     def current_rule(self, rule: _IngressRule) -> _IngressRule:
         """The configuration now in force for the ingress rule ``rule`` (same kind and name).

@@ -27,12 +27,15 @@ from gateway._attestation import make_identity, reattest_binder
 from gateway._config import ConfigError, parse_config
 from gateway._daemon import IDENTITY_ROTATION, RunningGateway, run_gateway
 from gateway._link import (
+    REUSE_LINK_VERSION,
     Data,
+    Eof,
     Error,
     EvidenceFrame,
     LinkReason,
     Open,
     Opened,
+    Ready,
     Reattest,
     Refused,
     RouteTarget,
@@ -124,7 +127,7 @@ async def test_egress_answers_an_unsupported_version(nursery: trio.Nursery) -> N
     answer = await peer.frame()
     assert answer is not None
     refusal = decode_frame(answer)
-    assert refusal == Refused(code=LinkReason.UNSUPPORTED_VERSION, reason="supported: 1,2")
+    assert refusal == Refused(code=LinkReason.UNSUPPORTED_VERSION, reason="supported: 1,2,3")
     assert await peer.frame() is None  # then close_notify
     await peer.stream.aclose()
 
@@ -143,6 +146,29 @@ async def test_egress_reports_a_protocol_error_in_the_tunnel(nursery: trio.Nurse
     assert isinstance(error, Error)
     assert error.code is LinkReason.PROTOCOL_ERROR
     assert "OPENED" in error.reason
+    await peer.stream.aclose()
+
+
+async def test_egress_keeps_a_version_3_link_for_the_next_open(nursery: trio.Nursery) -> None:
+    egress = await _start(nursery, _egress_doc(await _start_echo(nursery)))
+    peer = await LinkPeer.connect(egress)
+    for i in range(3):
+        opening = Open(target=RouteTarget(name="web"), version=REUSE_LINK_VERSION)
+        await peer.stream.send_all(encode_frame(opening))
+        assert await peer.frame() == encode_frame(Opened(version=REUSE_LINK_VERSION))
+        message = b"tunnel %d on one link" % i
+        await peer.stream.send_all(encode_frame(Data(data=message)))
+        assert await peer.frame() == encode_frame(Data(data=message))
+        await peer.stream.send_all(encode_frame(Eof()))
+        assert await peer.frame() == encode_frame(Eof())  # the echo backend closed its side
+        assert await peer.frame() == encode_frame(Ready())  # everything delivered
+    assert egress.runtime.metrics.handshake_seconds.count(side="egress") == 1
+    # Without version 3 the egress closes the link after the tunnel, as before.
+    await peer.stream.send_all(encode_frame(Open(target=RouteTarget(name="web"))))
+    assert await peer.frame() == encode_frame(Opened())
+    await peer.stream.send_all(encode_frame(Eof()))
+    assert await peer.frame() == encode_frame(Eof())
+    assert await peer.frame() is None
     await peer.stream.aclose()
 
 

@@ -9,11 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway._link import (
+    DATAGRAM_LINK_VERSION,
     FRAME_HEADER_SIZE,
     LINK_VERSION,
     MAX_FRAME_PAYLOAD,
     MAX_REASON_BYTES,
     NEED_DATA,
+    REUSE_LINK_VERSION,
     AddressTarget,
     Data,
     Eof,
@@ -31,6 +33,7 @@ from gateway._link import (
     MalformedLinkFrame,
     Open,
     Opened,
+    Ready,
     Reattest,
     Refused,
     RouteTarget,
@@ -112,7 +115,7 @@ def test_header_layout_and_types() -> None:
     assert encode_frame(Error(code=LinkReason.IDLE_TIMEOUT, reason="")) == (
         b"\x12\x00\x00\x00\x02\x00\x0e"
     )
-    assert [t.value for t in FrameType] == [1, 2, 3, 0x10, 0x11, 0x12, 0x20, 0x21]
+    assert [t.value for t in FrameType] == [1, 2, 3, 0x10, 0x11, 0x12, 0x20, 0x21, 0x30]
 
 
 def test_unknown_frame_type() -> None:
@@ -259,7 +262,9 @@ events = st.one_of(
             Open,
             target=st.just(target),
             client=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
-            version=st.just(open_version(target)),
+            version=st.sampled_from(
+                sorted({open_version(target), open_version(target, reuse=True)})
+            ),
         )
     ),
     st.builds(Opened, version=st.integers(0, 255)),
@@ -280,6 +285,7 @@ events = st.one_of(
         media_type=st.just("a/b"),
         evidence=st.binary(max_size=50),
     ),
+    st.just(Ready()),
 )
 
 
@@ -434,6 +440,65 @@ def test_data_header_obeys_the_state_machine() -> None:
     egress.send_data_header(1)
 
 
+def _done(version: int) -> tuple[LinkConnection, LinkConnection]:
+    ingress, egress = _pair()
+    opening = Open(target=RouteTarget(name="web"), version=version)
+    assert _deliver(ingress, egress, opening) == opening
+    assert _deliver(egress, ingress, Opened(version=version)) == Opened(version=version)
+    _deliver(ingress, egress, Eof())
+    _deliver(egress, ingress, Eof())
+    assert ingress.state is egress.state is LinkState.DONE
+    assert ingress.version == egress.version == version
+    return ingress, egress
+
+
+def test_ready_ends_a_version_3_link_for_the_next_open() -> None:
+    ingress, egress = _done(REUSE_LINK_VERSION)
+    assert encode_frame(Ready()) == b"\x30\x00\x00\x00\x00"
+    assert _deliver(egress, ingress, Ready()) == Ready()
+    assert ingress.state is egress.state is LinkState.CLOSED
+    assert ingress.buffered == 0
+    # The same stream then carries another OPEN, under new machines.
+    _open(*_pair())
+
+
+@pytest.mark.parametrize("version", [LINK_VERSION, DATAGRAM_LINK_VERSION])
+def test_ready_is_refused_before_version_3(version: int) -> None:
+    ingress, egress = _done(version)
+    with pytest.raises(LocalProtocolError, match="can't send READY"):
+        egress.send(Ready())
+    ingress.receive_data(encode_frame(Ready()))
+    with pytest.raises(UnexpectedLinkFrame, match="READY"):
+        ingress.next_event()
+
+
+def test_ready_only_from_the_egress_and_only_after_both_eofs() -> None:
+    ingress, egress = _pair()
+    opening = Open(target=RouteTarget(name="web"), version=REUSE_LINK_VERSION)
+    _deliver(ingress, egress, opening)
+    _deliver(egress, ingress, Opened(version=REUSE_LINK_VERSION))
+    with pytest.raises(LocalProtocolError, match="READY"):
+        egress.send(Ready())  # both directions still open
+    _deliver(ingress, egress, Eof())
+    with pytest.raises(LocalProtocolError, match="READY"):
+        egress.send(Ready())  # the egress has not sent its EOF
+    _deliver(egress, ingress, Eof())
+    with pytest.raises(LocalProtocolError, match="READY"):
+        ingress.send(Ready())  # never from the ingress
+    egress.receive_data(encode_frame(Ready()))
+    with pytest.raises(UnexpectedLinkFrame):
+        egress.next_event()
+
+
+def test_ready_carries_no_payload() -> None:
+    with pytest.raises(MalformedLinkFrame, match="READY carries no payload"):
+        decode_frame(b"\x30\x00\x00\x00\x01x")
+    assert open_version(RouteTarget(name="web"), reuse=True) == REUSE_LINK_VERSION
+    assert open_version(RouteTarget(name="web", datagram=True), reuse=True) == (
+        DATAGRAM_LINK_VERSION
+    )
+
+
 def test_error_closes_from_any_live_state() -> None:
     for prepare in (lambda i, e: None, _open):
         ingress, egress = _pair()
@@ -459,11 +524,11 @@ def test_error_may_follow_a_protocol_violation() -> None:
 def test_refused_may_answer_an_unsupported_version() -> None:
     egress = LinkConnection(LinkRole.EGRESS)
     frame = bytearray(encode_frame(Open(target=RouteTarget(name="web"))))
-    frame[5] = 3  # not a version this module speaks
+    frame[5] = 4  # not a version this module speaks
     egress.receive_data(bytes(frame))
     with pytest.raises(UnsupportedLinkVersion):
         egress.next_event()
-    answer = egress.send(Refused(code=LinkReason.UNSUPPORTED_VERSION, reason="supported: 1, 2"))
+    answer = egress.send(Refused(code=LinkReason.UNSUPPORTED_VERSION, reason="supported: 1, 2, 3"))
     ingress = LinkConnection(LinkRole.INGRESS)
     ingress.send(Open(target=RouteTarget(name="web")))
     ingress.receive_data(answer)

@@ -9,6 +9,8 @@ connection, and links of an old identity or an egress no rule names are not kept
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -264,3 +266,116 @@ def test_the_prewarm_table_is_checked() -> None:
     assert parse_config({**egress, "timeouts": {"open_wait": 3}}).timeouts.open_wait == 3.0
     with pytest.raises(ConfigError):
         parse_config({**egress, "timeouts": {"open_wait": 0}})
+
+
+# --------------------------------------------------------------------------- reuse
+
+
+def reuse(links: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"prewarm": {"links": links, "reuse": True, **extra}}
+
+
+def test_reuse_is_off_by_default_and_checked() -> None:
+    base: Mapping[str, Any] = ingress_doc("127.0.0.1:9443", {"echo": "127.0.0.1:8000"})
+    assert not parse_config(dict(base)).prewarm.reuse
+    assert parse_config({**base, **reuse(2)}).prewarm.reuse
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**base, "prewarm": {"links": 1, "reuse": "yes"}})
+    assert [p.location for p in caught.value.problems] == ["prewarm.reuse"]
+
+
+async def test_back_to_back_tunnels_reuse_one_attested_link(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = await start_backend(nursery)
+    async with gateway_pair({"echo": backend.port}, ingress_extra=reuse(1)) as pair:
+        await wait_for(lambda: pool_ready(pair.ingress) == 1)
+        for i in range(6):
+            await echo_once(pair.port("mapping:echo"), b"tunnel %d" % i)
+            # The egress confirms with READY; the link is back before the next client.
+            await wait_for(lambda: pool_ready(pair.ingress) == 1)
+        runtime = pair.ingress.runtime
+        assert outcomes(runtime)["made"] == 1  # one handshake for six tunnels
+        assert outcomes(runtime)["kept"] == 6
+        assert pair.egress.runtime.metrics.handshake_seconds.count(side="egress") == 1
+        assert backend.connections == 6  # each tunnel its own backend connection
+        await wait_for(lambda: len(tunnel_lines(caplog, "egress")) == 6)
+        for side in ("ingress", "egress"):
+            lines = tunnel_lines(caplog, side)
+            assert [line["result"] for line in lines] == ["ok"] * 6
+            # Every tunnel after the first ran on a link that had carried one before.
+            assert [bool(line.get("reused_link")) for line in lines] == [False] + [True] * 5
+        assert not pair.egress.runtime.metrics.tunnels_failed.values
+
+
+async def test_a_tunnel_that_fails_is_not_followed_on_its_link(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = await start_backend(nursery)
+    async with gateway_pair({"echo": backend.port}, ingress_extra=reuse(1)) as pair:
+        await wait_for(lambda: pool_ready(pair.ingress) == 1)
+        # The client resets its connection: the tunnel aborts, and its link is closed
+        # instead of kept (the pool makes a new one).
+        client = await connect(LOCALHOST, pair.port("mapping:echo"))
+        await client.send_all(b"x")
+        assert await receive_exactly(client, 1) == b"x"
+        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await client.aclose()
+        await wait_for(lambda: len(tunnel_lines(caplog, "egress")) == 1)
+        await wait_for(lambda: outcomes(pair.ingress.runtime).get("made") == 2)
+        assert "kept" not in outcomes(pair.ingress.runtime)
+        assert tunnel_lines(caplog, "egress")[0]["result"] != "ok"
+        await echo_once(pair.port("mapping:echo"), b"on a fresh link")
+
+
+async def test_a_kept_link_is_not_used_after_the_egress_reloaded(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A kept link was attested under the egress's old configuration: at the next OPEN
+    # the egress closes it unanswered, and the client's tunnel opens a fresh link,
+    # attested under the configuration in force now.
+    backend = await start_backend(nursery)
+    async with gateway_pair({"echo": backend.port}, ingress_extra=reuse(1)) as pair:
+        await wait_for(lambda: pool_ready(pair.ingress) == 1)
+        await echo_once(pair.port("mapping:echo"), b"first")
+        await wait_for(lambda: outcomes(pair.ingress.runtime).get("kept") == 1)
+        pair.egress.reload(pair.egress.runtime.config, attestation=pair.egress_att[0])
+        await echo_once(pair.port("mapping:echo"), b"second")
+        assert outcomes(pair.ingress.runtime)["dead"] == 1
+        assert pair.egress.runtime.metrics.handshake_seconds.count(side="egress") == 2
+        await wait_for(lambda: len(tunnel_lines(caplog, "egress")) == 3)
+        results = [line["result"] for line in tunnel_lines(caplog, "egress")]
+        assert results == ["ok", "unused", "ok"]
+
+
+async def test_kept_links_stop_at_the_attestation_age(nursery: trio.Nursery) -> None:
+    backend = await start_backend(nursery)
+    extra = {**reuse(1), "timeouts": {"max_attestation_age": 0.5}}
+    async with gateway_pair({"echo": backend.port}, ingress_extra=extra) as pair:
+        await wait_for(lambda: pool_ready(pair.ingress) == 1)
+        await echo_once(pair.port("mapping:echo"), b"first")
+        await wait_for(lambda: outcomes(pair.ingress.runtime).get("kept") == 1)
+        # Past the age, the pool closes the link rather than hand it to a tunnel that
+        # would have to re-attest at once, and makes a fresh one.
+        await wait_for(lambda: outcomes(pair.ingress.runtime).get("aged", 0) >= 1)
+        await echo_once(pair.port("mapping:echo"), b"second")
+
+
+async def test_a_draining_egress_closes_links_waiting_for_open_at_once(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A link made ahead of need (or kept) carries no tunnel: the egress's drain does not
+    # wait for it (drain deadline 25 s here) but closes it and stops.
+    backend = await start_backend(nursery)
+    async with gateway_pair({"echo": backend.port}, ingress_extra=reuse(2)) as pair:
+        await wait_for(lambda: pool_ready(pair.ingress) == 2)
+        await echo_once(pair.port("mapping:echo"), b"one tunnel, then a kept link")
+        await wait_for(lambda: outcomes(pair.ingress.runtime).get("kept") == 1)
+        pair.egress.request_shutdown()
+        with trio.fail_after(5):
+            await pair.egress.wait_stopped()
+        lines = tunnel_lines(caplog, "egress")
+        assert [line["result"] for line in lines].count("ok") == 1
+        closed = [line for line in lines if line["result"] == "unused"]
+        assert len(closed) == 2
+        assert {line.get("detail") for line in closed} == {"closed unused at shutdown"}
