@@ -264,26 +264,28 @@ async def open_link(
             return opened
         # The egress closed the link before it read OPEN (it restarted, or its
         # open_wait ran out): nothing of the client's was sent, so open afresh.
-    identity = runtime.identity
-    attested = await attest_egress(runtime, egress, identity=identity)
-    if isinstance(attested, IngressFailure):
-        return attested
-    opened = await _open_target(
-        runtime,
-        egress,
-        attested,
-        identity,
-        trio.current_time(),
-        target,
-        client,
-        ready=False,
-        reuse=reuse,
-    )
-    if opened is None:  # pragma: no cover - only a ready link comes back unanswered
-        return IngressFailure(
-            result="protocol-error", code=LinkReason.PROTOCOL_ERROR, detail="no answer to OPEN"
+    # A fresh link closed unanswered at OPEN: the egress reloaded its configuration
+    # between our handshake and our OPEN.  Nothing of the client's was sent, so one more
+    # fresh link is tried; a second such close is a failure.
+    for last in (False, True):
+        identity = runtime.identity
+        attested = await attest_egress(runtime, egress, identity=identity)
+        if isinstance(attested, IngressFailure):
+            return attested
+        opened = await _open_target(
+            runtime,
+            egress,
+            attested,
+            identity,
+            trio.current_time(),
+            target,
+            client,
+            ready=not last,
+            reuse=reuse,
         )
-    return opened
+        if opened is not None:
+            return opened
+    raise AssertionError("unreachable")  # pragma: no cover - the last try never gives None
 
 
 async def _open_target(

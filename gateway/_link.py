@@ -883,6 +883,7 @@ class LinkConnection:
         self._their_nonce: bytes | None = None
         self._opening_failed = False
         self._version = 0  # of the OPEN, once sent or received
+        self._ready_received = False
 
     @property
     def role(self) -> LinkRole:
@@ -898,6 +899,11 @@ class LinkConnection:
     def version(self) -> int:
         """The link version of the OPEN sent or received (0 before OPEN)."""
         return self._version
+
+    @property
+    def ready_received(self) -> bool:
+        """Whether the egress's READY arrived (the link may carry another OPEN)."""
+        return self._ready_received
 
     @property
     def buffered(self) -> int:
@@ -1093,6 +1099,7 @@ class LinkConnection:
             if state is not _L.DONE or direction != sender or self._version < REUSE_LINK_VERSION:
                 self._fail(direction, frame_type, "only from the egress after EOF both ways, v3")
             self._state = _L.CLOSED
+            self._ready_received = direction == _RECV
             return
         if frame_type is FrameType.OPEN and isinstance(event, Open):
             self._version = event.version

@@ -144,7 +144,7 @@ class LinkPool:
             nursery is None
             or not self._runtime.config.prewarm.reuse
             or conn.version < REUSE_LINK_VERSION
-            or conn.state is not LinkState.DONE
+            or not (conn.state is LinkState.DONE or conn.ready_received)
         ):
             return False
         nursery.start_soon(self._keep, opened)
@@ -209,8 +209,11 @@ class LinkPool:
         placed = False
         try:
             event: object = None
-            with trio.move_on_after(READY_WAIT), contextlib.suppress(RemoteProtocolError):
-                event = await channel.receive()
+            if channel.conn.ready_received:
+                event = Ready()  # the tunnel read it already, with the egress's EOF
+            else:
+                with trio.move_on_after(READY_WAIT), contextlib.suppress(RemoteProtocolError):
+                    event = await channel.receive()
             if not isinstance(event, Ready) or channel.conn.buffered:
                 self._discard(link, "not-ready")
                 placed = True  # _discard closes it

@@ -67,6 +67,7 @@ from ._link import (
     LinkReason,
     LinkRole,
     LinkState,
+    Ready,
     Reattest,
     reason_name,
     safe_reason,
@@ -745,6 +746,12 @@ class Tunnel:
                 if waiter is not None:
                     waiter[2].append(event)
                     waiter[1].set()
+            elif isinstance(event, Ready):
+                # The egress delivered everything and keeps the link (version 3); this
+                # tunnel is complete (READY comes only after EOF both ways), and whoever
+                # keeps the link learns of the READY from the link machine.
+                self._check_done()
+                return
             elif isinstance(event, LinkClosed):
                 if self._eof_delivered and self._channel.conn.state is LinkState.DONE:
                     # The peer closed after both EOFs, so ours reached it, even if our

@@ -18,7 +18,18 @@ from hypothesis import strategies as st
 
 from gateway._attestation import make_identity
 from gateway._deadlines import Deadline, Deadlines
-from gateway._link import LinkRole, Open, Opened, RouteTarget
+from gateway._link import (
+    NEED_DATA,
+    REUSE_LINK_VERSION,
+    Eof,
+    LinkConnection,
+    LinkRole,
+    LinkState,
+    Open,
+    Opened,
+    Ready,
+    RouteTarget,
+)
 from gateway._testing import hmac_test_attestation
 from gateway._tunnel import (
     LinkChannel,
@@ -245,3 +256,54 @@ async def test_reattestation_without_a_verifier_schedules_nothing() -> None:
         nursery.cancel_scope.cancel()
     assert outcomes["ingress"].result == "ok"
     assert outcomes["ingress"].reattestations == 0
+
+
+async def test_ready_read_together_with_the_last_eof_ends_the_tunnel_cleanly() -> None:
+    # The egress's EOF and READY (link version 3) often arrive in one read: the tunnel
+    # must take READY as its clean end (not as a stray frame), and the link machine must
+    # remember it for whoever keeps the link.
+    ingress_id = make_identity(hmac_test_attestation(KEY)[0])
+    egress_id = make_identity(hmac_test_attestation(KEY)[0])
+    link_a, link_b = trio.testing.memory_stream_pair()
+    client_app, client_side = trio.testing.memory_stream_pair()
+    ingress_stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
+        link_a, ingress_id.client_context, server_side=False, attestation=ingress_id.attestation
+    )
+    egress_stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
+        link_b, egress_id.server_context, server_side=True, attestation=egress_id.attestation
+    )
+    channel = LinkChannel(ingress_stream, LinkRole.INGRESS, buffer_size=4096)
+    outcome: list[TunnelOutcome] = []
+
+    async def ingress() -> None:
+        opening = Open(target=RouteTarget(name="x"), version=REUSE_LINK_VERSION)
+        await channel.send(opening)
+        assert await channel.receive() == Opened(version=REUSE_LINK_VERSION)
+        settings_ = TunnelSettings(buffer_size=4096, half_close=0)
+        tunnel = Tunnel(channel, client_side, settings=settings_, local_is_client=True)
+        outcome.append(await tunnel.run())
+
+    async def egress() -> None:
+        conn = LinkConnection(LinkRole.EGRESS)
+        while not isinstance(event := conn.next_event(), Open):
+            conn.receive_data(await egress_stream.receive_some())
+        await egress_stream.send_all(conn.send(Opened(version=REUSE_LINK_VERSION)))
+        while not isinstance(event, Eof):
+            if (event := conn.next_event()) is NEED_DATA:
+                conn.receive_data(await egress_stream.receive_some())
+        # Both frames in one write, so the ingress reads them in one chunk.
+        await egress_stream.send_all(conn.send(Eof()) + conn.send(Ready()))
+
+    async def client() -> None:
+        await client_app.send_all(b"request")
+        await client_app.send_eof()
+        assert await client_app.receive_some() == b""
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ingress)
+            nursery.start_soon(egress)
+            nursery.start_soon(client)
+    assert outcome[0].result == "ok"
+    assert channel.conn.ready_received
+    assert channel.conn.state is LinkState.CLOSED
