@@ -48,20 +48,29 @@ KEY = b"gateway-tunnel-test-key"
 chunks = st.lists(st.binary(min_size=1, max_size=3000), max_size=12)
 
 
-async def _run_pair(
-    up: list[bytes], down: list[bytes], buffer_size: int
-) -> tuple[bytes, bytes, TunnelOutcome, TunnelOutcome]:
+def _attested_link() -> tuple[
+    AttestedTLSStream[trio.abc.Stream], AttestedTLSStream[trio.abc.Stream]
+]:
+    """The ingress's and the egress's ends of a link over memory streams (HMAC test
+    attestation both ways); the handshake runs on first use."""
     ingress_id = make_identity(hmac_test_attestation(KEY)[0])
     egress_id = make_identity(hmac_test_attestation(KEY)[0])
     link_a, link_b = trio.testing.memory_stream_pair()
-    client_app, client_side = trio.testing.memory_stream_pair()
-    backend_app, backend_side = trio.testing.memory_stream_pair()
     ingress_stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
         link_a, ingress_id.client_context, server_side=False, attestation=ingress_id.attestation
     )
     egress_stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
         link_b, egress_id.server_context, server_side=True, attestation=egress_id.attestation
     )
+    return ingress_stream, egress_stream
+
+
+async def _run_pair(
+    up: list[bytes], down: list[bytes], buffer_size: int
+) -> tuple[bytes, bytes, TunnelOutcome, TunnelOutcome]:
+    ingress_stream, egress_stream = _attested_link()
+    client_app, client_side = trio.testing.memory_stream_pair()
+    backend_app, backend_side = trio.testing.memory_stream_pair()
     ingress = LinkChannel(ingress_stream, LinkRole.INGRESS, buffer_size=buffer_size)
     egress = LinkChannel(egress_stream, LinkRole.EGRESS, buffer_size=buffer_size)
     settings_ = TunnelSettings(buffer_size=buffer_size, half_close=0)
@@ -262,16 +271,8 @@ async def test_ready_read_together_with_the_last_eof_ends_the_tunnel_cleanly() -
     # The egress's EOF and READY (link version 3) often arrive in one read: the tunnel
     # must take READY as its clean end (not as a stray frame), and the link machine must
     # remember it for whoever keeps the link.
-    ingress_id = make_identity(hmac_test_attestation(KEY)[0])
-    egress_id = make_identity(hmac_test_attestation(KEY)[0])
-    link_a, link_b = trio.testing.memory_stream_pair()
+    ingress_stream, egress_stream = _attested_link()
     client_app, client_side = trio.testing.memory_stream_pair()
-    ingress_stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
-        link_a, ingress_id.client_context, server_side=False, attestation=ingress_id.attestation
-    )
-    egress_stream: AttestedTLSStream[trio.abc.Stream] = AttestedTLSStream(
-        link_b, egress_id.server_context, server_side=True, attestation=egress_id.attestation
-    )
     channel = LinkChannel(ingress_stream, LinkRole.INGRESS, buffer_size=4096)
     outcome: list[TunnelOutcome] = []
 
