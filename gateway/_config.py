@@ -1076,11 +1076,14 @@ def _prewarm(c: _Checker, root: Mapping[str, object]) -> PrewarmSettings:
     t = c.table(root, "prewarm", "prewarm")
     c.unknown(t, {"links", "max_idle", "reuse"}, "prewarm")
     d = PrewarmSettings()
-    return PrewarmSettings(
+    settings = PrewarmSettings(
         links=c.integer(t, "links", "prewarm", d.links, low=0, high=MAX_PREWARM_LINKS),
         max_idle=c.number(t, "max_idle", "prewarm", d.max_idle, allow_zero=False),
         reuse=c.boolean(t, "reuse", "prewarm") if "reuse" in t else d.reuse,
     )
+    if settings.reuse and settings.links == 0:
+        c.problem("prewarm.reuse", "kept links go to the ready ones: set prewarm.links too")
+    return settings
 
 
 def _limits(c: _Checker, root: Mapping[str, object]) -> Limits:

@@ -279,9 +279,10 @@ def test_reuse_is_off_by_default_and_checked() -> None:
     base: Mapping[str, Any] = ingress_doc("127.0.0.1:9443", {"echo": "127.0.0.1:8000"})
     assert not parse_config(dict(base)).prewarm.reuse
     assert parse_config({**base, **reuse(2)}).prewarm.reuse
-    with pytest.raises(ConfigError) as caught:
-        parse_config({**base, "prewarm": {"links": 1, "reuse": "yes"}})
-    assert [p.location for p in caught.value.problems] == ["prewarm.reuse"]
+    for table in ({"links": 1, "reuse": "yes"}, {"reuse": True}):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({**base, "prewarm": table})
+        assert [p.location for p in caught.value.problems] == ["prewarm.reuse"]
 
 
 async def test_back_to_back_tunnels_reuse_one_attested_link(
