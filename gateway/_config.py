@@ -613,19 +613,23 @@ class SocksUser:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Socks5Rule:
-    """A SOCKS5 proxy (CONNECT only); names are resolved by the egress.
+    """A SOCKS5 proxy (CONNECT, and UDP ASSOCIATE when ``udp``); the egress resolves names.
 
     Attributes:
         name: a label for logs and metrics.
         listen: where proxy clients connect.
         egress: the egress gateway's attested listener.
         users: accepted username/password pairs; empty means no authentication.
+        udp: also serve UDP ASSOCIATE: each destination a client sends datagrams to is a
+            UDP flow through its own attested tunnel (the egress's ``allow_udp`` decides
+            what it may reach).  Needs a TCP ``listen`` address.
     """
 
     name: str
     listen: Endpoint
     egress: Endpoint
     users: tuple[SocksUser, ...] = ()
+    udp: bool = False
 
 
 @final
@@ -1206,7 +1210,7 @@ def _ingress(
     socks: list[Socks5Rule] = []
     for i, t in enumerate(c.array(ingress, "socks5", "ingress.socks5")):
         where = f"ingress.socks5[{i}]"
-        c.unknown(t, {"name", "listen", "egress", "users"}, where)
+        c.unknown(t, {"name", "listen", "egress", "users", "udp"}, where)
         name = c.name(t, where, f"socks5-{i}")
         c.unique(socks_names, name, where)
         listen = c.endpoint(t, "listen", where, listen=True)
@@ -1222,8 +1226,13 @@ def _ingress(
                     c.problem(f"{uwhere}.{key}", "longer than 255 bytes (RFC 1929)")
             if username and password:
                 users.append(SocksUser(username=username, password=password))
+        udp = c.boolean(t, "udp", where) if "udp" in t else False
+        if udp and listen is not None and listen.kind != "tcp":
+            c.problem(f"{where}.udp", "UDP ASSOCIATE relays on the listen address: give host:port")
         if listen and egress:
-            socks.append(Socks5Rule(name=name, listen=listen, egress=egress, users=tuple(users)))
+            socks.append(
+                Socks5Rule(name=name, listen=listen, egress=egress, users=tuple(users), udp=udp)
+            )
     transparent: list[TransparentRule] = []
     transparent_names: dict[str, str] = {}
     for i, t in enumerate(c.array(ingress, "transparent", "ingress.transparent")):

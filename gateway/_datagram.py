@@ -51,12 +51,21 @@ class FlowStream(trio.abc.HalfCloseableStream):
         sock: the listener's socket (shared by every flow of the rule).
         client: the client's address, where answers go.
         idle: seconds without a datagram either way after which reading returns EOF.
+        reply_prefix: bytes put in front of every answer (a SOCKS5 UDP header).
     """
 
-    def __init__(self, sock: socket.socket, client: tuple[Any, ...], *, idle: float) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        client: tuple[Any, ...],
+        *,
+        idle: float,
+        reply_prefix: bytes = b"",
+    ) -> None:
         self.client = client
         self.dropped = 0
         self._sock = sock
+        self._prefix = reply_prefix
         self._idle = idle
         self._to_send, self._received = trio.open_memory_channel[bytes](FLOW_QUEUE)
         self._last = trio.current_time()
@@ -117,6 +126,8 @@ class FlowStream(trio.abc.HalfCloseableStream):
         if self._closed:
             raise trio.ClosedResourceError("the flow was closed")
         self._last = trio.current_time()
+        if self._prefix:
+            data = self._prefix + data
         while self._sock.fileno() >= 0:  # else the listener stopped: no way back
             try:
                 self._sock.sendto(data, self.client)

@@ -56,7 +56,7 @@ from ._runtime import (
     open_endpoint_listeners,
     source_of,
 )
-from ._socks import SocksError, SocksReply, build_reply, negotiate, reply_for
+from ._socks import SocksCommand, SocksError, SocksReply, build_reply, negotiate, reply_for
 from ._transparent import NotRedirected, original_destination, tproxy_destination
 from ._tunnel import (
     LinkChannel,
@@ -714,7 +714,7 @@ async def serve_socks5(
         reader = StreamReader(raw, limit=_MAX_SOCKS_MESSAGE)
         try:
             with trio.fail_after(runtime.config.timeouts.proxy_request):
-                request = await negotiate(reader, raw, current.users)
+                request = await negotiate(reader, raw, current.users, udp=current.udp)
         except trio.TooSlowError:
             fields.update(result="request-timeout")
             return
@@ -726,6 +726,12 @@ async def serve_socks5(
             return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             fields.update(result="client-reset")
+            return
+        if request.command is SocksCommand.UDP_ASSOCIATE:
+            from ._socks_udp import run_udp_association
+
+            record.target = "udp-associate"
+            await run_udp_association(runtime, current, raw, request, fields)
             return
         record.target = str(request.target)
         opened = await open_link(runtime, current.egress, request.target, client)

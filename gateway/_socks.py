@@ -1,4 +1,5 @@
-"""SOCKS5 (RFC 1928) with username/password authentication (RFC 1929), CONNECT only.
+"""SOCKS5 (RFC 1928) with username/password authentication (RFC 1929): CONNECT, and UDP
+ASSOCIATE where a rule allows it.
 
 The pure parsers take one whole message each and follow the house rules (exact length,
 trailing bytes refused, only :class:`SocksError` escapes); :func:`negotiate` drives them
@@ -17,11 +18,16 @@ backend-refused                              0x05 connection refused
 backend-unreachable                          0x04 host unreachable
 backend-timeout, egress/handshake timeout    0x06 TTL expired (the closest "timed out")
 attestation-failed, limits, anything else    0x01 general SOCKS server failure
-BIND, UDP ASSOCIATE                          0x07 command not supported
+BIND (and UDP ASSOCIATE unless allowed)      0x07 command not supported
 unknown address type                         0x08 address type not supported
 ===========================================  ==========================================
 
 SOCKS replies cannot carry text, so the reason is in the access log of the ingress.
+
+UDP ASSOCIATE datagrams carry ``RSV(2) FRAG ATYP DST.ADDR DST.PORT DATA``
+(:func:`parse_udp_datagram`); fragments (FRAG other than 0) are not supported and are
+dropped, as RFC 1928 allows.  Answers carry the same header naming the destination as the
+client gave it (:func:`udp_header`), so a client matches them with what it sent.
 """
 
 from __future__ import annotations
@@ -58,7 +64,9 @@ __all__ = [
     "parse_credentials",
     "parse_greeting",
     "parse_request",
+    "parse_udp_datagram",
     "reply_for",
+    "udp_header",
 ]
 
 #: The protocol version byte of SOCKS5 messages.
@@ -177,14 +185,28 @@ class SocksRequest:
     """A SOCKS5 request.
 
     Attributes:
-        command: the command (only CONNECT is served).
+        command: the command (CONNECT; UDP ASSOCIATE where allowed).
         address_type: how the address was given.
-        target: host (IP text or domain) and port.
+        host: the address as given (IP text or domain).
+        port: the port as given (0 is allowed only in UDP ASSOCIATE: "any port").
     """
 
     command: SocksCommand
     address_type: SocksAddressType
-    target: AddressTarget
+    host: str
+    port: int
+
+    @property
+    def target(self) -> AddressTarget:
+        """The CONNECT target.
+
+        Raises:
+            SocksError: not a usable target (port 0, or a bad host).
+        """
+        try:
+            return AddressTarget(host=self.host, port=self.port)
+        except ValueError as exc:
+            raise SocksError(f"bad target: {exc}", offset=4) from None
 
 
 def parse_greeting(data: bytes) -> SocksGreeting:
@@ -267,30 +289,80 @@ def parse_request(data: bytes) -> SocksRequest:
         raise SocksError(
             f"unknown command {data[1]:#04x}", reply=SocksReply.COMMAND_NOT_SUPPORTED, offset=1
         ) from None
-    atyp = SocksAddressType(data[3])
-    (port,) = struct.unpack_from(">H", data, size - 2)
+    atyp, host, port = _parse_address(data, 3)
+    request = SocksRequest(command=command, address_type=atyp, host=host, port=port)
+    if command is not SocksCommand.UDP_ASSOCIATE:
+        request.target  # noqa: B018 - raises SocksError for a target no tunnel can have
+    return request
+
+
+def _parse_address(data: bytes, offset: int) -> tuple[SocksAddressType, str, int]:
+    """``ATYP ADDR PORT`` at ``offset``, its length already checked by the caller."""
+    atyp = SocksAddressType(data[offset])
+    start = offset + 1
     if atyp is SocksAddressType.IPV4:
-        host = str(ipaddress.IPv4Address(data[4:8]))
+        host, end = str(ipaddress.IPv4Address(data[start : start + 4])), start + 4
     elif atyp is SocksAddressType.IPV6:
-        host = str(ipaddress.IPv6Address(data[4:20]))
+        host, end = str(ipaddress.IPv6Address(data[start : start + 16])), start + 16
     else:
-        raw = data[5 : 5 + data[4]]
+        raw = data[start + 1 : start + 1 + data[start]]
+        end = start + 1 + data[start]
         if not raw:
-            raise SocksError("empty domain name", offset=4)
+            raise SocksError("empty domain name", offset=start)
         try:
             host = raw.decode("ascii")
         except UnicodeDecodeError:
-            raise SocksError("domain name is not ASCII", offset=5) from None
+            raise SocksError("domain name is not ASCII", offset=start + 1) from None
+    (port,) = struct.unpack_from(">H", data, end)
+    return atyp, host, port
+
+
+def parse_udp_datagram(data: bytes) -> tuple[AddressTarget, bytes]:
+    """Split a UDP ASSOCIATE datagram into its destination and payload.
+
+    Raises:
+        SocksError: a fragment, a malformed header, or a destination no tunnel can have
+            (port 0, a bad host).
+    """
+    data = bytes(data)
+    if len(data) < 4:
+        raise SocksError("datagram header truncated", offset=len(data))
+    if data[0] or data[1]:
+        raise SocksError("reserved bytes are not zero", offset=0)
+    if data[2]:
+        raise SocksError(f"fragment {data[2]} (fragmentation is not supported)", offset=2)
+    size = _request_size(data[:5]) if len(data) >= 5 else 5
+    if len(data) < size:
+        raise SocksError("datagram header truncated", offset=len(data))
+    _atyp, host, port = _parse_address(data, 3)
     try:
-        target = AddressTarget(host=host, port=port)
+        target = AddressTarget(host=host, port=port, datagram=True)
     except ValueError as exc:
-        raise SocksError(f"bad target: {exc}", offset=4) from None
-    return SocksRequest(command=command, address_type=atyp, target=target)
+        raise SocksError(f"bad destination: {exc}", offset=4) from None
+    return target, data[size:]
 
 
-def build_reply(reply: SocksReply) -> bytes:
-    """A reply with BND.ADDR 0.0.0.0:0 (the egress's bound address is not exposed)."""
-    return bytes([SOCKS_VERSION, reply, 0, SocksAddressType.IPV4]) + b"\0" * 6
+def udp_header(target: AddressTarget) -> bytes:
+    """The header of an answer from ``target``, naming it as the client gave it."""
+    try:
+        address = ipaddress.ip_address(target.host)
+    except ValueError:
+        name = target.host.encode("ascii")
+        encoded = bytes([SocksAddressType.DOMAIN, len(name)]) + name
+    else:
+        atyp = SocksAddressType.IPV4 if address.version == 4 else SocksAddressType.IPV6
+        encoded = bytes([atyp]) + address.packed
+    return b"\0\0\0" + encoded + struct.pack(">H", target.port)
+
+
+def build_reply(reply: SocksReply, bound: tuple[str, int] | None = None) -> bytes:
+    """A reply; BND.ADDR is 0.0.0.0:0 (the egress's bound address is not exposed) except
+    for UDP ASSOCIATE, whose reply names the relay socket the client must send to."""
+    if bound is None:
+        return bytes([SOCKS_VERSION, reply, 0, SocksAddressType.IPV4]) + b"\0" * 6
+    address = ipaddress.ip_address(bound[0])
+    atyp = SocksAddressType.IPV4 if address.version == 4 else SocksAddressType.IPV6
+    return bytes([SOCKS_VERSION, reply, 0, atyp]) + address.packed + struct.pack(">H", bound[1])
 
 
 def reply_for(result: str, code: LinkReason | int | None) -> SocksReply:
@@ -317,7 +389,11 @@ def _check_user(users: tuple[SocksUser, ...], credentials: SocksCredentials) -> 
 
 
 async def negotiate(
-    reader: StreamReader, stream: trio.abc.SendStream, users: tuple[SocksUser, ...]
+    reader: StreamReader,
+    stream: trio.abc.SendStream,
+    users: tuple[SocksUser, ...],
+    *,
+    udp: bool = False,
 ) -> SocksRequest:
     """Run method selection, authentication and the request; do not reply to it yet.
 
@@ -325,9 +401,10 @@ async def negotiate(
         reader: reads the client's bytes.
         stream: the client's stream, for our answers.
         users: accepted credentials; empty means no authentication.
+        udp: accept UDP ASSOCIATE as well as CONNECT.
 
     Returns:
-        The CONNECT request (the caller replies once the tunnel outcome is known).
+        The request (the caller replies once the outcome is known).
 
     Raises:
         SocksError: bad messages (after answering what SOCKS allows), failed
@@ -359,7 +436,8 @@ async def negotiate(
     except SocksError as exc:
         await stream.send_all(build_reply(exc.reply))
         raise
-    if request.command is not SocksCommand.CONNECT:
+    allowed = {SocksCommand.CONNECT, SocksCommand.UDP_ASSOCIATE} if udp else {SocksCommand.CONNECT}
+    if request.command not in allowed:
         await stream.send_all(build_reply(SocksReply.COMMAND_NOT_SUPPORTED))
         raise SocksError(
             f"{request.command.name} is not supported", reply=SocksReply.COMMAND_NOT_SUPPORTED

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import trio
@@ -38,10 +39,13 @@ from ._ingress import IngressFailure, open_link, run_opened_tunnel
 from ._runtime import describe_peer, log_event, log_tunnel, source_of
 
 if TYPE_CHECKING:
-    from ._config import UdpRule
+    from collections.abc import Callable
+
+    from ._config import Endpoint, UdpRule
+    from ._link import Target
     from ._runtime import Runtime
 
-__all__ = ["READS_PER_TURN", "serve_udp"]
+__all__ = ["READS_PER_TURN", "run_flow", "serve_udp"]
 
 #: Datagrams the listener reads in a row before it lets other tasks run.
 READS_PER_TURN: Final = 64
@@ -139,53 +143,86 @@ async def _receive_datagrams(
                 continue
             idle = runtime.config.timeouts.udp_idle
             flow = flows[client] = FlowStream(sock, client, idle=idle)
-            nursery.start_soon(_run_flow, runtime, rule, flow, flows)
+            nursery.start_soon(
+                run_flow,
+                runtime,
+                rule.name,
+                "udp",
+                flow,
+                flows,
+                client,
+                partial(_destination, runtime, rule),
+            )
         if not flow.deliver(data):
             runtime.metrics.udp_dropped.inc(rule=rule.name)
 
 
-async def _run_flow(
-    runtime: Runtime, rule: UdpRule, flow: FlowStream, flows: dict[Any, FlowStream]
+def _destination(runtime: Runtime, rule: UdpRule) -> tuple[Endpoint, Target]:
+    current = runtime.current_rule(rule)  # after a reload: the new egress and target
+    return current.egress, current.target
+
+
+async def run_flow(
+    runtime: Runtime,
+    rule: str,
+    mode: str,
+    flow: FlowStream,
+    flows: dict[Any, FlowStream],
+    key: object,
+    destination: Callable[[], tuple[Endpoint, Target]],
 ) -> None:
     """One flow: admission, its tunnel, its access line; never raises for flow failures.
 
     A refused flow (by admission or by the egress) is logged at once and then drops the
     client's datagrams until it has been quiet for ``udp_idle``, holding no tunnel slot:
     a refusal costs one attempt per quiet period, not one handshake per datagram.
+
+    Args:
+        runtime: the gateway's shared state.
+        rule: the rule's name (logs, metrics).
+        mode: ``udp`` or ``socks5-udp`` (logs).
+        flow: the flow.
+        flows: the table the flow is in, under ``key``; it is removed when it ends.
+        key: the flow's key in ``flows``.
+        destination: the egress and the target, asked when the tunnel opens.
     """
     try:
-        if await _tunnel_flow(runtime, rule, flow):
+        if await _tunnel_flow(runtime, rule, mode, flow, destination):
             while await flow.receive_some():  # refused: drop until quiet for udp_idle
-                runtime.metrics.udp_dropped.inc(rule=rule.name)
+                runtime.metrics.udp_dropped.inc(rule=rule)
     finally:
-        if flows.get(flow.client) is flow:
-            del flows[flow.client]
+        if flows.get(key) is flow:
+            del flows[key]
         with trio.CancelScope(shield=True), contextlib.suppress(trio.ClosedResourceError):
             await flow.aclose()
 
 
-async def _tunnel_flow(runtime: Runtime, rule: UdpRule, flow: FlowStream) -> bool:
+async def _tunnel_flow(
+    runtime: Runtime,
+    rule: str,
+    mode: str,
+    flow: FlowStream,
+    destination: Callable[[], tuple[Endpoint, Target]],
+) -> bool:
     """Admission, the flow's tunnel and its access line; True if the flow was refused."""
     client = describe_peer(flow.client)
     metrics = runtime.metrics
-    metrics.tunnels_total.inc(side="ingress", rule=rule.name)
+    metrics.tunnels_total.inc(side="ingress", rule=rule)
     refusal = "shutting-down" if runtime.draining else None
     refusal = refusal or runtime.admission.admit(source_of(client), trio.current_time())
     if refusal is not None:
-        metrics.tunnels_failed.inc(side="ingress", rule=rule.name, reason=refusal)
-        log_event(
-            "tunnel", side="ingress", mode="udp", rule=rule.name, client=client, result=refusal
-        )
+        metrics.tunnels_failed.inc(side="ingress", rule=rule, reason=refusal)
+        log_event("tunnel", side="ingress", mode=mode, rule=rule, client=client, result=refusal)
         return True
-    record = runtime.new_record("ingress", rule.name, client)
-    metrics.tunnels_active.add(1, side="ingress", rule=rule.name)
+    record = runtime.new_record("ingress", rule, client)
+    metrics.tunnels_active.add(1, side="ingress", rule=rule)
     started = trio.current_time()
     fields: dict[str, Any] = {"result": "ok"}
     refused = False
     try:
-        current = runtime.current_rule(rule)
-        record.target = str(current.target)
-        opened = await open_link(runtime, current.egress, current.target, client)
+        egress, target = destination()
+        record.target = str(target)
+        opened = await open_link(runtime, egress, target, client)
         if isinstance(opened, IngressFailure):
             fields.update(result=opened.result, detail=opened.detail)
             refused = True
@@ -200,8 +237,8 @@ async def _tunnel_flow(runtime: Runtime, rule: UdpRule, flow: FlowStream) -> boo
     finally:
         runtime.admission.release()
         runtime.end_record(record)
-        metrics.tunnels_active.add(-1, side="ingress", rule=rule.name)
+        metrics.tunnels_active.add(-1, side="ingress", rule=rule)
         if fields["result"] != "ok":
-            metrics.tunnels_failed.inc(side="ingress", rule=rule.name, reason=str(fields["result"]))
-        log_tunnel(record, started, {**fields, "dropped": flow.dropped}, mode="udp")
+            metrics.tunnels_failed.inc(side="ingress", rule=rule, reason=str(fields["result"]))
+        log_tunnel(record, started, {**fields, "dropped": flow.dropped}, mode=mode)
     return refused

@@ -49,7 +49,9 @@ from gateway._socks import (
     parse_credentials,
     parse_greeting,
     parse_request,
+    parse_udp_datagram,
     reply_for,
+    udp_header,
 )
 from ratls._errors import RatlsError
 
@@ -216,9 +218,70 @@ def test_socks_request_three_ways(
 ) -> None:
     request = three_ways(parse_request, data, SocksError)
     assert request == SocksRequest(
-        command=SocksCommand.CONNECT,
-        address_type=atyp,
-        target=AddressTarget(host=target[0], port=target[1]),
+        command=SocksCommand.CONNECT, address_type=atyp, host=target[0], port=target[1]
+    )
+    assert request.target == AddressTarget(host=target[0], port=target[1])
+
+
+def test_socks_udp_associate_request_may_leave_the_address_open() -> None:
+    # "Any address, any port": the client does not know yet where it will send from.
+    request = parse_request(b"\x05\x03\x00\x01" + bytes(6))
+    assert request.command is SocksCommand.UDP_ASSOCIATE
+    assert (request.host, request.port) == ("0.0.0.0", 0)  # noqa: S104 - parsed, not bound
+    with pytest.raises(SocksError, match="bad target"):
+        request.target  # noqa: B018 - no tunnel can go to port 0
+
+
+@pytest.mark.parametrize(
+    ("header", "target"),
+    [
+        (b"\x00\x00\x00\x01\x0a\x00\x00\x05\x00\x35", ("10.0.0.5", 53)),
+        (
+            b"\x00\x00\x00\x04" + ipaddress.IPv6Address("2001:db8::1").packed + b"\x01\xbb",
+            ("2001:db8::1", 443),
+        ),
+        (b"\x00\x00\x00\x03\x0bdns.backend\x00\x35", ("dns.backend", 53)),
+    ],
+)
+def test_socks_udp_datagram_three_ways(header: bytes, target: tuple[str, int]) -> None:
+    expected = AddressTarget(host=target[0], port=target[1], datagram=True)
+    assert parse_udp_datagram(header + b"payload") == (expected, b"payload")
+    assert parse_udp_datagram(header) == (expected, b"")  # an empty payload is a datagram
+    assert udp_header(expected) == header  # the answer names the destination as given
+    for cut in range(len(header)):
+        with pytest.raises(SocksError):
+            parse_udp_datagram(header[:cut])
+
+
+@pytest.mark.parametrize(
+    ("datagram", "match"),
+    [
+        (b"\x00\x01\x00\x01\x0a\x00\x00\x05\x00\x35x", "reserved"),
+        (b"\x00\x00\x01\x01\x0a\x00\x00\x05\x00\x35x", "fragment 1"),
+        (b"\x00\x00\x00\x01\x0a\x00\x00\x05\x00\x00x", "bad destination"),
+        (b"\x00\x00\x00\x07\x0a\x00\x00\x05\x00\x35x", "address type"),
+        (b"\x00\x00\x00\x03\x00\x00\x35x", "empty domain"),
+    ],
+)
+def test_socks_udp_datagram_refusals(datagram: bytes, match: str) -> None:
+    with pytest.raises(SocksError, match=match):
+        parse_udp_datagram(datagram)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=80))
+def test_socks_udp_arbitrary_bytes_only_raise_ours(data: bytes) -> None:
+    with contextlib.suppress(SocksError):
+        target, payload = parse_udp_datagram(data)
+        assert udp_header(target) + payload == data or data[3] == SocksAddressType.DOMAIN
+
+
+def test_socks_udp_associate_reply_names_the_relay() -> None:
+    assert build_reply(SocksReply.SUCCEEDED, ("127.0.0.1", 40000)) == (
+        b"\x05\x00\x00\x01\x7f\x00\x00\x01\x9c\x40"
+    )
+    assert build_reply(SocksReply.SUCCEEDED, ("::1", 1)) == (
+        b"\x05\x00\x00\x04" + bytes(15) + b"\x01\x00\x01"
     )
 
 
