@@ -33,6 +33,7 @@ __all__ = [
     "close_unclaimed",
     "register",
     "take",
+    "take_if_registered",
     "unclaimed",
 ]
 
@@ -119,6 +120,16 @@ def register(name: str, sockets: list[socket.socket]) -> None:
     """Offer listening ``sockets`` under ``name``, as if systemd had passed them."""
     with _lock:
         _sockets.setdefault(name, []).extend(sockets)
+
+
+def take_if_registered(name: str) -> list[socket.socket]:
+    """Every socket registered under ``name``, once; ``[]`` when there is none.
+
+    For sockets a supervisor bound and passed on (``[process] workers``), registered as
+    ``unix:PATH``: a name systemd cannot give, since its names have no ``:``.
+    """
+    with _lock:
+        return _sockets.pop(name, [])
 
 
 def take(name: str) -> list[socket.socket]:

@@ -410,8 +410,9 @@ class ProcessSettings:
             gateway with its own event loop, identity and tunnels on the same ports
             (``SO_REUSEPORT``: the kernel spreads connections and UDP flows among them),
             restarts a worker that dies, passes SIGHUP and SIGTERM on, and answers the
-            admin endpoint for all of them.  Every listener then needs a fixed TCP port:
-            a UNIX socket, a systemd socket or port 0 cannot be shared this way.
+            admin endpoint for all of them.  TCP and UDP listeners then need a fixed
+            port; UNIX-socket and ``systemd:`` listeners are bound (or adopted) by the
+            supervisor and shared by the workers.
     """
 
     reuse_port: bool = False
@@ -1441,17 +1442,11 @@ def parse_config(data: Mapping[str, object], *, source: Path | None = None) -> G
         if (endpoint.kind != "tcp" or endpoint.port != 0) and key in seen:
             c.problem(where, f"{key} is already used by {seen[key]}")
         seen.setdefault(key, where)
-        if process.workers > 1 and where != "admin.listen":
-            # Workers each bind every listener with SO_REUSEPORT; the supervisor alone
-            # binds the admin endpoint.
-            if endpoint.kind != "tcp":
-                c.problem(
-                    where,
-                    f"{key} cannot be shared by {process.workers} workers "
-                    "(only TCP/UDP ports can): set [process] workers = 1",
-                )
-            elif endpoint.port == 0:
-                c.problem(where, "port 0 gives each worker another port: give a fixed port")
+        # Workers each bind TCP and UDP listeners with SO_REUSEPORT (UNIX and systemd
+        # sockets the supervisor binds or adopts and passes on; it alone binds [admin]).
+        shared_port = endpoint.kind == "tcp" and where != "admin.listen"
+        if process.workers > 1 and shared_port and endpoint.port == 0:
+            c.problem(where, "port 0 gives each worker another port: give a fixed port")
     if c.problems:
         raise ConfigError(c.problems)
     return GatewayConfig(

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeVar, final
 import trio
 
 from ._activation import take as take_passed_sockets
+from ._activation import take_if_registered
 from ._attestation import peer_summary
 from ._config import HttpConnectRule, MappingRule, Socks5Rule, TransparentRule, UdpRule
 from ._deadlines import Deadlines
@@ -462,6 +463,10 @@ async def open_endpoint_listeners(
             ``transparent`` without ``CAP_NET_ADMIN``).
     """
     if endpoint.kind == "unix":
+        # A worker ([process] workers) accepts on the socket its supervisor bound.
+        shared = take_if_registered(f"unix:{endpoint.path}")
+        if shared:
+            return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in shared]
         return [await _unix_listener(endpoint.path, backlog)]
     if endpoint.kind == "systemd":
         # Bound (and configured) by systemd; ours to accept on.

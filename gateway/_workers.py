@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 from functools import partial
@@ -43,6 +46,9 @@ import trio
 
 from ratls._errors import RatlsError
 
+from ._activation import adopt_from_environment as adopt_passed_sockets
+from ._activation import register as register_socket
+from ._activation import take as take_passed_sockets
 from ._admin import serve_admin_answers
 from ._config import AdminConfig, Endpoint, GatewayConfig, load_config
 from ._reader import StreamReader
@@ -50,12 +56,14 @@ from ._runtime import log_event
 from ._systemd import SystemdNotifier
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, MutableMapping, Sequence
     from pathlib import Path
 
 __all__ = [
     "RESTART_DELAY",
+    "SHARED_SOCKETS_ENV",
     "WorkerReporter",
+    "adopt_shared_sockets",
     "merge_metrics",
     "supervise",
     "worker_config",
@@ -63,12 +71,18 @@ __all__ = [
 
 #: Seconds before a worker that died is started again.
 RESTART_DELAY: Final = 1.0
+# Accept queue of the UNIX-socket listeners the supervisor binds (as a gateway alone).
+_BACKLOG: Final = 128
 # How long the supervisor waits for one worker's admin answer.
 _ASK_TIMEOUT: Final = 3.0
 # Largest admin answer taken from a worker (a /status with thousands of tunnels is big).
 _MAX_ANSWER: Final = 64 * 1024 * 1024
 # Environment a worker must not inherit: systemd talks to the supervisor alone.
 _SUPERVISOR_ONLY_ENV: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+#: Environment variable naming the listening sockets a worker inherits from its
+#: supervisor: ``FD=NAME`` pairs separated by ``;`` (NAME a systemd socket name, or
+#: ``unix:PATH`` for a UNIX-socket listener the supervisor bound).
+SHARED_SOCKETS_ENV: Final = "RATLS_GATEWAY_SHARED_SOCKETS"
 _TEXT: Final = "text/plain; charset=utf-8"
 
 
@@ -108,6 +122,82 @@ class WorkerReporter:
         line = json.dumps(facts, sort_keys=True).encode() + b"\n"
         with contextlib.suppress(OSError):
             os.write(self._fd, line)
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def _stream_listen_endpoints(config: GatewayConfig) -> list[Endpoint]:
+    """Every listen endpoint that may be a UNIX or systemd socket (stream listeners)."""
+    return [
+        *(x.listen for x in config.listeners),
+        *(r.listen for r in config.mappings),
+        *(r.listen for r in config.http_connect),
+        *(r.listen for r in config.socks5),
+    ]
+
+
+def _bind_unix(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a stale socket from an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _shared_sockets(config: GatewayConfig) -> list[tuple[str, socket.socket]]:
+    """The listening sockets every worker shares: UNIX ones bound here, systemd's passed.
+
+    (TCP and UDP ports are bound by each worker with ``SO_REUSEPORT`` instead, so that
+    the kernel spreads connections and flows evenly.)
+
+    Raises:
+        OSError: a UNIX socket cannot be bound, or systemd passed no socket of a name.
+    """
+    shared: list[tuple[str, socket.socket]] = []
+    try:
+        for endpoint in dict.fromkeys(_stream_listen_endpoints(config)):
+            if endpoint.kind == "unix":
+                shared.append((f"unix:{endpoint.path}", _bind_unix(endpoint.path)))
+            elif endpoint.kind == "systemd":
+                shared.extend((endpoint.path, s) for s in take_passed_sockets(endpoint.path))
+    except BaseException:
+        for _name, sock in shared:
+            sock.close()
+        raise
+    return shared
+
+
+def adopt_shared_sockets(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """In a worker: register the listening sockets the supervisor passed (and forget the
+    variable, so that nothing started later takes them).
+
+    Returns:
+        The names registered, one per socket.
+
+    Raises:
+        ValueError: the variable is malformed or names a descriptor that is not open.
+    """
+    env = os.environ if environ is None else environ
+    text = env.pop(SHARED_SOCKETS_ENV, "")
+    names: list[str] = []
+    for item in filter(None, text.split(";")):
+        fd, sep, name = item.partition("=")
+        if not sep or not fd.isdigit() or not name:
+            raise ValueError(f"{SHARED_SOCKETS_ENV}: {item!r} is not FD=NAME")
+        try:
+            sock = socket.socket(fileno=int(fd))
+        except OSError as exc:
+            raise ValueError(f"{SHARED_SOCKETS_ENV}: descriptor {fd} ({name}): {exc}") from exc
+        register_socket(name, [sock])
+        names.append(name)
+    return names
 
 
 # --------------------------------------------------------------------------- metrics
@@ -209,12 +299,15 @@ class _Worker:
 
     async def run(self, argv: Sequence[str], supervisor: _Supervisor) -> None:
         env = {k: v for k, v in os.environ.items() if k not in _SUPERVISOR_ONLY_ENV}
+        shared = supervisor.shared
+        if shared:
+            env[SHARED_SOCKETS_ENV] = ";".join(f"{s.fileno()}={name}" for name, s in shared)
         while not supervisor.stopping:
             report_read, report_write = os.pipe()
             try:
                 process = await trio.lowlevel.open_process(
                     [*argv, "--worker", f"{self.index}:{report_write}"],
-                    pass_fds=(report_write,),
+                    pass_fds=(report_write, *(s.fileno() for _name, s in shared)),
                     env=env,
                     stdin=subprocess.DEVNULL,
                 )
@@ -274,8 +367,10 @@ async def _ask(port: int, path: str) -> tuple[int, bytes] | None:
 
 @final
 class _Supervisor:
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, shared: list[tuple[str, socket.socket]]) -> None:
         self.workers = [_Worker(index) for index in range(count)]
+        #: Listening sockets the workers inherit (``SHARED_SOCKETS_ENV``).
+        self.shared = shared
         self.stopping = False
         self.failure: str | None = None
         self.first_ready = trio.Event()
@@ -432,7 +527,24 @@ async def supervise(
         "--log-level",
         log_level,
     ]
-    supervisor = _Supervisor(config.process.workers)
+    try:
+        passed = adopt_passed_sockets()
+    except ValueError as exc:
+        raise OSError(errno.EINVAL, f"systemd socket activation: {exc}") from exc
+    if passed:
+        log_event("sockets passed by systemd", names=passed)
+    shared = _shared_sockets(config)
+    try:
+        return await _supervise(path, config, argv, shared)
+    finally:
+        for _name, sock in shared:
+            sock.close()
+
+
+async def _supervise(
+    path: Path, config: GatewayConfig, argv: list[str], shared: list[tuple[str, socket.socket]]
+) -> int:
+    supervisor = _Supervisor(config.process.workers, shared)
     notifier = SystemdNotifier.from_environment()
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as received:
         async with trio.open_nursery() as nursery:

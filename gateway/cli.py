@@ -39,7 +39,7 @@ from ._probe import egresses_of, probe
 from ._ratls_provider import register_ratls_providers
 from ._runtime import LOGGER_NAME, JsonFormatter, log_event
 from ._systemd import SystemdNotifier
-from ._workers import WorkerReporter, supervise, worker_config
+from ._workers import WorkerReporter, adopt_shared_sockets, supervise, worker_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -189,7 +189,7 @@ async def _run(path: Path, drain_timeout: float, worker: WorkerReporter | None =
     if worker is not None:
         config = worker_config(config)
     try:
-        passed = adopt_passed_sockets()
+        passed = adopt_passed_sockets() if worker is None else adopt_shared_sockets()
     except ValueError as exc:
         raise OSError(errno.EINVAL, f"systemd socket activation: {exc}") from exc
     if passed:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-from typing import TYPE_CHECKING, Any
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,16 +26,18 @@ from gateway_helpers import (
     sim_attestation,
     stable_port,
     start_backend,
+    start_gateway,
+    to_toml,
     wait_for,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway._config import MAX_WORKERS, ConfigError, parse_config
+from gateway._ratls_provider import register_ratls_providers
 from gateway._workers import WorkerReporter, merge_metrics, worker_config
 
-if TYPE_CHECKING:
-    from pathlib import Path
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _egress(workers: int, listen: str = f"{LOCALHOST}:9443", **extra: Any) -> dict[str, Any]:
@@ -49,19 +56,14 @@ def test_workers_default_to_one_and_are_bounded() -> None:
         assert info.value.problems[0].location == "process.workers"
 
 
-@pytest.mark.parametrize(
-    ("listen", "message"),
-    [
-        ("unix:egress.sock", "cannot be shared by 2 workers"),
-        ("systemd:main", "cannot be shared by 2 workers"),
-        (f"{LOCALHOST}:0", "port 0 gives each worker another port"),
-    ],
-)
-def test_workers_need_fixed_tcp_ports(listen: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message) as info:
-        parse_config(_egress(2, listen=listen))
+def test_workers_need_fixed_tcp_ports() -> None:
+    with pytest.raises(ConfigError, match="port 0 gives each worker another port") as info:
+        parse_config(_egress(2, listen=f"{LOCALHOST}:0"))
     assert info.value.problems[0].location == "egress.listener[0].listen"
-    parse_config(_egress(1, listen=listen))  # one process may listen anywhere
+    parse_config(_egress(1, listen=f"{LOCALHOST}:0"))  # one process may take any port
+    # UNIX and systemd sockets are bound (or adopted) once, by the supervisor.
+    for listen in ("unix:egress.sock", "systemd:main"):
+        assert parse_config(_egress(2, listen=listen)).process.workers == 2
 
 
 def test_the_admin_endpoint_stays_with_the_supervisor() -> None:
@@ -314,3 +316,146 @@ async def test_a_worker_that_cannot_start_stops_the_gateway(tmp_path: Path) -> N
         assert await egress.process.wait() == 1
         failures = [r for r in egress.log() if r.get("msg") == "gateway failed"]
         assert any("before ready" in str(r.get("error")) for r in failures)
+
+
+async def _tunnels_through(ingress_port: int, count: int) -> None:
+    for i in range(count):
+        client = await connect(LOCALHOST, ingress_port)
+        message = b"shared socket %d" % i
+        await client.send_all(message)
+        assert await receive_exactly(client, len(message)) == message
+        await client.aclose()
+
+
+async def test_workers_share_a_unix_socket_listener_the_supervisor_bound(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    link = tmp_path / "egress.sock"
+    egress = GatewayProcess(
+        tmp_path,
+        "egress",
+        egress_doc(
+            {"web": backend.port},
+            attestation=sim_attestation(),
+            listen=f"unix:{link}",
+            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
+            process={"workers": 2},
+        ),
+    )
+    ingress_port = stable_port()
+    ingress = GatewayProcess(
+        tmp_path,
+        "ingress",
+        ingress_doc(
+            f"unix:{link}",
+            {"web": f"{LOCALHOST}:{ingress_port}"},
+            attestation=sim_attestation(),
+            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
+        ),
+    )
+    try:
+        await egress.start()
+        await ingress.start()
+        await _tunnels_through(ingress_port, 8)
+        status = await _status(egress.admin_port)
+        assert [w["ready"] for w in status["workers"]] == [True, True]
+        # Both workers accept on the one socket the supervisor bound.
+        listens = [w["status"]["egress"][0]["listen"] for w in status["workers"]]
+        assert listens == [f"unix:{link}"] * 2
+        log = egress.log()
+        ok = [r for r in log if r.get("msg") == "tunnel" and r.get("result") == "ok"]
+        assert len(ok) == 8
+        assert {r["worker"] for r in log if r.get("msg") == "listening" and "worker" in r} == {0, 1}
+    finally:
+        await ingress.aclose()
+        await egress.aclose()
+
+
+# Moves the descriptors named in argv[1:3] to 3 and 4 and execs argv[3:] with LISTEN_PID
+# and LISTEN_FDS set, the way systemd starts a socket-activated service.
+_AS_SYSTEMD = """
+import fcntl, os, sys
+moved = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in sys.argv[1:3]]
+for target, fd in enumerate(moved, start=3):
+    os.dup2(fd, target)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(moved)))
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+async def test_workers_share_the_sockets_systemd_passed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    link_socket = socket.socket()
+    admin_socket = socket.socket()
+    for sock in (link_socket, admin_socket):
+        sock.bind((LOCALHOST, 0))
+        sock.listen(16)
+    config = tmp_path / "egress.toml"
+    config.write_text(
+        to_toml(
+            egress_doc(
+                {"web": backend.port},
+                attestation=sim_attestation(),
+                listen="systemd:link",
+                admin={"listen": "systemd:admin"},
+                process={"workers": 2},
+            )
+        )
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "LISTEN_FDNAMES": "link:admin",
+    }
+    log = tmp_path / "egress.log"
+    with link_socket, admin_socket, log.open("wb") as log_file:
+        process = await trio.lowlevel.open_process(
+            [
+                *(sys.executable, "-c", _AS_SYSTEMD),
+                *(str(link_socket.fileno()), str(admin_socket.fileno())),
+                *(sys.executable, "-m", "gateway.cli", "run", str(config)),
+                *("--drain-timeout", "1"),
+            ],
+            pass_fds=(link_socket.fileno(), admin_socket.fileno()),
+            stdin=subprocess.DEVNULL,
+            stderr=log_file,
+            env=env,
+            cwd=str(tmp_path),
+        )
+        try:
+            admin_port = admin_socket.getsockname()[1]
+            with trio.fail_after(60):
+                while True:
+                    with contextlib.suppress(OSError, IndexError, ValueError):
+                        if (await admin_get(admin_port, "/readyz"))[0] == 200:
+                            break
+                    assert process.poll() is None, log.read_text()
+                    await trio.sleep(0.05)
+            register_ratls_providers()  # the ingress runs here, with the "sim" attester
+            ingress_port = stable_port()
+            ingress = await start_gateway(
+                nursery,
+                parse_config(
+                    ingress_doc(
+                        f"{LOCALHOST}:{link_socket.getsockname()[1]}",
+                        {"web": f"{LOCALHOST}:{ingress_port}"},
+                        attestation=sim_attestation(),
+                    )
+                ),
+            )
+            await _tunnels_through(ingress_port, 6)
+            ingress.request_shutdown()
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await process.wait() == 0
+        finally:
+            if process.returncode is None:  # pragma: no cover - only when the test fails
+                process.kill()
+                await process.wait()
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(r.get("msg") == "sockets passed by systemd" for r in lines)
+    served = [r for r in lines if r.get("msg") == "tunnel" and r.get("result") == "ok"]
+    assert len(served) == 6
