@@ -20,11 +20,12 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -44,7 +45,10 @@ from ._workers import WorkerReporter, adopt_shared_sockets, supervise, worker_co
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-__all__ = ["main"]
+__all__ = ["SUPERVISOR_CHECK", "main"]
+
+#: Seconds between a worker's looks at whether its supervisor still runs.
+SUPERVISOR_CHECK: Final = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -164,12 +168,23 @@ async def _handle_signals(
             return
 
 
-async def _report_to_supervisor(gateway: RunningGateway, worker: WorkerReporter) -> None:
+async def _report_to_supervisor(
+    gateway: RunningGateway, worker: WorkerReporter, run: trio.CancelScope
+) -> None:
+    supervisor = os.getppid()
     address = gateway.address("admin")
     if isinstance(address, tuple):
         worker.report(admin=address[1])
     await gateway.wait_ready()
     worker.report(ready=True)
+    # A worker whose supervisor died (SIGKILL, a crash) drains and stops, instead of
+    # holding the shared ports for good: its parent then changes.
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - a parent's death sends no event
+        await trio.sleep(SUPERVISOR_CHECK)
+    log_event("supervisor gone", level=logging.ERROR, supervisor=supervisor)
+    gateway.request_shutdown()
+    await gateway.wait_stopped()
+    run.cancel()  # no signal will come to end the run
 
 
 async def _notify_systemd(gateway: RunningGateway, notifier: SystemdNotifier) -> None:
@@ -202,7 +217,7 @@ async def _run(path: Path, drain_timeout: float, worker: WorkerReporter | None =
                 partial(run_gateway, config, drain_timeout=drain_timeout)
             )
             if worker is not None:
-                nursery.start_soon(_report_to_supervisor, gateway, worker)
+                nursery.start_soon(_report_to_supervisor, gateway, worker, nursery.cancel_scope)
             for name, count in unclaimed_passed_sockets().items():
                 log_event(
                     "passed socket unused",

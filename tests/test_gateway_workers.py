@@ -459,3 +459,39 @@ async def test_workers_share_the_sockets_systemd_passed(
     assert any(r.get("msg") == "sockets passed by systemd" for r in lines)
     served = [r for r in lines if r.get("msg") == "tunnel" and r.get("result") == "ok"]
     assert len(served) == 6
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie left for init)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_workers_stop_when_their_supervisor_dies(tmp_path: Path) -> None:
+    egress = GatewayProcess(
+        tmp_path,
+        "egress",
+        egress_doc(
+            {"web": 9},
+            attestation=sim_attestation(),
+            listen=f"{LOCALHOST}:{stable_port()}",
+            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
+            process={"workers": 2},
+        ),
+    )
+    try:
+        await egress.start()
+        pids = [w["pid"] for w in (await _status(egress.admin_port))["workers"]]
+        assert egress.process is not None
+        egress.process.kill()  # no chance to pass anything on
+        await egress.process.wait()
+        with trio.fail_after(20):
+            while any(_running(pid) for pid in pids):  # noqa: ASYNC110 - no event for it
+                await trio.sleep(0.05)
+        gone = [r for r in egress.log() if r.get("msg") == "supervisor gone"]
+        assert sorted(r["worker"] for r in gone) == [0, 1]
+    finally:
+        await egress.aclose()
