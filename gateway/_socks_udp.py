@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from ._datagram import MAX_DATAGRAM, FlowStream
+from ._datagram import FlowStream
 from ._socks import SocksError, SocksReply, build_reply, parse_udp_datagram, udp_header
-from ._udp import READS_PER_TURN, run_flow
+from ._udp import DatagramReader, run_flow
 
 if TYPE_CHECKING:
     from ._config import Endpoint, Socks5Rule
@@ -132,20 +132,9 @@ async def _relay(
     peer_ip, port = expected
     client: tuple[Any, ...] | None = None
     dropped = runtime.metrics.udp_dropped
-    reads = 0
+    reader = DatagramReader(sock)
     while True:
-        reads += 1
-        if reads >= READS_PER_TURN:
-            reads = 0
-            await trio.lowlevel.checkpoint()
-        try:
-            data, source = sock.recvfrom(MAX_DATAGRAM)
-        except BlockingIOError:
-            reads = 0
-            await trio.lowlevel.wait_readable(sock)
-            continue
-        except OSError:
-            continue  # an ICMP error for an earlier answer: nothing to do
+        data, source = await reader.receive()
         if source[0] != peer_ip or (port and source[1] != port):
             dropped.inc(rule=rule.name)  # not the association's client
             continue

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import socket
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ._link import Target
     from ._runtime import Runtime
 
-__all__ = ["READS_PER_TURN", "run_flow", "serve_udp"]
+__all__ = ["READS_PER_TURN", "DatagramReader", "run_flow", "serve_udp"]
 
 #: Datagrams the listener reads in a row before it lets other tasks run.
 READS_PER_TURN: Final = 64
@@ -103,6 +103,35 @@ async def serve_udp(
     raise AssertionError("unreachable")  # pragma: no cover - the loop ends only by raising
 
 
+@final
+class DatagramReader:
+    """Reads a listener's datagrams: whatever has arrived before waiting again (a burst
+    costs one wake-up), letting other tasks run every :data:`READS_PER_TURN` datagrams
+    so that a flood cannot keep the event loop (and the tunnels that drain the flows)."""
+
+    __slots__ = ("_reads", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._reads = 0
+
+    async def receive(self) -> tuple[bytes, Any]:
+        """The next datagram and its source address."""
+        sock = self._sock
+        while True:
+            self._reads += 1
+            if self._reads >= READS_PER_TURN:
+                self._reads = 0
+                await trio.lowlevel.checkpoint()
+            try:
+                return sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                self._reads = 0
+                await trio.lowlevel.wait_readable(sock)
+            except OSError:
+                pass  # an ICMP error for an earlier answer: nothing to do
+
+
 async def _receive_datagrams(
     runtime: Runtime,
     rule: UdpRule,
@@ -116,20 +145,9 @@ async def _receive_datagrams(
     :data:`READS_PER_TURN` datagrams it lets the other tasks run, so that a flood cannot
     keep the event loop (and the tunnels that drain the flows) to itself.
     """
-    reads = 0
+    reader = DatagramReader(sock)
     while True:
-        reads += 1
-        if reads >= READS_PER_TURN:
-            reads = 0
-            await trio.lowlevel.checkpoint()
-        try:
-            data, client = sock.recvfrom(MAX_DATAGRAM)
-        except BlockingIOError:
-            reads = 0
-            await trio.lowlevel.wait_readable(sock)
-            continue
-        except OSError:
-            continue  # an ICMP error for an earlier answer: nothing to do
+        data, client = await reader.receive()
         if not data:
             continue  # an empty datagram cannot be carried
         flow = flows.get(client)
