@@ -61,9 +61,7 @@ from ._runtime import (
     connect_tcp,
     describe_peer,
     log_event,
-    log_tunnel,
     open_endpoint_listeners,
-    source_of,
 )
 from ._tunnel import (
     LinkChannel,
@@ -154,7 +152,6 @@ def _same_host(a: str, b: str) -> bool:
 
 #: Access-log results that are no failure: a clean tunnel, and a link an ingress made
 #: ahead of need and closed unused (``[prewarm]``).
-_NOT_FAILED: Final = frozenset({"ok", "unused"})
 # What sending READY can meet when the ingress went away meanwhile.
 _SEND_FAILURES: Final = (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError)
 
@@ -227,14 +224,8 @@ async def _handle_tunnel(
 ) -> _KeptLink | None:
     """One tunnel of a connection: the first (with the handshake), or one more on a kept
     link.  Returns the link when it may carry another tunnel."""
-    metrics = runtime.metrics
-    rule = listener.name
-    metrics.tunnels_total.inc(side="egress", rule=rule)
-    refusal = "shutting-down" if runtime.draining else None
-    refusal = refusal or runtime.admission.admit(source_of(client), trio.current_time())
+    refusal = runtime.admit_tunnel("egress", listener.name, client)
     if refusal is not None:
-        metrics.tunnels_failed.inc(reason=refusal, side="egress", rule=rule)
-        log_event("tunnel", side="egress", rule=listener.name, client=client, result=refusal)
         if kept is not None:
             # The ingress's OPEN on this link meets a closed link and it opens a new one.
             with trio.CancelScope(shield=True):
@@ -244,8 +235,7 @@ async def _handle_tunnel(
         return None
     if kept is None:
         apply_tcp_settings(raw, runtime.config.tcp)
-    record = runtime.new_record("egress", listener.name, client)
-    metrics.tunnels_active.add(1, side="egress", rule=rule)
+    record = runtime.begin_tunnel("egress", listener.name, client)
     started = trio.current_time()
     fields: dict[str, Any] = {"result": "ok"}
     if kept is not None:
@@ -257,12 +247,7 @@ async def _handle_tunnel(
         fields.update(result="internal-error", detail=f"{type(exc).__name__}: {exc}")
         log_event("internal error", level=logging.ERROR, exc_info_text=repr(exc))
     finally:
-        runtime.admission.release()
-        runtime.end_record(record)
-        metrics.tunnels_active.add(-1, side="egress", rule=rule)
-        if fields["result"] not in _NOT_FAILED:
-            metrics.tunnels_failed.inc(reason=str(fields["result"]), side="egress", rule=rule)
-        log_tunnel(record, started, fields)
+        runtime.finish_tunnel(record, started, fields)
     return next_link
 
 

@@ -52,9 +52,7 @@ from ._runtime import (
     connect_error_kind,
     describe_peer,
     log_event,
-    log_tunnel,
     open_endpoint_listeners,
-    source_of,
 )
 from ._socks import SocksCommand, SocksError, SocksReply, build_reply, negotiate, reply_for
 from ._transparent import NotRedirected, original_destination, tproxy_destination
@@ -429,18 +427,12 @@ async def _handle(
 ) -> None:
     """Admission, bookkeeping, exception safety and the access line, around ``handler``."""
     client = describe_peer(_peername(raw))
-    metrics = runtime.metrics
-    metrics.tunnels_total.inc(side="ingress", rule=rule)
-    refusal = "shutting-down" if runtime.draining else None
-    refusal = refusal or runtime.admission.admit(source_of(client), trio.current_time())
+    refusal = runtime.admit_tunnel("ingress", rule, client, mode=mode)
     if refusal is not None:
-        metrics.tunnels_failed.inc(side="ingress", rule=rule, reason=refusal)
-        log_event("tunnel", side="ingress", mode=mode, rule=rule, client=client, result=refusal)
         await _refuse_client(mode, raw, refusal)
         return
     apply_tcp_settings(raw, runtime.config.tcp)
-    record = runtime.new_record("ingress", rule, client)
-    metrics.tunnels_active.add(1, side="ingress", rule=rule)
+    record = runtime.begin_tunnel("ingress", rule, client)
     started = trio.current_time()
     fields: dict[str, Any] = {"result": "ok"}
     try:
@@ -456,13 +448,8 @@ async def _handle(
             fields["abort_client"] = True
         raise
     finally:
-        runtime.admission.release()
-        runtime.end_record(record)
-        metrics.tunnels_active.add(-1, side="ingress", rule=rule)
-        if fields["result"] != "ok":
-            metrics.tunnels_failed.inc(side="ingress", rule=rule, reason=str(fields["result"]))
         abort_client = fields.pop("abort_client", False)
-        log_tunnel(record, started, fields, mode=mode)
+        runtime.finish_tunnel(record, started, fields, mode=mode)
         with trio.CancelScope(shield=True):
             if abort_client:
                 await abort_stream(raw)

@@ -117,6 +117,11 @@ def log_event(message: str, *, level: int = logging.INFO, **fields: object) -> N
     _logger.log(level, message, extra={"fields": fields})
 
 
+#: Tunnel results that are no failure: "unused" is a link made ahead of need (or kept
+#: after a tunnel) that its ingress closed without an OPEN.
+NOT_FAILED: Final = frozenset({"ok", "unused"})
+
+
 def log_tunnel(
     record: TunnelRecord, started: float, fields: Mapping[str, object], *, mode: str | None = None
 ) -> None:
@@ -340,15 +345,52 @@ class Runtime:
                 return listener
         return None
 
-    def new_record(self, side: str, rule: str, client: str) -> TunnelRecord:
-        """Register a new live tunnel and return its record."""
+    def admit_tunnel(
+        self, side: str, rule: str, client: str, *, mode: str | None = None
+    ) -> str | None:
+        """Count a new tunnel and admit it (not draining, within the limits).
+
+        Returns:
+            None when admitted (then :meth:`begin_tunnel` follows); else the refusal,
+            already counted and logged as the tunnel's access line.
+        """
+        metrics = self.metrics
+        metrics.tunnels_total.inc(side=side, rule=rule)
+        refusal = "shutting-down" if self.draining else None
+        refusal = refusal or self.admission.admit(source_of(client), trio.current_time())
+        if refusal is not None:
+            metrics.tunnels_failed.inc(side=side, rule=rule, reason=refusal)
+            line: dict[str, object] = {"side": side, "rule": rule, "client": client}
+            if mode is not None:
+                line["mode"] = mode
+            line["result"] = refusal
+            _logger.info("tunnel", extra={"fields": line})
+        return refusal
+
+    def begin_tunnel(self, side: str, rule: str, client: str) -> TunnelRecord:
+        """Register an admitted tunnel as live (``/status``, the active gauge)."""
         record = TunnelRecord(id=next(self._ids), side=side, rule=rule, client=client)
         self.tunnels[record.id] = record
+        self.metrics.tunnels_active.add(1, side=side, rule=rule)
         return record
 
-    def end_record(self, record: TunnelRecord) -> None:
-        """Forget a tunnel that ended."""
+    def finish_tunnel(
+        self,
+        record: TunnelRecord,
+        started: float,
+        fields: Mapping[str, object],
+        *,
+        mode: str | None = None,
+    ) -> None:
+        """Release a tunnel's admission slot, forget it, count a failure, log its line."""
+        self.admission.release()
         self.tunnels.pop(record.id, None)
+        side, rule = record.side, record.rule
+        self.metrics.tunnels_active.add(-1, side=side, rule=rule)
+        result = str(fields["result"])
+        if result not in NOT_FAILED:
+            self.metrics.tunnels_failed.inc(side=side, rule=rule, reason=result)
+        log_tunnel(record, started, fields, mode=mode)
 
     def tunnel_settings(self) -> TunnelSettings:
         """The tunnel timers and sizes the current configuration asks for."""

@@ -36,7 +36,7 @@ import trio
 
 from ._datagram import MAX_DATAGRAM, DatagramListener, FlowStream
 from ._ingress import IngressFailure, open_link, run_opened_tunnel
-from ._runtime import describe_peer, log_event, log_tunnel, source_of
+from ._runtime import describe_peer, log_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -224,16 +224,9 @@ async def _tunnel_flow(
 ) -> bool:
     """Admission, the flow's tunnel and its access line; True if the flow was refused."""
     client = describe_peer(flow.client)
-    metrics = runtime.metrics
-    metrics.tunnels_total.inc(side="ingress", rule=rule)
-    refusal = "shutting-down" if runtime.draining else None
-    refusal = refusal or runtime.admission.admit(source_of(client), trio.current_time())
-    if refusal is not None:
-        metrics.tunnels_failed.inc(side="ingress", rule=rule, reason=refusal)
-        log_event("tunnel", side="ingress", mode=mode, rule=rule, client=client, result=refusal)
+    if runtime.admit_tunnel("ingress", rule, client, mode=mode) is not None:
         return True
-    record = runtime.new_record("ingress", rule, client)
-    metrics.tunnels_active.add(1, side="ingress", rule=rule)
+    record = runtime.begin_tunnel("ingress", rule, client)
     started = trio.current_time()
     fields: dict[str, Any] = {"result": "ok"}
     refused = False
@@ -253,10 +246,5 @@ async def _tunnel_flow(
         fields.update(result="shutting-down", detail="flow cut at shutdown")
         raise
     finally:
-        runtime.admission.release()
-        runtime.end_record(record)
-        metrics.tunnels_active.add(-1, side="ingress", rule=rule)
-        if fields["result"] != "ok":
-            metrics.tunnels_failed.inc(side="ingress", rule=rule, reason=str(fields["result"]))
-        log_tunnel(record, started, {**fields, "dropped": flow.dropped}, mode=mode)
+        runtime.finish_tunnel(record, started, {**fields, "dropped": flow.dropped}, mode=mode)
     return refused
