@@ -48,6 +48,7 @@ __all__ = [
     "Runtime",
     "TunnelRecord",
     "apply_tcp_settings",
+    "bind_unix_listener",
     "check_mark",
     "connect_endpoint",
     "connect_error_kind",
@@ -472,18 +473,24 @@ class Runtime:
 # --------------------------------------------------------------------------- sockets
 
 
-async def _unix_listener(path: str, backlog: int) -> trio.SocketListener:
+def bind_unix_listener(path: str, backlog: int) -> socket.socket:
+    """A listening UNIX stream socket at ``path``, replacing a stale socket file there."""
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)  # a stale socket from an earlier run
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        await sock.bind(path)
+        sock.bind(path)
         sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
-    return trio.SocketListener(sock)
+    return sock
+
+
+async def _unix_listener(path: str, backlog: int) -> trio.SocketListener:
+    await trio.lowlevel.checkpoint()
+    return trio.SocketListener(trio.socket.from_stdlib_socket(bind_unix_listener(path, backlog)))
 
 
 async def open_endpoint_listeners(

@@ -22,7 +22,6 @@ logged (``mode="socks5-udp"``) like any tunnel.
 from __future__ import annotations
 
 import contextlib
-import socket
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,9 +29,11 @@ import trio
 
 from ._datagram import FlowStream
 from ._socks import SocksError, SocksReply, build_reply, parse_udp_datagram, udp_header
-from ._udp import DatagramReader, run_flow
+from ._udp import DatagramReader, bind_udp, run_flow
 
 if TYPE_CHECKING:
+    import socket
+
     from ._config import Endpoint, Socks5Rule
     from ._link import AddressTarget, Target
     from ._runtime import Runtime
@@ -45,17 +46,7 @@ _MODE: Final = "socks5-udp"
 
 def _relay_socket(control: trio.SocketStream) -> socket.socket:
     """A UDP socket on the address the client's control connection reached, any port."""
-    local = control.socket.getsockname()
-    sock = socket.socket(control.socket.family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        if control.socket.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((local[0], 0))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return bind_udp(control.socket.family, (control.socket.getsockname()[0], 0))
 
 
 async def run_udp_association(

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ._link import Target
     from ._runtime import Runtime
 
-__all__ = ["READS_PER_TURN", "DatagramReader", "run_flow", "serve_udp"]
+__all__ = ["READS_PER_TURN", "DatagramReader", "bind_udp", "run_flow", "serve_udp"]
 
 #: Datagrams the listener reads in a row before it lets other tasks run.
 READS_PER_TURN: Final = 64
@@ -57,13 +57,21 @@ async def _bind(runtime: Runtime, rule: UdpRule) -> socket.socket:
     infos = await trio.socket.getaddrinfo(
         endpoint.host, endpoint.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
     )
-    family, kind, proto, _name, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    family, _kind, _proto, _name, address = infos[0]
+    return bind_udp(family, address, reuse_port=runtime.config.process.reuse_port)
+
+
+def bind_udp(family: int, address: tuple[Any, ...], *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound to ``address`` (IPv6 sockets take IPv6 only).
+
+    Used without trio's socket wrapper: a relay calls it once per datagram.
+    """
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if runtime.config.process.reuse_port:
+        if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except BaseException:

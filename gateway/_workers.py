@@ -36,7 +36,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 from functools import partial
@@ -52,7 +51,7 @@ from ._activation import take as take_passed_sockets
 from ._admin import serve_admin_answers
 from ._config import AdminConfig, Endpoint, GatewayConfig, load_config
 from ._reader import StreamReader
-from ._runtime import log_event
+from ._runtime import bind_unix_listener, log_event
 from ._systemd import SystemdNotifier
 
 if TYPE_CHECKING:
@@ -137,20 +136,6 @@ def _stream_listen_endpoints(config: GatewayConfig) -> list[Endpoint]:
     ]
 
 
-def _bind_unix(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)  # a stale socket from an earlier run
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        sock.listen(_BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def _shared_sockets(config: GatewayConfig) -> list[tuple[str, socket.socket]]:
     """The listening sockets every worker shares: UNIX ones bound here, systemd's passed.
 
@@ -164,7 +149,8 @@ def _shared_sockets(config: GatewayConfig) -> list[tuple[str, socket.socket]]:
     try:
         for endpoint in dict.fromkeys(_stream_listen_endpoints(config)):
             if endpoint.kind == "unix":
-                shared.append((f"unix:{endpoint.path}", _bind_unix(endpoint.path)))
+                sock = bind_unix_listener(endpoint.path, _BACKLOG)
+                shared.append((f"unix:{endpoint.path}", sock))
             elif endpoint.kind == "systemd":
                 shared.extend((endpoint.path, s) for s in take_passed_sockets(endpoint.path))
     except BaseException:
