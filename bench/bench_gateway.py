@@ -107,7 +107,7 @@ PREWARM_LINKS = 4
 # Bytes each tunnel echoes in the burst-memory figure, and the wait before reading RSS
 # (longer than two of the gateway's buffer-release intervals).
 BURST_BYTES = 1 << 20
-BURST_CHUNK = 1 << 16
+BURST_BLOCK = os.urandom(1 << 16)
 BURST_SETTLE = 2 * BUFFER_RELEASE_INTERVAL + 1.0
 # Worker processes per gateway in the ratls-workers topology.
 WORKERS = 2
@@ -617,52 +617,22 @@ def tunnel_rate(topo: Topology, total: int, conc: int) -> float:
     return total / (time.perf_counter() - start)
 
 
-def burst_memory(topo: Topology, count: int) -> float:
-    """KiB of hop RSS per tunnel after each of ``count`` tunnels echoed 1 MiB and went quiet.
+def held_memory(
+    topo: Topology, count: int, exchange: Callable[[socket.socket], None], settle: float
+) -> float:
+    """KiB of hop RSS (both hops) per tunnel while ``count`` tunnels are held open.
 
-    The tunnels stay open; the figure is taken :data:`BURST_SETTLE` seconds after the
-    last burst, when the ratls gateways have given back what the bursts grew (tunnels
-    quiet for ``BUFFER_RELEASE_INTERVAL`` do).  0 tunnels: not measured (NaN).
+    Each tunnel runs ``exchange`` once opened; RSS is read ``settle`` seconds after the
+    last one.  Afterwards the bench waits until the hops have torn the tunnels down.
     """
-    if count <= 0:
-        return float("nan")
-    before = sum(rss_kib(p.pid) for p in topo.hops)
-    block = os.urandom(BURST_CHUNK)
-    held: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.create_connection((HOST, topo.entry), timeout=30)
-            held.append(s)
-            s.sendall(b"E")
-            for _ in range(BURST_BYTES // BURST_CHUNK):  # in lockstep: no echo deadlock
-                s.sendall(block)
-                got = 0
-                while got < BURST_CHUNK:
-                    data = s.recv(BURST_CHUNK - got)
-                    if not data:
-                        raise RuntimeError("the tunnel closed during the burst")
-                    got += len(data)
-        time.sleep(BURST_SETTLE)
-        after = sum(rss_kib(p.pid) for p in topo.hops)
-    finally:
-        for s in held:
-            s.close()
-    time.sleep(1.0)
-    return (after - before) / count
-
-
-def idle_memory(topo: Topology, count: int) -> float:
-    """KiB of hop RSS (both hops) per idle tunnel, ``count`` tunnels held open."""
     before = sum(rss_kib(p.pid) for p in topo.hops)
     held: list[socket.socket] = []
     try:
         for _ in range(count):
             s = socket.create_connection((HOST, topo.entry), timeout=30)
             held.append(s)
-            s.sendall(b"Ex")
-            if s.recv(1) != b"x":
-                raise RuntimeError("no echo through the tunnel")
-        time.sleep(0.5)
+            exchange(s)
+        time.sleep(settle)
         after = sum(rss_kib(p.pid) for p in topo.hops)
     finally:
         for s in held:
@@ -675,6 +645,42 @@ def idle_memory(topo: Topology, count: int) -> float:
         if sum(cpu_seconds(p.pid) for p in topo.hops) - busy < 0.02:
             break
     return (after - before) / count
+
+
+def _echo_one_byte(s: socket.socket) -> None:
+    s.sendall(b"Ex")
+    if s.recv(1) != b"x":
+        raise RuntimeError("no echo through the tunnel")
+
+
+def _echo_a_burst(s: socket.socket) -> None:
+    block = BURST_BLOCK
+    s.sendall(b"E")
+    for _ in range(BURST_BYTES // len(block)):  # in lockstep: no echo deadlock
+        s.sendall(block)
+        got = 0
+        while got < len(block):
+            data = s.recv(len(block) - got)
+            if not data:
+                raise RuntimeError("the tunnel closed during the burst")
+            got += len(data)
+
+
+def idle_memory(topo: Topology, count: int) -> float:
+    """KiB of hop RSS (both hops) per idle tunnel, ``count`` tunnels held open."""
+    return held_memory(topo, count, _echo_one_byte, 0.5)
+
+
+def burst_memory(topo: Topology, count: int) -> float:
+    """KiB of hop RSS per tunnel after each of ``count`` tunnels echoed 1 MiB and went quiet.
+
+    The tunnels stay open; the figure is taken :data:`BURST_SETTLE` seconds after the
+    last burst, when the ratls gateways have given back what the bursts grew (tunnels
+    quiet for ``BUFFER_RELEASE_INTERVAL`` do).  0 tunnels: not measured (NaN).
+    """
+    if count <= 0:
+        return float("nan")
+    return held_memory(topo, count, _echo_a_burst, BURST_SETTLE)
 
 
 @contextlib.contextmanager

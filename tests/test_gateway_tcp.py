@@ -230,6 +230,8 @@ def test_a_mark_without_cap_net_admin_stops_the_gateway_with_the_reason(tmp_path
     # In a new user namespace (no -n) we hold CAP_NET_ADMIN only over namespaces we do
     # not use: setting SO_MARK on this machine's network is refused, as for any user.
     if shutil.which("unshare") is None:  # pragma: no cover - CI installs util-linux
+        if os.environ.get("CI"):
+            pytest.fail("CI must have unshare (util-linux, installed by .ci/setup)")
         pytest.skip("unshare is not installed")
     config = tmp_path / "egress.toml"
     config.write_text(to_toml({**egress_doc({"web": 8080}), "tcp": {"mark": 565}}))

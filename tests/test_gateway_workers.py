@@ -195,6 +195,29 @@ async def _status(port: int) -> dict[str, Any]:
     return document
 
 
+def _sim_egress(tmp_path: Path, backend: int, listen: str) -> GatewayProcess:
+    """An egress process of two workers (simulated SNP), one route to ``backend``."""
+    doc = egress_doc(
+        {"web": backend},
+        attestation=sim_attestation(),
+        listen=listen,
+        admin={"listen": f"{LOCALHOST}:{stable_port()}"},
+        process={"workers": 2},
+    )
+    return GatewayProcess(tmp_path, "egress", doc)
+
+
+def _sim_ingress(tmp_path: Path, egress: str, listen: str) -> GatewayProcess:
+    """An ingress process (simulated SNP) mapping ``listen`` to the egress's route."""
+    doc = ingress_doc(
+        egress,
+        {"web": listen},
+        attestation=sim_attestation(),
+        admin={"listen": f"{LOCALHOST}:{stable_port()}"},
+    )
+    return GatewayProcess(tmp_path, "ingress", doc)
+
+
 async def _wait_for_worker(port: int, index: int, key: str, value: object) -> None:
     """Until the supervisor's /status shows ``value`` under ``key`` for worker ``index``."""
     with trio.fail_after(20):
@@ -209,27 +232,8 @@ async def test_workers_share_the_ports_restart_and_stop_together(
 ) -> None:
     backend = await start_backend(nursery)
     egress_port, ingress_port = stable_port(), stable_port()
-    egress = GatewayProcess(
-        tmp_path,
-        "egress",
-        egress_doc(
-            {"web": backend.port},
-            attestation=sim_attestation(),
-            listen=f"{LOCALHOST}:{egress_port}",
-            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
-            process={"workers": 2},
-        ),
-    )
-    ingress = GatewayProcess(
-        tmp_path,
-        "ingress",
-        ingress_doc(
-            f"{LOCALHOST}:{egress_port}",
-            {"web": f"{LOCALHOST}:{ingress_port}"},
-            attestation=sim_attestation(),
-            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
-        ),
-    )
+    egress = _sim_egress(tmp_path, backend.port, f"{LOCALHOST}:{egress_port}")
+    ingress = _sim_ingress(tmp_path, f"{LOCALHOST}:{egress_port}", f"{LOCALHOST}:{ingress_port}")
     try:
         async with trio.open_nursery() as starting:
             starting.start_soon(egress.start)  # /readyz: 200 once both workers are ready
@@ -299,17 +303,7 @@ async def test_a_worker_that_cannot_start_stops_the_gateway(tmp_path: Path) -> N
     taken.listen()
     port = taken.getsockname()[1]
     with taken:
-        egress = GatewayProcess(
-            tmp_path,
-            "egress",
-            egress_doc(
-                {"web": 9},
-                attestation=sim_attestation(),
-                listen=f"{LOCALHOST}:{port}",
-                admin={"listen": f"{LOCALHOST}:{stable_port()}"},
-                process={"workers": 2},
-            ),
-        )
+        egress = _sim_egress(tmp_path, 9, f"{LOCALHOST}:{port}")
         with pytest.raises(RuntimeError, match="gateway exited early"):
             await egress.start()
         assert egress.process is not None
@@ -332,28 +326,9 @@ async def test_workers_share_a_unix_socket_listener_the_supervisor_bound(
 ) -> None:
     backend = await start_backend(nursery)
     link = tmp_path / "egress.sock"
-    egress = GatewayProcess(
-        tmp_path,
-        "egress",
-        egress_doc(
-            {"web": backend.port},
-            attestation=sim_attestation(),
-            listen=f"unix:{link}",
-            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
-            process={"workers": 2},
-        ),
-    )
+    egress = _sim_egress(tmp_path, backend.port, f"unix:{link}")
     ingress_port = stable_port()
-    ingress = GatewayProcess(
-        tmp_path,
-        "ingress",
-        ingress_doc(
-            f"unix:{link}",
-            {"web": f"{LOCALHOST}:{ingress_port}"},
-            attestation=sim_attestation(),
-            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
-        ),
-    )
+    ingress = _sim_ingress(tmp_path, f"unix:{link}", f"{LOCALHOST}:{ingress_port}")
     try:
         await egress.start()
         await ingress.start()
@@ -471,17 +446,7 @@ def _running(pid: int) -> bool:
 
 
 async def test_workers_stop_when_their_supervisor_dies(tmp_path: Path) -> None:
-    egress = GatewayProcess(
-        tmp_path,
-        "egress",
-        egress_doc(
-            {"web": 9},
-            attestation=sim_attestation(),
-            listen=f"{LOCALHOST}:{stable_port()}",
-            admin={"listen": f"{LOCALHOST}:{stable_port()}"},
-            process={"workers": 2},
-        ),
-    )
+    egress = _sim_egress(tmp_path, 9, f"{LOCALHOST}:{stable_port()}")
     try:
         await egress.start()
         pids = [w["pid"] for w in (await _status(egress.admin_port))["workers"]]
