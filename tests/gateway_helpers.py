@@ -905,6 +905,18 @@ def sim_egress_config(directory: Path, *, admin: bool = False) -> Path:
     return config
 
 
+# Moves the descriptors named in argv[1:3] to 3 and 4 and execs argv[3:] with LISTEN_PID
+# and LISTEN_FDS set, the way systemd starts a socket-activated service.
+AS_SYSTEMD = """
+import fcntl, os, sys
+moved = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in sys.argv[1:3]]
+for target, fd in enumerate(moved, start=3):
+    os.dup2(fd, target)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(moved)))
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
 def spawn_gateway_cli(
     config: Path, *, env: Mapping[str, str] | None = None, stderr: int = subprocess.PIPE
 ) -> subprocess.Popen[bytes]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from gateway_helpers import (
+    AS_SYSTEMD,
     LOCALHOST,
     REPO,
     connect,
@@ -43,18 +44,6 @@ def _no_sockets_left() -> Iterator[None]:
     """Each test starts with no passed sockets and leaves none behind."""
     yield
     _activation.close_unclaimed()
-
-
-# Moves the descriptors named in argv[1:3] to 3 and 4 and execs argv[3:] with LISTEN_PID
-# and LISTEN_FDS set, the way systemd starts a socket-activated service.
-_AS_SYSTEMD = """
-import fcntl, os, sys
-moved = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in sys.argv[1:3]]
-for target, fd in enumerate(moved, start=3):
-    os.dup2(fd, target)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(moved)))
-os.execv(sys.argv[3], sys.argv[3:])
-"""
 
 
 def listening_socket() -> socket.socket:
@@ -166,7 +155,7 @@ def test_gateway_run_takes_the_socket_systemd_passed(tmp_path: Path) -> None:
         # process that runs the gateway (the wrapper's, which exec keeps).
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [
-                *(sys.executable, "-c", _AS_SYSTEMD, str(admin.fileno()), str(spare.fileno())),
+                *(sys.executable, "-c", AS_SYSTEMD, str(admin.fileno()), str(spare.fileno())),
                 *(sys.executable, "-m", "gateway.cli", "run", str(config)),
             ],
             pass_fds=(admin.fileno(), spare.fileno()),

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 from gateway_helpers import (
+    AS_SYSTEMD,
     LOCALHOST,
     GatewayProcess,
     admin_get,
@@ -195,6 +196,16 @@ async def _status(port: int) -> dict[str, Any]:
     return document
 
 
+async def _tunnels_through(ingress_port: int, count: int) -> None:
+    """``count`` tunnels one after another, each echoing one message."""
+    for i in range(count):
+        client = await connect(LOCALHOST, ingress_port)
+        message = b"tunnel %d" % i
+        await client.send_all(message)
+        assert await receive_exactly(client, len(message)) == message
+        await client.aclose()
+
+
 def _sim_egress(tmp_path: Path, backend: int, listen: str) -> GatewayProcess:
     """An egress process of two workers (simulated SNP), one route to ``backend``."""
     doc = egress_doc(
@@ -243,15 +254,7 @@ async def test_workers_share_the_ports_restart_and_stop_together(
         assert len(set(pids)) == 2
         assert all(worker["status"]["ready"] for worker in status["workers"])
 
-        async def tunnels(count: int) -> None:
-            for i in range(count):
-                client = await connect(LOCALHOST, ingress_port)
-                message = b"tunnel %d" % i
-                await client.send_all(message)
-                assert await receive_exactly(client, len(message)) == message
-                await client.aclose()
-
-        await tunnels(16)
+        await _tunnels_through(ingress_port, 16)
         # The kernel spread the ingress's links over both workers (16 connections all
         # landing on one of two has odds of 1 in 32,768).
         code, text = await admin_get(egress.admin_port, "/metrics")
@@ -274,9 +277,9 @@ async def test_workers_share_the_ports_restart_and_stop_together(
         # process that crashes: the tunnels below start once the supervisor saw it go.)
         os.kill(pids[0], signal.SIGKILL)
         await _wait_for_worker(egress.admin_port, 0, "restarts", 1)
-        await tunnels(4)
+        await _tunnels_through(ingress_port, 4)
         await _wait_for_worker(egress.admin_port, 0, "ready", True)
-        await tunnels(8)
+        await _tunnels_through(ingress_port, 8)
 
         # SIGHUP reaches every worker; each reloads as a gateway alone would.
         assert egress.process is not None
@@ -312,15 +315,6 @@ async def test_a_worker_that_cannot_start_stops_the_gateway(tmp_path: Path) -> N
         assert any("before ready" in str(r.get("error")) for r in failures)
 
 
-async def _tunnels_through(ingress_port: int, count: int) -> None:
-    for i in range(count):
-        client = await connect(LOCALHOST, ingress_port)
-        message = b"shared socket %d" % i
-        await client.send_all(message)
-        assert await receive_exactly(client, len(message)) == message
-        await client.aclose()
-
-
 async def test_workers_share_a_unix_socket_listener_the_supervisor_bound(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -345,18 +339,6 @@ async def test_workers_share_a_unix_socket_listener_the_supervisor_bound(
     finally:
         await ingress.aclose()
         await egress.aclose()
-
-
-# Moves the descriptors named in argv[1:3] to 3 and 4 and execs argv[3:] with LISTEN_PID
-# and LISTEN_FDS set, the way systemd starts a socket-activated service.
-_AS_SYSTEMD = """
-import fcntl, os, sys
-moved = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in sys.argv[1:3]]
-for target, fd in enumerate(moved, start=3):
-    os.dup2(fd, target)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(moved)))
-os.execv(sys.argv[3], sys.argv[3:])
-"""
 
 
 async def test_workers_share_the_sockets_systemd_passed(
@@ -389,7 +371,7 @@ async def test_workers_share_the_sockets_systemd_passed(
     with link_socket, admin_socket, log.open("wb") as log_file:
         process = await trio.lowlevel.open_process(
             [
-                *(sys.executable, "-c", _AS_SYSTEMD),
+                *(sys.executable, "-c", AS_SYSTEMD),
                 *(str(link_socket.fileno()), str(admin_socket.fileno())),
                 *(sys.executable, "-m", "gateway.cli", "run", str(config)),
                 *("--drain-timeout", "1"),
