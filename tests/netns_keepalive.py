@@ -11,8 +11,6 @@ long it took.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_helpers import KEY, egress_doc, ingress_doc, listen_port, start_gateway
-from netns_support import TunnelLines, run
+from netns_support import TunnelLines, main_as_root, run
 
 from gateway._config import parse_config
 from gateway._testing import hmac_test_attestation
@@ -74,6 +72,4 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if os.geteuid() != 0:  # pragma: no cover - unshare -r maps us to root
-        sys.exit("run me under unshare -rn")
-    print(json.dumps(trio.run(main)))
+    main_as_root(main)

@@ -12,8 +12,6 @@ marked packets netfilter counted.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +22,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_helpers import KEY, egress_doc, ingress_doc, start_gateway
-from netns_support import TunnelLines, run
+from netns_support import TunnelLines, main_as_root, run
 from netns_transparent import client, echo
 
 from gateway._config import parse_config
@@ -85,9 +83,7 @@ async def main() -> dict[str, Any]:
         }
         await start_gateway(nursery, parse_config(idoc), hmac_test_attestation(KEY)[0])
         results["captured"] = await client("127.0.0.1", SERVICE, PORT)
-        with trio.fail_after(5):
-            while len(lines.lines) < 2:  # noqa: ASYNC110 - waiting for log records
-                await trio.sleep(0.01)
+        await lines.wait_for(2)
         results["tunnels"] = lines.lines
         results["marked_syns"] = marked_syns()
         nursery.cancel_scope.cancel()
@@ -95,6 +91,4 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if os.geteuid() != 0:  # pragma: no cover - unshare -r maps us to root
-        sys.exit("run me under unshare -rn")
-    print(json.dumps(trio.run(main)))
+    main_as_root(main)

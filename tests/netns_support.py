@@ -6,13 +6,28 @@ and print JSON; this module gives them a command runner and the gateways' access
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import subprocess
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 from gateway._runtime import LOGGER_NAME
 
-__all__ = ["TunnelLines", "run"]
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["TunnelLines", "main_as_root", "run"]
+
+
+def main_as_root(main: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    """Run a script's ``main`` under trio and print its results as JSON (as root only)."""
+    if os.geteuid() != 0:  # pragma: no cover - unshare -r maps us to root
+        sys.exit("run me under unshare -rn")
+    print(json.dumps(trio.run(main)))
 
 
 def run(*argv: str) -> None:
@@ -30,6 +45,13 @@ class TunnelLines(logging.Handler):
         logger = logging.getLogger(LOGGER_NAME)
         logger.addHandler(self)
         logger.setLevel(logging.INFO)
+
+    async def wait_for(self, count: int) -> None:
+        """Until ``count`` lines were kept (TooSlowError after 5 s: a tunnel that should
+        log has failed to)."""
+        with trio.fail_after(5):
+            while len(self.lines) < count:  # noqa: ASYNC110 - waiting for log records
+                await trio.sleep(0.01)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Keep a ``tunnel`` record of the chosen side."""

@@ -10,7 +10,6 @@ backend listening on that very address.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_helpers import KEY, egress_doc, ingress_doc, listen_port, start_gateway
-from netns_support import TunnelLines, run
+from netns_support import TunnelLines, main_as_root, run
 
 from gateway._config import parse_config
 from gateway._testing import hmac_test_attestation
@@ -115,9 +114,7 @@ async def main() -> dict[str, Any]:
                     argv = ["nsenter", "-t", where, "-n", *argv]
                 done = await trio.run_process(argv, capture_stdout=True, check=True)
                 results[label] = done.stdout.decode().strip()
-            with trio.fail_after(5):
-                while len(lines.lines) < 2:  # noqa: ASYNC110 - waiting for log records
-                    await trio.sleep(0.01)
+            await lines.wait_for(2)
             results["tunnels"] = lines.lines
             nursery.cancel_scope.cancel()
     finally:
@@ -127,6 +124,4 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if os.geteuid() != 0:  # pragma: no cover - unshare -r maps us to root
-        sys.exit("run me under unshare -rn")
-    print(json.dumps(trio.run(main)))
+    main_as_root(main)

@@ -14,8 +14,6 @@ operator excludes the gateway's traffic (``-m owner ! --uid-owner``, or by addre
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -32,7 +30,7 @@ from gateway_helpers import (
     listen_port,
     start_gateway,
 )
-from netns_support import TunnelLines, run
+from netns_support import TunnelLines, main_as_root, run
 
 from gateway._config import parse_config
 from gateway._testing import hmac_test_attestation
@@ -115,15 +113,11 @@ async def main() -> dict[str, Any]:
         results["not_allowed"] = await client(CLIENT_V4, SERVICE_V4, CLOSED_PORT)
         results["direct"] = await client("127.0.0.1", "127.0.0.1", CAPTURE)
         results["unmatched"] = await client("127.0.0.1", SERVICE_V4, PORT)  # no rule: direct
-        with trio.fail_after(5):
-            while len(lines.lines) < 4:  # noqa: ASYNC110 - waiting for log records
-                await trio.sleep(0.01)
+        await lines.wait_for(4)
         results["tunnels"] = lines.lines
         nursery.cancel_scope.cancel()
     return results
 
 
 if __name__ == "__main__":
-    if os.geteuid() != 0:  # pragma: no cover - unshare -r maps us to root
-        sys.exit("run me under unshare -rn")
-    print(json.dumps(trio.run(main)))
+    main_as_root(main)
