@@ -411,14 +411,14 @@ class SimulatedSnpAttester:
         """
         binder = _check_binder(binder)
         sp = self._simulator()
-        report = yield from sp.build_report_steps(
+        report = yield from sp.report_bytes_steps(
             report_data=binder,
             version=self._version,
             vmpl=self._vmpl,
             measurement=self._measurement,
             policy=self._guest_policy,
         )
-        return SnpEvidence(snp_report=report.to_bytes(), certs=self._certs_of(sp)).to_bytes()
+        return SnpEvidence(snp_report=report, certs=self._certs_of(sp)).to_bytes()
 
     def _certs_of(self, sp: SimulatedAmdSp) -> tuple[bytes, ...]:
         """The simulator's VCEK, ASK and ARK in DER, encoded once per simulator."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import stat
 import subprocess
@@ -35,7 +36,7 @@ from ratls._amd_certs import (
     verify_amd_chain,
     verify_report_signature,
 )
-from ratls._errors import CertificateChainError, EvidenceFormatError
+from ratls._errors import CertificateChainError, EvidenceFormatError, SignatureMismatch
 from ratls._snp_certtable import (
     CERT_TABLE_GUID_ARK,
     CERT_TABLE_GUID_ASK,
@@ -52,6 +53,7 @@ from ratls._snp_report import (
     TcbVersion,
     parse_snp_report,
 )
+from ratls._steps import run_inline
 from ratls.sim import SIMULATOR_MARK, SimulatedAmdSp, simulated_amd_sp
 
 CERTS = Path(__file__).resolve().parent.parent / "certs" / "amd"
@@ -980,3 +982,39 @@ def test_load_or_generate(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "sp.json").exists()
     assert SimulatedAmdSp.load(tmp_path / "new").leaf == fresh.leaf
     assert fresh.ark_spki_sha256 != sp.ark_spki_sha256
+
+
+@pytest.mark.parametrize("version", [2, 3, 5])
+@pytest.mark.parametrize("key_kind", [KeyKind.VCEK, KeyKind.VLEK])
+def test_report_bytes_are_the_full_build_with_report_data_and_a_fresh_report_id(
+    version: int, key_kind: KeyKind
+) -> None:
+    # The per-connection path writes two fields into a kept layout; apart from the
+    # random REPORT_ID (and so the signature) it must give the full build's bytes.
+    sp = simulated_amd_sp(ProductLine.GENOA, key_kind)
+    report_data = bytes(range(64))
+    policy = GuestPolicy(smt=True, debug=True)
+    make = functools.partial(sp.report_bytes_steps, version=version, vmpl=1, policy=policy)
+    first = run_inline(make(report_data=report_data))
+    second = run_inline(make(report_data=bytes(64)))
+    parsed = parse_snp_report(first, product=ProductLine.GENOA)
+    full = sp.build_report(
+        report_data=report_data,
+        version=version,
+        vmpl=1,
+        policy=policy,
+        report_id=parsed.report_id,
+    )
+    unsigned = dataclasses.replace(parsed, signature_r=0, signature_s=0)
+    assert unsigned.to_bytes() == dataclasses.replace(full, signature_r=0, signature_s=0).to_bytes()
+    assert parse_snp_report(second, product=ProductLine.GENOA).report_id != parsed.report_id
+    verify_report_signature(parsed, sp.leaf_public_key)
+    tampered = dataclasses.replace(parsed, report_data=bytes(64))
+    with pytest.raises(SignatureMismatch):
+        verify_report_signature(tampered, sp.leaf_public_key)
+
+
+def test_report_bytes_refuse_report_data_of_the_wrong_size() -> None:
+    sp = simulated_amd_sp(MILAN)
+    with pytest.raises(ValueError, match="64 bytes"):
+        run_inline(sp.report_bytes_steps(report_data=bytes(32)))

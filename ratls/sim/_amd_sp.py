@@ -73,6 +73,7 @@ from .._snp_certtable import (
     build_cert_table,
 )
 from .._snp_report import (
+    SNP_SIGNED_SIZE,
     GuestPolicy,
     PlatformInfo,
     ProductLine,
@@ -130,6 +131,16 @@ _DEFAULT_TCB: Final[Mapping[ProductLine, TcbVersion]] = {
 _FIRMWARE: Final = (1, 55, 21)
 
 _SAVE_FORMAT: Final = 1
+
+# Where report_bytes_steps writes into a report (AMD SEV-SNP ABI, ATTESTATION_REPORT).
+_REPORT_DATA_SIZE: Final = 64
+_REPORT_DATA: Final = slice(0x50, 0x90)
+_REPORT_ID: Final = slice(0x140, 0x160)
+_SIGNATURE_R: Final = slice(0x2A0, 0x2E8)
+_SIGNATURE_S: Final = slice(0x2E8, 0x330)
+_SIGNATURE_COMPONENT: Final = 72
+#: Unsigned report layouts kept per simulator (one per distinct attester setup).
+_TEMPLATES_KEPT: Final = 16
 
 
 def _amd_name(common_name: str) -> x509.Name:
@@ -234,6 +245,9 @@ class SimulatedAmdSp:
         self._ark_key = ark_key
         self._ask_key = ask_key
         self._leaf_key = leaf_key
+        # Unsigned report layouts per (version, vmpl, measurement, policy), for
+        # report_bytes_steps; each made by the full build path once.
+        self._templates: dict[tuple[object, ...], bytes] = {}
 
     def __repr__(self) -> str:
         return (
@@ -548,11 +562,38 @@ class SimulatedAmdSp:
         Raises:
             ValueError: a field is invalid, or the report would disagree with the key.
         """
+        values = self._report_fields(
+            report_data=report_data,
+            version=version,
+            vmpl=vmpl,
+            measurement=measurement,
+            policy=policy,
+        )
+        unknown = set(fields) - set(values)
+        if unknown:
+            raise ValueError(f"unknown report field(s): {', '.join(sorted(unknown))}")
+        values.update(fields)
+        return (
+            yield from self.sign_report_steps(
+                SnpReport(**values), allow_inconsistent=allow_inconsistent
+            )
+        )
+
+    def _report_fields(
+        self,
+        *,
+        report_data: bytes,
+        version: int,
+        vmpl: int,
+        measurement: bytes | None,
+        policy: GuestPolicy | None,
+    ) -> dict[str, Any]:
+        """The default fields of a report for this product (see build_report_steps)."""
         family, model, stepping = _CPUID[self.product]
         v2 = version == 2
         signing_key = SigningKey.VLEK if self.key_kind is KeyKind.VLEK else SigningKey.VCEK
         major, minor, build = _FIRMWARE
-        values: dict[str, Any] = {
+        return {
             "version": version,
             "guest_svn": 0,
             "policy": policy if policy is not None else GuestPolicy(smt=True),
@@ -591,15 +632,67 @@ class SimulatedAmdSp:
             "signature_s": 0,
             "product": self.product,
         }
-        unknown = set(fields) - set(values)
-        if unknown:
-            raise ValueError(f"unknown report field(s): {', '.join(sorted(unknown))}")
-        values.update(fields)
-        return (
-            yield from self.sign_report_steps(
-                SnpReport(**values), allow_inconsistent=allow_inconsistent
+
+    def report_bytes_steps(
+        self,
+        *,
+        report_data: bytes,
+        version: int = 3,
+        vmpl: int = 0,
+        measurement: bytes | None = None,
+        policy: GuestPolicy | None = None,
+    ) -> Steps[bytes]:
+        """The raw signed report :meth:`build_report_steps` makes, without the objects.
+
+        An attester that makes a report per connection only needs its bytes.  The
+        report with every default field is built and checked by
+        :meth:`build_report_steps`'s own path once per (version, vmpl, measurement,
+        policy) and kept unsigned; each call then writes REPORT_DATA and a fresh random
+        REPORT_ID into a copy and signs it, so the result is byte for byte what the full
+        path gives for the same REPORT_ID.
+
+        Args:
+            report_data: the 64 bytes of REPORT_DATA.
+            version: report version (2, 3, 4 or 5).
+            vmpl: the VMPL the report is for.
+            measurement: the launch digest (a fixed simulated one by default).
+            policy: the guest policy.
+
+        Returns:
+            The 1184-byte signed report.
+
+        Raises:
+            ValueError: ``report_data`` is not 64 bytes, or a field is invalid.
+        """
+        if len(report_data) != _REPORT_DATA_SIZE:
+            raise ValueError(f"REPORT_DATA must be {_REPORT_DATA_SIZE} bytes")
+        key = (version, vmpl, measurement, policy)
+        template = self._templates.get(key)
+        if template is None:
+            report = SnpReport(
+                **self._report_fields(
+                    report_data=bytes(_REPORT_DATA_SIZE),
+                    version=version,
+                    vmpl=vmpl,
+                    measurement=measurement,
+                    policy=policy,
+                )
             )
-        )
+            self._check_consistent(report)
+            template = report.to_bytes()
+            if len(self._templates) >= _TEMPLATES_KEPT:
+                self._templates.clear()
+            self._templates[key] = template
+        raw = bytearray(template)
+        raw[_REPORT_DATA] = report_data
+        raw[_REPORT_ID] = secrets.token_bytes(32)
+        signed = bytes(raw[:SNP_SIGNED_SIZE])
+        sign = functools.partial(self._leaf_key.sign, signed, ec.ECDSA(hashes.SHA384()))
+        der = yield from offload(sign)
+        r, s = decode_dss_signature(der)
+        raw[_SIGNATURE_R] = r.to_bytes(_SIGNATURE_COMPONENT, "little")
+        raw[_SIGNATURE_S] = s.to_bytes(_SIGNATURE_COMPONENT, "little")
+        return bytes(raw)
 
     # --- persistence ----------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final, final
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .._errors import AttesterError
+from .._steps import run_inline
 from .._tpm_device import (
     NV_INDEX_RSA2048_EK_CERT,
     Tpm,
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from types import TracebackType
 
-    from .._snp_report import SnpReport
     from .._tpm_credential import Credential
     from .._tpm_device import Attestation
     from ._amd_sp import SimulatedAmdSp
@@ -200,7 +200,7 @@ class SimulatedSvsm:
                 # The prototype's SVSM: one VMPL-0 report at boot, over the EK TPM2B_PUBLIC,
                 # kept where an unmodified agent looks for the EK certificate.
                 data = hashlib.sha512(self._identity.ek_public).digest()
-                store_report_in_nv(self._tpm, self._vmpl0_report(data).to_bytes())
+                store_report_in_nv(self._tpm, self._vmpl0_report(data))
         except BaseException:
             self._shutdown()
             raise
@@ -224,12 +224,14 @@ class SimulatedSvsm:
 
     # --- the SVSM (VMPL 0) ------------------------------------------------------------------
 
-    def _vmpl0_report(self, report_data: bytes) -> SnpReport:
-        return self._sp.build_report(
-            report_data=report_data,
-            version=self._report_version,
-            vmpl=0,
-            measurement=self._measurement,
+    def _vmpl0_report(self, report_data: bytes) -> bytes:
+        return run_inline(
+            self._sp.report_bytes_steps(
+                report_data=report_data,
+                version=self._report_version,
+                vmpl=0,
+                measurement=self._measurement,
+            )
         )
 
     def attest_single_service(
@@ -267,7 +269,7 @@ class SimulatedSvsm:
         manifest = self.identity.ek_tpmt_public
         report = self._vmpl0_report(hashlib.sha512(bytes(nonce) + manifest).digest())
         return SvsmAttestation(
-            report=report.to_bytes(),
+            report=report,
             manifest=manifest,
             certs=self._sp.cert_table() if with_certs else None,
         )
@@ -298,12 +300,14 @@ class SimulatedSvsm:
         """
         if not 1 <= vmpl <= 3:
             raise ValueError("the guest OS runs at VMPL 1-3; VMPL 0 is the SVSM's")
-        return self._sp.build_report(
-            report_data=report_data,
-            version=self._report_version,
-            vmpl=vmpl,
-            measurement=self._measurement,
-        ).to_bytes()
+        return run_inline(
+            self._sp.report_bytes_steps(
+                report_data=report_data,
+                version=self._report_version,
+                vmpl=vmpl,
+                measurement=self._measurement,
+            )
+        )
 
     # --- the guest OS (VMPL 1) ----------------------------------------------------------------
 
