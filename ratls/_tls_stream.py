@@ -11,6 +11,7 @@ exchange (:mod:`ratls._exchange`) has succeeded in both directions.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import enum
 import operator
 from functools import partial
@@ -178,11 +179,12 @@ async def acquire_for_io(lock: LightLock | trio.Lock | trio.StrictFIFOLock) -> N
 class _BackgroundCall(Generic[_T]):
     """A blocking call started in a worker thread now and awaited later.
 
-    Unlike ``trio.to_thread.run_sync`` it needs no task of its own, so a stream can start
-    work it will need a little later (its own evidence) and go on with something else
-    (judging the peer's).  It counts against trio's default thread limiter like any
-    ``to_thread`` call, so many connections at once cannot start unbounded threads.  If
-    nobody awaits the result, the thread finishes and its result is dropped.
+    A stream can so start work it will need a little later (its own evidence) and go on
+    with something else (judging the peer's, or finishing the handshake).  The call runs
+    through ``trio.to_thread.run_sync`` in a system task: it counts against trio's default
+    thread limiter, so many connections at once cannot start unbounded threads, and the
+    callee may use ``trio.from_thread``.  If nobody awaits the result, the thread finishes
+    and its result is dropped.
     """
 
     def __init__(self) -> None:
@@ -192,31 +194,20 @@ class _BackgroundCall(Generic[_T]):
 
     @classmethod
     async def start(cls, fn: Callable[[], _T]) -> _BackgroundCall[_T]:
-        """Start ``fn`` in a worker thread (waiting for a free thread slot first)."""
+        """Start ``fn`` in a trio worker thread (from which ``trio.from_thread`` works)."""
         call: _BackgroundCall[_T] = cls()
-        limiter = trio.to_thread.current_default_thread_limiter()
-        await limiter.acquire_on_behalf_of(call)
-        token = trio.lowlevel.current_trio_token()
 
-        def run() -> None:
+        async def run() -> None:
             try:
-                call._value = fn()
+                call._value = await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
             except Exception as exc:  # handed to the awaiting task by wait()
                 call._error = exc
+            finally:
+                call._done.set()
 
-        def finished() -> None:  # in the trio thread
-            limiter.release_on_behalf_of(call)
-            call._done.set()
-
-        def deliver(_: object) -> None:  # in the worker thread
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(finished)
-
-        try:
-            trio.lowlevel.start_thread_soon(run, deliver)
-        except BaseException:
-            limiter.release_on_behalf_of(call)
-            raise
+        # A system task, so that no caller's nursery is needed; it ends with the call.
+        trio.lowlevel.spawn_system_task(run, context=contextvars.copy_context())
+        await trio.lowlevel.checkpoint()
         return call
 
     async def wait(self) -> _T:
@@ -225,6 +216,78 @@ class _BackgroundCall(Generic[_T]):
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]  # set when no error was recorded
+
+
+@final
+class _EarlyEvidence:
+    """Our own evidence, started before it can be sent and taken when it can.
+
+    A client starts its evidence as soon as its handshake is done and sends it only
+    after judging the server's.  A server starts its evidence once its Finished is
+    written: in TLS 1.3 the exporter is fixed by the transcript up to the server's
+    Finished (RFC 8446, 7.5), so a server knows its binder while the client is still
+    working on the server's flight.  Either way the attester's time leaves the
+    connection's path: a computing attester's signature goes to the offload pool, a
+    blocking attester runs in a worker thread.  Nothing is sent before the handshake
+    completes, and a failed handshake or exchange drops the result.  A server's early
+    evidence shows nothing new: a server shows its evidence to every peer that
+    completes a handshake.
+    """
+
+    __slots__ = ("_background", "_config", "_conn", "_started", "binder")
+
+    def __init__(self, conn: SSL.Connection, config: AttestationConfig) -> None:
+        self._conn = conn
+        self._config = config
+        self.binder: bytes | None = None
+        self._started: StartedSteps[Evidence | NoEvidence] | None = None
+        self._background: _BackgroundCall[Evidence | NoEvidence] | None = None
+
+    async def start_if_ready(self) -> None:
+        """(Server) start the evidence if our Finished has gone out, else do nothing."""
+        conn = self._conn
+        if self.binder is not None or conn.get_finished() is None:
+            return
+        own = conn.get_certificate(as_cryptography=True)
+        if own is None or conn.get_protocol_version_name() != _TLS13:
+            self.binder = b""  # not startable: made after the handshake (which fails on it)
+            return
+        exporter = conn.export_keying_material(EXPORTER_LABEL, EXPORTER_LENGTH, EXPORTER_CONTEXT)
+        await self.start(compute_binder(own, exporter))
+
+    async def start(self, binder: bytes) -> None:
+        """Start the evidence for ``binder`` (an attester that can do neither: nothing)."""
+        self.binder = binder
+        config = self._config
+        if config.attester is None:
+            return
+        if config.run_in_thread:
+            self._background = await _BackgroundCall.start(
+                partial(local_evidence_event, config, binder)
+            )
+        elif callable(getattr(config.attester, "evidence_steps", None)):
+            # Only its signature can run elsewhere; other event-loop attesters are
+            # called when their evidence is due.
+            self._started = StartedSteps(local_evidence_steps(config, binder), overlap=True)
+
+    def take(self, binder: bytes) -> Awaitable[Evidence | NoEvidence] | None:
+        """The started evidence for ``binder``, or None if none was started for it."""
+        started, self._started = self._started, None
+        background, self._background = self._background, None
+        if binder != self.binder:
+            if started is not None:
+                started.abandon()
+            return None
+        if started is not None:
+            return started.finish()
+        return background.wait() if background is not None else None
+
+    def abandon(self) -> None:
+        """The handshake or the exchange failed: drop what was started."""
+        started, self._started = self._started, None
+        if started is not None:
+            started.abandon()
+        self._background = None  # its thread finishes and its result is dropped
 
 
 # Size of the first recv() when the caller gives no max_bytes.  Later calls use the
@@ -522,8 +585,18 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             async with self._inner_send_lock:
                 await self.transport_stream.send_all(alert)
 
-    async def _retry(self, fn: Callable[[], _T], *, is_handshake: bool = False) -> _T:
-        """Run one non-blocking pyOpenSSL call to completion; see the theory above."""
+    async def _retry(
+        self,
+        fn: Callable[[], _T],
+        *,
+        is_handshake: bool = False,
+        before_read: Callable[[], Awaitable[None]] | None = None,
+    ) -> _T:
+        """Run one non-blocking pyOpenSSL call to completion; see the theory above.
+
+        ``before_read`` is awaited whenever the call waits for the peer, after what it
+        wrote has gone out (the handshake uses it to start the server's evidence).
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         yielded = False
         while True:
@@ -572,6 +645,8 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
                     self._mark_broken()
                     raise
             elif want_read:
+                if before_read is not None:
+                    await before_read()
                 recv_count = self._inner_recv_count
                 await acquire_for_io(self._inner_recv_lock)
                 try:
@@ -678,16 +753,28 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             raise trio.BrokenResourceError("the handshake failed")
 
     async def _do_handshake(self) -> None:
-        await self._retry(self._conn.do_handshake, is_handshake=True)
-        peer = self._conn.get_peer_certificate()
-        self._peer_certificate = None if peer is None else certificate_from_openssl(peer)
         config = self._attestation
-        if config is not None:
-            version = self._conn.get_protocol_version_name()
-            if version != _TLS13:
-                raise PolicyViolation("tls.version", expected=_TLS13, actual=version)
-            self._peer_attestation = await self._attest(config)
-        elif self._certificate_attestation is not None:
+        early = None
+        if self.server_side and config is not None and config.attester is not None:
+            early = _EarlyEvidence(self._conn, config)
+        try:
+            await self._retry(
+                self._conn.do_handshake,
+                is_handshake=True,
+                before_read=None if early is None else early.start_if_ready,
+            )
+            peer = self._conn.get_peer_certificate()
+            self._peer_certificate = None if peer is None else certificate_from_openssl(peer)
+            if config is not None:
+                version = self._conn.get_protocol_version_name()
+                if version != _TLS13:
+                    raise PolicyViolation("tls.version", expected=_TLS13, actual=version)
+                self._peer_attestation = await self._attest(config, early)
+        except BaseException:
+            if early is not None:
+                early.abandon()
+            raise
+        if config is None and self._certificate_attestation is not None:
             self._peer_attestation = self._certificate_attestation(self._peer_certificate)
         # The handshake and the exchange grew both memory BIOs to their largest flight;
         # an idle connection need not keep that (see ratls._memory_bios).  Nothing else
@@ -760,7 +847,9 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             await self._send_plaintext(data)
             await self._retry(self._shutdown_once)
 
-    async def _attest(self, config: AttestationConfig) -> object:
+    async def _attest(
+        self, config: AttestationConfig, early: _EarlyEvidence | None = None
+    ) -> object:
         machine = AttestationExchange(
             ExchangeRole.SERVER if self.server_side else ExchangeRole.CLIENT
         )
@@ -834,7 +923,10 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             )
 
         if self.server_side:
-            await self._send_plaintext(machine.send(await produce()))
+            # Our evidence was normally started when our Finished went out.
+            pending = None if early is None or own_binder is None else early.take(own_binder)
+            own_event = await (produce() if pending is None else guarded_result(pending))
+            await self._send_plaintext(machine.send(own_event))
             first = await self._next_exchange_event(machine)
             if isinstance(first, Challenge):
                 await answer(first)
@@ -847,32 +939,18 @@ class AttestedTLSStream(trio.abc.Stream, Generic[T_Stream]):
             result = await appraise(first)
             await self._send_plaintext(machine.send(Verdict.ok()))
         else:
-            # Our evidence does not depend on the server's: make it (in a worker thread,
-            # or its signature on the offload pool) while we wait for and judge the
-            # server's, and send it only once the server is accepted.
-            early: _BackgroundCall[Evidence | NoEvidence] | None = None
-            started: StartedSteps[Evidence | NoEvidence] | None = None
-            if config.attester is not None and own_binder is not None:
-                if config.run_in_thread:
-                    early = await _BackgroundCall.start(
-                        partial(local_evidence_event, config, own_binder)
-                    )
-                elif callable(getattr(config.attester, "evidence_steps", None)):
-                    # Only its signature can run elsewhere; other event-loop attesters
-                    # are called once the server is accepted, as before.
-                    started = StartedSteps(local_evidence_steps(config, own_binder), overlap=True)
+            # Our evidence does not depend on the server's: make it while we wait for and
+            # judge the server's, and send it only once the server is accepted.
+            own_early = _EarlyEvidence(self._conn, config)
+            if own_binder is not None:
+                await own_early.start(own_binder)
             try:
                 result = await appraise(await self._receive_evidence(machine))
             except BaseException:
-                if started is not None:
-                    started.abandon()  # the server is refused: our evidence is not needed
+                own_early.abandon()  # the server is refused: our evidence is not needed
                 raise
-            if started is not None:
-                own_event = await guarded_result(started.finish())
-            elif early is not None:
-                own_event = await guarded_result(early.wait())
-            else:
-                own_event = await produce()
+            pending = None if own_binder is None else own_early.take(own_binder)
+            own_event = await (produce() if pending is None else guarded_result(pending))
             await self._send_plaintext(machine.send(own_event) + machine.send(Verdict.ok()))
             last = await self._next_exchange_event(machine)
             if isinstance(last, Challenge):

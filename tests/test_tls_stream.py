@@ -12,6 +12,8 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -52,6 +54,7 @@ from ratls._exchange import (
     decode_message,
     encode_message,
 )
+from ratls._steps import Steps, offload
 from ratls._tls_context import (
     IdentityKey,
     check_peer_certificate,
@@ -600,6 +603,115 @@ async def test_client_evidence_made_early_is_never_sent_to_a_refused_server() ->
     assert isinstance(client_error, MeasurementMismatch)
     assert isinstance(server_error, AttestationRefused)
     assert server_verifier.seen == []
+
+
+class StepsHmacAttester(HmacAttester):
+    """HmacAttester whose HMAC is a yielded step, like a simulated AMD-SP's signature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called = threading.Event()  # set from whichever thread makes the evidence
+
+    def evidence(self, binder: bytes) -> bytes:
+        self.called.set()
+        return super().evidence(binder)
+
+    def evidence_steps(self, binder: bytes) -> Steps[bytes]:
+        return (yield from offload(partial(self.evidence, binder)))
+
+
+class HeldSendStream(trio.abc.Stream):
+    """Passes its first send through and holds the later ones until released."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self._inner = inner
+        self._sends = 0
+        self.holding = trio.Event()
+        self.released = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._sends += 1
+        if self._sends > 1:
+            self.holding.set()
+            await self.released.wait()
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["steps", "thread"])
+async def test_server_starts_its_evidence_before_the_client_finishes(threads: bool) -> None:
+    # In TLS 1.3 the exporter is fixed once the server's Finished is written: the server
+    # starts its evidence while the client's last flight is held back, and that early
+    # evidence carries the binder the client checks.
+    a, b = trio.testing.memory_stream_pair()
+    held = HeldSendStream(a)
+    server_attester = StepsHmacAttester()
+    client_verifier = HmacVerifier()
+    cctx, sctx = contexts()
+    client = AttestedTLSStream(
+        held,
+        cctx,
+        server_side=False,
+        attestation=AttestationConfig(
+            attester=HmacAttester(), verifier=client_verifier, run_in_thread=False
+        ),
+    )
+    server = AttestedTLSStream(
+        b,
+        sctx,
+        server_side=True,
+        attestation=AttestationConfig(
+            attester=server_attester, verifier=HmacVerifier(), run_in_thread=threads
+        ),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+        await held.holding.wait()  # the client's Certificate..Finished flight
+        assert await trio.to_thread.run_sync(server_attester.called.wait, 5)
+        with pytest.raises(trio.NeedHandshakeError):
+            server.peer_certificate  # noqa: B018 - the server's handshake is not done
+        held.released.set()
+    assert server_attester.binders == [client_verifier.seen[0][1]]
+    assert client.peer_attestation == ("verified", server_attester.binders[0])
+
+
+async def test_server_evidence_started_early_is_dropped_when_the_client_is_refused() -> None:
+    # The server's evidence starts at its Finished; a client certificate refused after
+    # that ends the handshake, and the started evidence is dropped, never sent.
+    client_ctx = SSL.Context(SSL.TLS_METHOD)
+    client_ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    expired = _certificate(
+        key, not_before=now - datetime.timedelta(days=2), not_after=now - datetime.timedelta(1)
+    )
+    client_ctx.use_privatekey(key)
+    client_ctx.use_certificate(expired)
+    client_ctx.set_verify(SSL.VERIFY_NONE)
+    _, server_ctx = contexts()
+    server_attester = StepsHmacAttester()
+    a, b = trio.testing.memory_stream_pair()
+    client = AttestedTLSStream(a, client_ctx, server_side=False)
+    server = AttestedTLSStream(
+        b,
+        server_ctx,
+        server_side=True,
+        attestation=AttestationConfig(
+            attester=server_attester, verifier=HmacVerifier(), run_in_thread=False
+        ),
+    )
+    _, server_error = await outcomes(client, server)
+    assert isinstance(server_error, CertificateChainError)
+    assert len(server_attester.binders) == 1  # started, then dropped
 
 
 async def test_missing_evidence_refused() -> None:
