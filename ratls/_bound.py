@@ -281,7 +281,7 @@ def parse_snp_evidence(data: bytes) -> SnpEvidence:
     if type(version) is not int or version != SNP_EVIDENCE_VERSION:
         raise _fail(f"unsupported version {version!r}")
     profile = document.get(_Key.PROFILE)
-    if profile != SNP_PROFILE:
+    if type(profile) is not str or profile != SNP_PROFILE:
         raise _fail(f"profile {profile!r} is not {SNP_PROFILE!r}")
     unknown = [key for key in document if type(key) is not int or key not in _KEYS]
     if unknown:
@@ -772,10 +772,11 @@ def _bundle_of(evidence: bytes) -> VtpmEvidence:
     return parse_vtpm_evidence(evidence)
 
 
-def _profile_of(evidence: bytes) -> object:
-    """Key 1 of an evidence map (limit: the larger of the two formats)."""
+def _profile_of(evidence: bytes) -> str | None:
+    """Key 1 of an evidence map if it is text (limit: the larger of the two formats)."""
     document = _decode_map(evidence, max(MAX_SNP_EVIDENCE_SIZE, MAX_VTPM_EVIDENCE_SIZE))
-    return document.get(_Key.PROFILE)
+    profile = document.get(_Key.PROFILE)
+    return profile if type(profile) is str else None
 
 
 @final

@@ -29,6 +29,7 @@ from ratls._attesters_registry import (
 )
 from ratls._bound import (
     MAX_SNP_EVIDENCE_SIZE,
+    SNP_EVIDENCE_VERSION,
     SNP_MEDIA_TYPE,
     VTPM_MEDIA_TYPE,
     BoundActivation,
@@ -993,3 +994,11 @@ def test_wrong_response_is_not_remembered(vtpm_attester: SimulatedVtpmAttester) 
     with pytest.raises(BindingMismatch):
         verifier.verify(data, binder, activation=activation, response=bytes(32))
     assert verifier.activation_challenge(vtpm_attester.evidence(os.urandom(64))) is not None
+
+
+@pytest.mark.parametrize("profile", [b"snp", 1, None])
+def test_a_profile_that_is_not_text_is_refused_without_comparing_types(profile: object) -> None:
+    # Under python -bb comparing bytes with str raises; a peer's non-text profile must
+    # be refused as a format error all the same.
+    with pytest.raises(EvidenceFormatError, match="profile"):
+        parse_snp_evidence(_encode({0: SNP_EVIDENCE_VERSION, 1: profile, 2: bytes(1184)}))
