@@ -707,13 +707,12 @@ class AmdTrustAnchors:
 
     @classmethod
     def default(cls) -> AmdTrustAnchors:
-        """AMD's pinned ARKs for Milan, Genoa and Turin, labelled ``"AMD"``."""
-        return cls(
-            frozenset(
-                TrustedArk(product=product, spki_sha256=digest, label="AMD", simulated=False)
-                for product, digest in PINNED_ARK_SPKI_SHA256.items()
-            )
-        )
+        """AMD's pinned ARKs for Milan, Genoa and Turin, labelled ``"AMD"``.
+
+        One shared instance (it is immutable), so that memos keyed by anchors find it
+        without hashing it again.
+        """
+        return _default_anchors()
 
     def with_extra(
         self, product: ProductLine, spki_sha256: bytes, *, label: str, simulated: bool = True
@@ -1326,3 +1325,13 @@ def kds_chain_url(product: ProductLine, key_kind: KeyKind = KeyKind.VCEK) -> str
     """The KDS address of the ASK+ARK (or ASVK+ARK) chain for ``product``, as PEM."""
     family = "vlek" if key_kind is KeyKind.VLEK else "vcek"
     return f"{AMD_KDS_URL}/{family}/v1/{product.value}/cert_chain"
+
+
+@functools.cache
+def _default_anchors() -> AmdTrustAnchors:
+    return AmdTrustAnchors(
+        frozenset(
+            TrustedArk(product=product, spki_sha256=digest, label="AMD", simulated=False)
+            for product, digest in PINNED_ARK_SPKI_SHA256.items()
+        )
+    )

@@ -17,6 +17,7 @@ follow the AMD SEV-SNP ABI specification's ATTESTATION_REPORT table.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Final, final
@@ -820,6 +821,29 @@ def _determine_product(
     return named
 
 
+# The four TCB_VERSIONs of a report, and its policy and flag words, are nearly always the
+# values of the same few platforms and guests: decoded once per distinct value (the
+# results are immutable; errors are raised again every time, as lru_cache keeps none).
+@functools.lru_cache(maxsize=256)
+def _decoded_tcb(data: bytes, layout: TcbLayout) -> TcbVersion:
+    return TcbVersion.from_bytes(data, layout)
+
+
+@functools.lru_cache(maxsize=256)
+def _decoded_policy(raw: int) -> GuestPolicy:
+    return GuestPolicy.from_int(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _decoded_signer_info(raw: int) -> SignerInfo:
+    return SignerInfo.from_int(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _decoded_platform_info(raw: int) -> PlatformInfo:
+    return PlatformInfo.from_int(raw)
+
+
 def parse_snp_report(data: bytes, *, product: ProductLine | None = None) -> SnpReport:
     """Parse an ATTESTATION_REPORT strictly.
 
@@ -852,11 +876,11 @@ def parse_snp_report(data: bytes, *, product: ProductLine | None = None) -> SnpR
     if algo != SignatureAlgorithm.ECDSA_P384_SHA384:
         raise _fail(f"unsupported SIGNATURE_ALGO {algo}", 0x034)
     try:
-        policy = GuestPolicy.from_int(policy_raw)
+        policy = _decoded_policy(policy_raw)
     except EvidenceFormatError as exc:
         raise _fail(str(exc), 0x008) from exc
     try:
-        signer_info = SignerInfo.from_int(signer_raw)
+        signer_info = _decoded_signer_info(signer_raw)
     except EvidenceFormatError as exc:
         raise _fail(str(exc), 0x048) from exc
     if signer_info.signing_key is SigningKey.NONE:
@@ -869,7 +893,7 @@ def parse_snp_report(data: bytes, *, product: ProductLine | None = None) -> SnpR
     layout = found.tcb_layout if found is not None else TcbLayout.LEGACY
 
     def tcb(offset: int) -> TcbVersion:
-        return TcbVersion.from_bytes(data[offset : offset + 8], layout)
+        return _decoded_tcb(data[offset : offset + 8], layout)
 
     has_cpuid = version >= 3
     has_mit = version >= 5
@@ -883,7 +907,7 @@ def parse_snp_report(data: bytes, *, product: ProductLine | None = None) -> SnpR
         vmpl=struct.unpack_from("<I", data, 0x030)[0],
         signature_algo=SignatureAlgorithm(algo),
         current_tcb=tcb(0x038),
-        platform_info=PlatformInfo.from_int(platform_raw),
+        platform_info=_decoded_platform_info(platform_raw),
         signer_info=signer_info,
         report_data=data[0x050:0x090],
         measurement=data[0x090:0x0C0],

@@ -45,6 +45,7 @@ from ._errors import (
     PolicyViolation,
     TcbTooLow,
 )
+from ._identity_memo import CERTIFICATE_OBJECTS, IdentityMemo
 from ._nopublic import NoPublicConstructor
 from ._snp_certtable import (
     CERT_TABLE_GUID_ARK,
@@ -254,6 +255,19 @@ _ChainKey = tuple[
 _chain_cache: OrderedDict[_ChainKey, tuple[VerifiedAmdChain, datetime, datetime]] = OrderedDict()
 _chain_cache_lock = threading.Lock()
 _chain_cache_counts = [0, 0]  # hits, misses (under _chain_cache_lock)
+# The same chains filed by the ids of their objects (see _verified_chain).
+_chain_by_object: dict[
+    tuple[object, ...],
+    tuple[
+        x509.Certificate,
+        x509.Certificate,
+        x509.Certificate,
+        AmdTrustAnchors,
+        VerifiedAmdChain,
+        datetime,
+        datetime,
+    ],
+] = {}
 
 
 def chain_cache_counts() -> tuple[int, int, int]:
@@ -263,9 +277,13 @@ def chain_cache_counts() -> tuple[int, int, int]:
 
 
 @functools.lru_cache(maxsize=CHAIN_CACHE_SIZE)
-def _leaf_extensions(leaf: x509.Certificate) -> AmdKeyExtensions:
+def _leaf_extensions_by_value(leaf: x509.Certificate) -> AmdKeyExtensions:
     """parse_amd_key_extensions, remembered per certificate (errors are not remembered)."""
     return parse_amd_key_extensions(leaf)
+
+
+#: The same, answered first by certificate object (see ratls._identity_memo).
+_leaf_extensions: Final = IdentityMemo(_leaf_extensions_by_value, CERTIFICATE_OBJECTS)
 
 
 def _verified_chain(
@@ -282,21 +300,33 @@ def _verified_chain(
     three certificates, so expiry is still enforced.  The report signature and everything
     else are verified every time.
     """
-    # Certificates compare and hash by their DER encoding: cheaper than three SHA-256
-    # fingerprints per verification, and just as exact.
-    key: _ChainKey = (
-        endorsements.leaf,
-        endorsements.intermediate,
-        endorsements.root,
-        product,
-        key_kind,
-        anchors,
-    )
+    leaf, intermediate, root = endorsements.leaf, endorsements.intermediate, endorsements.root
+    # First by object: evidence from the same machine brings the same certificate objects
+    # (load_amd_certificate remembers them per DER), and an identity check is far cheaper
+    # than hashing and comparing three encodings.  The entry holds the objects, so their
+    # ids stay theirs while it exists.
+    fast_key = (id(leaf), id(intermediate), id(root), product, key_kind, id(anchors))
+    fast = _chain_by_object.get(fast_key) if at.tzinfo is not None else None
+    if (
+        fast is not None
+        and fast[0] is leaf
+        and fast[1] is intermediate
+        and fast[2] is root
+        and fast[3] is anchors
+        and fast[5] <= at <= fast[6]
+    ):
+        with _chain_cache_lock:
+            _chain_cache_counts[0] += 1
+        return fast[4]
+    # Then by value: certificates compare and hash by their DER encoding, cheaper than
+    # three SHA-256 fingerprints per verification, and just as exact.
+    key: _ChainKey = (leaf, intermediate, root, product, key_kind, anchors)
     with _chain_cache_lock:
         hit = _chain_cache.get(key) if at.tzinfo is not None else None
         if hit is not None and hit[1] <= at <= hit[2]:
             _chain_cache.move_to_end(key)
             _chain_cache_counts[0] += 1
+            _remember_by_object(fast_key, leaf, intermediate, root, anchors, hit)
             return hit[0]
         _chain_cache_counts[1] += 1
     chain = verify_amd_chain(
@@ -312,10 +342,25 @@ def _verified_chain(
     valid_from = max(c.not_valid_before_utc for c in certificates)
     valid_until = min(c.not_valid_after_utc for c in certificates)
     with _chain_cache_lock:
-        _chain_cache[key] = (chain, valid_from, valid_until)
+        entry = _chain_cache[key] = (chain, valid_from, valid_until)
         while len(_chain_cache) > CHAIN_CACHE_SIZE:
             _chain_cache.popitem(last=False)
+        _remember_by_object(fast_key, leaf, intermediate, root, anchors, entry)
     return chain
+
+
+def _remember_by_object(
+    fast_key: tuple[object, ...],
+    leaf: x509.Certificate,
+    intermediate: x509.Certificate,
+    root: x509.Certificate,
+    anchors: AmdTrustAnchors,
+    entry: tuple[VerifiedAmdChain, datetime, datetime],
+) -> None:
+    """File a verified chain under its objects too (call with _chain_cache_lock held)."""
+    if len(_chain_by_object) >= CHAIN_CACHE_SIZE:
+        _chain_by_object.clear()
+    _chain_by_object[fast_key] = (leaf, intermediate, root, anchors, *entry)
 
 
 def _key_kind(signing_key: SigningKey) -> KeyKind:

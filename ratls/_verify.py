@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ._amd_certs import AmdTrustAnchors, is_simulated_root
 from ._errors import CertificateChainError, NonceMismatch
+from ._identity_memo import CERTIFICATE_OBJECTS, IdentityMemo
 from ._result import AttestationResult
 from ._snp_verify import appraise_snp_report, verify_snp_report_steps
 from ._steps import run_inline
@@ -56,13 +57,19 @@ def trust_anchors(*, trust_simulator: bool, presented_root: x509.Certificate) ->
 
 
 # Both are pure functions of one certificate (hashed and compared by its DER), asked for
-# on every verification with the same few roots.  Exceptions are not remembered.
-_is_simulated_root = functools.lru_cache(maxsize=64)(is_simulated_root)
+# on every verification with the same few roots, so answered first by object (see
+# ratls._identity_memo).  Exceptions are not remembered.
+_is_simulated_root = IdentityMemo(
+    functools.lru_cache(maxsize=64)(is_simulated_root), CERTIFICATE_OBJECTS
+)
 
 
 @functools.lru_cache(maxsize=64)
-def _with_simulator_root(root: x509.Certificate) -> AmdTrustAnchors:
+def _with_simulator_root_by_value(root: x509.Certificate) -> AmdTrustAnchors:
     return AmdTrustAnchors.default().with_simulator_root(root)
+
+
+_with_simulator_root = IdentityMemo(_with_simulator_root_by_value, CERTIFICATE_OBJECTS)
 
 
 def verify_snp_attestation(

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PURE_MODULES = [
     "ratls/_errors.py",
     "ratls/_nopublic.py",
+    "ratls/_identity_memo.py",
     "ratls/_snp_report.py",
     "ratls/_snp_certtable.py",
     "ratls/_amd_certs.py",

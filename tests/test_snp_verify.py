@@ -559,6 +559,7 @@ def test_verified_chains_are_remembered_but_expiry_still_applies(
 
     monkeypatch.setattr(snp_verify, "verify_amd_chain", counting)
     monkeypatch.setattr(snp_verify, "_chain_cache", type(snp_verify._chain_cache)())
+    monkeypatch.setattr(snp_verify, "_chain_by_object", {})
     report = genoa.build_report(report_data=NONCE)
     attest(genoa, report)
     attest(genoa, report)
