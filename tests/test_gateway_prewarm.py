@@ -17,6 +17,7 @@ import pytest
 import trio
 from gateway_helpers import (
     LOCALHOST,
+    HmacPair,
     admin_get,
     capture_gateway_logs,
     connect,
@@ -275,6 +276,13 @@ def reuse(links: int = 1, **extra: Any) -> dict[str, Any]:
     return {"prewarm": {"links": links, "reuse": True, **extra}}
 
 
+async def use_a_link_and_see_it_kept(pair: HmacPair, links: int) -> None:
+    """Wait for ``links`` ready links, run one tunnel, and wait until its link is kept."""
+    await wait_for(lambda: pool_ready(pair.ingress) == links)
+    await echo_once(pair.port("mapping:echo"), b"first")
+    await wait_for(lambda: outcomes(pair.ingress.runtime).get("kept") == 1)
+
+
 def test_reuse_is_off_by_default_and_checked() -> None:
     base: Mapping[str, Any] = ingress_doc("127.0.0.1:9443", {"echo": "127.0.0.1:8000"})
     assert not parse_config(dict(base)).prewarm.reuse
@@ -337,9 +345,7 @@ async def test_a_kept_link_is_not_used_after_the_egress_reloaded(
     # attested under the configuration in force now.
     backend = await start_backend(nursery)
     async with gateway_pair({"echo": backend.port}, ingress_extra=reuse(1)) as pair:
-        await wait_for(lambda: pool_ready(pair.ingress) == 1)
-        await echo_once(pair.port("mapping:echo"), b"first")
-        await wait_for(lambda: outcomes(pair.ingress.runtime).get("kept") == 1)
+        await use_a_link_and_see_it_kept(pair, 1)
         pair.egress.reload(pair.egress.runtime.config, attestation=pair.egress_att[0])
         await echo_once(pair.port("mapping:echo"), b"second")
         assert outcomes(pair.ingress.runtime)["dead"] == 1
@@ -353,9 +359,7 @@ async def test_kept_links_stop_at_the_attestation_age(nursery: trio.Nursery) -> 
     backend = await start_backend(nursery)
     extra = {**reuse(1), "timeouts": {"max_attestation_age": 0.5}}
     async with gateway_pair({"echo": backend.port}, ingress_extra=extra) as pair:
-        await wait_for(lambda: pool_ready(pair.ingress) == 1)
-        await echo_once(pair.port("mapping:echo"), b"first")
-        await wait_for(lambda: outcomes(pair.ingress.runtime).get("kept") == 1)
+        await use_a_link_and_see_it_kept(pair, 1)
         # Past the age, the pool closes the link rather than hand it to a tunnel that
         # would have to re-attest at once, and makes a fresh one.
         await wait_for(lambda: outcomes(pair.ingress.runtime).get("aged", 0) >= 1)
@@ -369,9 +373,7 @@ async def test_a_draining_egress_closes_links_waiting_for_open_at_once(
     # wait for it (drain deadline 25 s here) but closes it and stops.
     backend = await start_backend(nursery)
     async with gateway_pair({"echo": backend.port}, ingress_extra=reuse(2)) as pair:
-        await wait_for(lambda: pool_ready(pair.ingress) == 2)
-        await echo_once(pair.port("mapping:echo"), b"one tunnel, then a kept link")
-        await wait_for(lambda: outcomes(pair.ingress.runtime).get("kept") == 1)
+        await use_a_link_and_see_it_kept(pair, 2)
         pair.egress.request_shutdown()
         with trio.fail_after(5):
             await pair.egress.wait_stopped()

@@ -684,9 +684,10 @@ async def test_server_starts_its_evidence_before_the_client_finishes(threads: bo
     assert client.peer_attestation == ("verified", server_attester.binders[0])
 
 
-async def test_server_evidence_started_early_is_dropped_when_the_client_is_refused() -> None:
+async def test_client_refused_after_the_server_evidence_started() -> None:
     # The server's evidence starts at its Finished; a client certificate refused after
-    # that ends the handshake, and the started evidence is dropped, never sent.
+    # that still fails the handshake with the certificate's own error, and the started
+    # evidence is dropped with it.
     client_ctx = SSL.Context(SSL.TLS_METHOD)
     client_ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     key = ec.generate_private_key(ec.SECP256R1())

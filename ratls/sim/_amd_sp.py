@@ -473,12 +473,14 @@ class SimulatedAmdSp:
         """
         if not allow_inconsistent:
             self._check_consistent(report)
-        sign = functools.partial(
-            self._leaf_key.sign, report.signed_bytes(), ec.ECDSA(hashes.SHA384())
-        )
-        der = yield from offload(sign)
-        r, s = decode_dss_signature(der)
+        r, s = yield from self._signature_steps(report.signed_bytes())
         return dataclasses.replace(report, signature_r=r, signature_s=s)
+
+    def _signature_steps(self, signed: bytes) -> Steps[tuple[int, int]]:
+        """The VCEK/VLEK's ECDSA P-384/SHA-384 signature (r, s) over ``signed``, yielded."""
+        sign = functools.partial(self._leaf_key.sign, signed, ec.ECDSA(hashes.SHA384()))
+        der = yield from offload(sign)
+        return decode_dss_signature(der)
 
     def _check_consistent(self, report: SnpReport) -> None:
         want = SigningKey.VLEK if self.key_kind is KeyKind.VLEK else SigningKey.VCEK
@@ -686,10 +688,7 @@ class SimulatedAmdSp:
         raw = bytearray(template)
         raw[_REPORT_DATA] = report_data
         raw[_REPORT_ID] = secrets.token_bytes(32)
-        signed = bytes(raw[:SNP_SIGNED_SIZE])
-        sign = functools.partial(self._leaf_key.sign, signed, ec.ECDSA(hashes.SHA384()))
-        der = yield from offload(sign)
-        r, s = decode_dss_signature(der)
+        r, s = yield from self._signature_steps(bytes(raw[:SNP_SIGNED_SIZE]))
         raw[_SIGNATURE_R] = r.to_bytes(_SIGNATURE_COMPONENT, "little")
         raw[_SIGNATURE_S] = s.to_bytes(_SIGNATURE_COMPONENT, "little")
         return bytes(raw)
