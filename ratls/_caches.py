@@ -18,7 +18,7 @@ from typing import final
 from ._amd_certs import _load_amd_certificate
 from ._bound import ACTIVATION_MEMORY_SIZE, activation_memory_counts
 from ._snp_verify import CHAIN_CACHE_SIZE, _leaf_extensions, chain_cache_counts
-from ._tls_context import _check_self_signature
+from ._tls_context import _passed_certificate
 from ._tpm_structs import _parse_tpmt_public
 
 __all__ = ["CacheStats", "verification_cache_stats"]
@@ -72,7 +72,7 @@ def verification_cache_stats() -> dict[str, CacheStats]:
     for name, memo in (
         ("amd_certificate", _load_amd_certificate),
         ("amd_extensions", _leaf_extensions),
-        ("tls_self_signature", _check_self_signature),
+        ("tls_self_signature", _passed_certificate),
         ("tpm_public", _parse_tpmt_public),
     ):
         info = memo.cache_info()

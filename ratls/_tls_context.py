@@ -25,8 +25,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _lib
 
 from ._errors import CertificateChainError, SignatureMismatch
@@ -34,8 +35,6 @@ from ._evidence_cert import endpoint_certificate_builder
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from OpenSSL import crypto
 
 __all__ = [
     "CERTIFICATE_BACKDATE",
@@ -139,24 +138,44 @@ def check_peer_certificate(
         SignatureMismatch: the self-signature does not verify (the InvalidSignature is
             the ``__cause__``).
     """
+    _check_time(_passed_certificate(certificate.public_bytes(Encoding.DER)), now)
+
+
+def _check_time(
+    validity: tuple[datetime.datetime, datetime.datetime], now: datetime.datetime | None
+) -> None:
+    not_before, not_after = validity
     if now is None:
         now = datetime.datetime.now(datetime.UTC)
-    try:
-        not_before = certificate.not_valid_before_utc
-        not_after = certificate.not_valid_after_utc
-        subject = certificate.subject
-        issuer = certificate.issuer
-        public_key = certificate.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CertificateChainError(
-            "tls.peer_certificate", expected="a well-formed certificate", actual=str(exc)
-        ) from exc
     if not not_before <= now <= not_after:
         raise CertificateChainError(
             "tls.peer_certificate.validity",
             expected=f"{not_before.isoformat()} .. {not_after.isoformat()}",
             actual=now.isoformat(),
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _passed_certificate(der: bytes) -> tuple[datetime.datetime, datetime.datetime]:
+    """Everything :func:`check_peer_certificate` checks but the time, remembered per DER.
+
+    A passed certificate's validity period is returned (and remembered), so the time is
+    still checked on every use.  OpenSSL runs the verify callback twice per handshake,
+    and ephemeral identities are reused for many connections, so the same certificate
+    would be parsed and its signature checked over and over.  Exceptions are not
+    remembered: a bad certificate is checked (and refused) every time.
+    """
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        not_before = certificate.not_valid_before_utc
+        not_after = certificate.not_valid_after_utc
+        subject = certificate.subject
+        issuer = certificate.issuer
+        public_key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        raise CertificateChainError(
+            "tls.peer_certificate", expected="a well-formed certificate", actual=str(exc)
+        ) from exc
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if not isinstance(public_key.curve, _ACCEPTED_CURVES):
             raise CertificateChainError(
@@ -185,7 +204,7 @@ def check_peer_certificate(
             detail="the peer certificate must be self-issued",
         )
     try:
-        _check_self_signature(certificate)
+        certificate.verify_directly_issued_by(certificate)
     except InvalidSignature as exc:
         raise SignatureMismatch(
             "tls.peer_certificate.signature", expected="valid self-signature", actual="invalid"
@@ -194,17 +213,7 @@ def check_peer_certificate(
         raise CertificateChainError(
             "tls.peer_certificate.signature", expected="a checkable self-signature", actual=str(exc)
         ) from exc
-
-
-@functools.lru_cache(maxsize=256)
-def _check_self_signature(certificate: x509.Certificate) -> None:
-    """verify_directly_issued_by on itself, remembered per certificate (DER) when it passes.
-
-    OpenSSL runs the verify callback twice per handshake, and ephemeral identities are
-    reused for many connections, so the same signature would be checked over and over.
-    Exceptions are not remembered: a bad signature is checked (and refused) every time.
-    """
-    certificate.verify_directly_issued_by(certificate)
+    return not_before, not_after
 
 
 def certificate_from_openssl(cert: crypto.X509) -> x509.Certificate:
@@ -253,7 +262,9 @@ def _verify_callback(
         )
     else:
         try:
-            check_peer_certificate(certificate_from_openssl(cert))
+            # By DER: no cryptography object is made for a certificate already checked.
+            der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+            _check_time(_passed_certificate(der), None)
         except (CertificateChainError, SignatureMismatch) as exc:
             reason = exc
     if reason is None:

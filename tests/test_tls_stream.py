@@ -940,12 +940,24 @@ def test_check_peer_certificate_validity() -> None:
     check_peer_certificate(future, now=now + datetime.timedelta(days=1, hours=1))
 
 
+def test_a_remembered_certificate_is_still_checked_for_time() -> None:
+    # A passed certificate is remembered by DER, its validity period with it: a later
+    # check past the end of that period still refuses it.
+    now = datetime.datetime.now(datetime.UTC)
+    cert = _certificate(ec.generate_private_key(ec.SECP256R1()))
+    check_peer_certificate(cert, now=now)
+    with pytest.raises(CertificateChainError) as info:
+        check_peer_certificate(cert, now=now + datetime.timedelta(hours=2))
+    assert info.value.claim == "tls.peer_certificate.validity"
+
+
 def test_check_peer_certificate_bad_self_signature() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     forged = _certificate(key, signer=ec.generate_private_key(ec.SECP256R1()))
-    with pytest.raises(SignatureMismatch) as info:
-        check_peer_certificate(forged)
-    assert isinstance(info.value.__cause__, InvalidSignature)
+    for _ in range(2):  # a refusal is not remembered: the second check refuses again
+        with pytest.raises(SignatureMismatch) as info:
+            check_peer_certificate(forged)
+        assert isinstance(info.value.__cause__, InvalidSignature)
 
 
 def test_check_peer_certificate_not_self_issued() -> None:
