@@ -140,16 +140,26 @@ def stable_port(count: int = 1) -> int:
     rng = random.Random()  # noqa: S311 - spreading ports, not secrets
     for _ in range(200):
         port = rng.randrange(first, low - count)
+        block = range(port, port + count)
+        # Free now is not enough: a port handed out before may not be bound yet (a
+        # test asks for its listen and admin ports before starting the gateway).
+        if _HANDED_OUT.intersection(block):
+            continue
         with contextlib.ExitStack() as held:
             try:
-                for each in range(port, port + count):
+                for each in block:
                     s = held.enter_context(socket.socket())
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind((LOCALHOST, each))
             except OSError:
                 continue
+            _HANDED_OUT.update(block)
             return port
     raise OSError("no free port below the ephemeral range")
+
+
+#: Ports :func:`stable_port` has returned in this test run; it never returns one twice.
+_HANDED_OUT: set[int] = set()
 
 
 # --------------------------------------------------------------------------- namespaces
