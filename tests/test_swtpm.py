@@ -275,8 +275,9 @@ def test_rsa_quote_verifies_with_cryptography() -> None:
     assert isinstance(key, rsa.RSAPublicKey)
     signed = result.attest[2:]
     key.verify(sig.sig, signed, padding.PKCS1v15(), hashes.SHA256())
+    tampered = signed[:-1] + bytes([signed[-1] ^ 0xFF])  # always a change
     with pytest.raises(InvalidSignature):
-        key.verify(sig.sig, signed[:-1] + b"\x00", padding.PKCS1v15(), hashes.SHA256())
+        key.verify(sig.sig, tampered, padding.PKCS1v15(), hashes.SHA256())
 
 
 def test_quote_pcr_digest_and_verify_quote(vtpm: tuple[Tpm, VtpmIdentity]) -> None:

@@ -341,7 +341,7 @@ def test_make_credential_refuses_template_without_key() -> None:
 def test_verify_activated_secret() -> None:
     verify_activated_secret(expected=SECRET, returned=SECRET)
     with pytest.raises(BindingMismatch) as info:
-        verify_activated_secret(expected=SECRET, returned=SECRET[:-1] + b"\x00")
+        verify_activated_secret(expected=SECRET, returned=SECRET[:-1] + bytes([SECRET[-1] ^ 0xFF]))
     assert info.value.claim == "tpm.ak.activation"
 
 
@@ -460,7 +460,7 @@ def _tpm2_tools_roundtrip(tool: str, tmp_path: Path, secret: bytes) -> None:
     assert len(ours.id_object) == len(theirs.id_object)
     assert len(ours.encrypted_secret) == len(theirs.encrypted_secret)
     with pytest.raises(ActivationError):
-        activate_credential(EK_RSA_KEY, EK_RSA, AK_NAME[:-1] + b"\x00", theirs)
+        activate_credential(EK_RSA_KEY, EK_RSA, AK_NAME[:-1] + bytes([AK_NAME[-1] ^ 0xFF]), theirs)
 
 
 # ---------------------------------------------------------------------------------------

@@ -794,8 +794,11 @@ class TestSwtpmCommands:
                 assert info.attested.name == ak.name
             finally:
                 tpm.flush_context(ak.handle)
+            # One byte of the encrypted sensitive area flipped (always a change; setting
+            # it to zero was none when it already was): the integrity check refuses it.
+            tampered = created.private[:-1] + bytes([created.private[-1] ^ 0xFF])
             with pytest.raises(TpmCommandError):
-                tpm.load(p1.handle, created.private[:-1] + b"\x00", created.public)
+                tpm.load(p1.handle, tampered, created.public)
         finally:
             tpm.flush_context(p1.handle)
             tpm.flush_context(p2.handle)
